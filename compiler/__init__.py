@@ -1,0 +1,9 @@
+"""ONNX -> TVM Relax -> one shared library for a target triple. Takes ONNX from any exporter;
+never imports ``mobilec.frontends``."""
+
+from mobilec.compiler.build import CompileConfig, CompileResult, compile_model, inspect_model
+from mobilec.compiler.importer import ModelImportError, import_onnx, parse_shape
+from mobilec.compiler.targets import CPUS, TRIPLES, TargetError, resolve
+
+__all__ = ["CPUS", "TRIPLES", "CompileConfig", "CompileResult", "ModelImportError", "TargetError",
+           "compile_model", "import_onnx", "inspect_model", "parse_shape", "resolve"]

@@ -1,0 +1,84 @@
+"""``compile_model``: ONNX in, one shared library with the weights inside and its manifest out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import onnx
+
+from mobilec import __version__
+from mobilec.compiler.importer import import_onnx
+from mobilec.compiler.pipeline import PipelineOptions, pipeline
+from mobilec.compiler.report import FusionReport
+from mobilec.compiler.targets import TargetError, export_function, resolve
+from mobilec.runtime.manifest import Manifest, elf_header, manifest_path, sha256
+
+
+@dataclass
+class CompileConfig:
+    target: str = "host"
+    cpu: Optional[str] = None
+    num_cores: Optional[int] = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    tuning_db: Optional[str] = None
+    dump_ir: Optional[str] = None
+    fuse: bool = True
+
+
+@dataclass
+class CompileResult:
+    library: Path
+    manifest: Manifest
+    report: FusionReport
+    seconds: float
+
+
+def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, Path],
+                  config: Optional[CompileConfig] = None, task: str = "classification") -> CompileResult:
+    import tvm
+
+    cfg = config or CompileConfig()
+    start = time.perf_counter()
+    resolved = resolve(cfg.target, cfg.cpu, cfg.num_cores)
+    fcompile = export_function(resolved.triple)  # a missing toolchain fails before the long work
+    if cfg.tuning_db and not Path(cfg.tuning_db).is_dir():
+        raise FileNotFoundError(f"--tuning-db {cfg.tuning_db}: no such directory")
+    imported = import_onnx(model, cfg.input_shapes)
+    target = resolved.tvm_target()
+    opts = PipelineOptions(tuning_db=cfg.tuning_db, dump_ir=cfg.dump_ir, fuse=cfg.fuse)
+    ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipeline(target, opts))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    ex.export_library(str(output), fcompile=fcompile)
+    elf_class, machine = elf_header(output)
+    if (elf_class, machine) != (resolved.preset.elf_class, resolved.preset.elf_machine):
+        raise TargetError(f"{output}: built for e_machine {machine} / class {elf_class}, but {resolved.triple} "
+                          f"needs {resolved.preset.elf_machine} / {resolved.preset.elf_class}")
+    manifest = Manifest(
+        mobilec_version=__version__, triple=resolved.triple, cpu=resolved.cpu, target=resolved.target,
+        inputs=[i.to_dict() for i in imported.inputs], outputs=[o.to_dict() for o in imported.outputs],
+        library=output.name, sha256=sha256(output), source=imported.source, fusion=opts.report.to_dict(),
+        tuning_db=str(Path(cfg.tuning_db).resolve()) if cfg.tuning_db else None, task=task)
+    manifest.save(manifest_path(output))
+    return CompileResult(output, manifest, opts.report, time.perf_counter() - start)
+
+
+def inspect_model(model: Union[str, Path, onnx.ModelProto],
+                  input_shapes: Optional[dict[str, tuple[int, ...]]] = None) -> tuple[FusionReport, list, list]:
+    """Run the pipeline up to fusion and return the fusion report (no code generation)."""
+    import tvm
+
+    from mobilec.compiler.pipeline import phases
+
+    imported = import_onnx(model, input_shapes)
+    target = resolve("host").tvm_target()
+    opts = PipelineOptions()
+    with target:
+        for name, passes in phases(target, opts):
+            if name == "lower":
+                break
+            imported.mod = tvm.transform.Sequential(passes)(imported.mod)
+    return opts.report, imported.inputs, imported.outputs

@@ -1,0 +1,12 @@
+"""mobilec's fusion rules, one per file, in priority order (earlier rules claim nodes first).
+
+SE comes first so its h-sigmoid gate is fused with the pool and FCs instead of standing alone;
+conv/dense epilogues come before the standalone activations so h-swish lands in the conv kernel.
+"""
+
+from mobilec.compiler.fusions import conv_act, hsigmoid, hswish, se
+from mobilec.compiler.fusions.transpose_cancel import CancelTransposes
+
+RULES = [se.RULE, *conv_act.RULES, hswish.RULE, hsigmoid.RULE]
+
+__all__ = ["RULES", "CancelTransposes"]

@@ -1,0 +1,49 @@
+"""Squeeze-and-excite (paper sec. 5.3): x * gate(FC2(ReLU(FC1(mean(x))))) as one kernel.
+
+  mean(x, spatial)                 # GlobalAveragePool / ReduceMean
+  -> 1x1 conv | [reshape] matmul   # FC1 (+ bias), ReLU
+  -> 1x1 conv | matmul [reshape]   # FC2 (+ bias)
+  -> h-sigmoid (any form) | sigmoid
+  -> x * gate
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from tvm.relax.dpl import DFPattern, is_const, wildcard
+
+from mobilec.compiler.fusions import hsigmoid
+from mobilec.compiler.fusions.base import Rule, op, optional_bias
+
+
+def _maybe_reshape(y: DFPattern) -> DFPattern:
+    return y | op("reshape", y, wildcard()) | op("squeeze", y) | op("expand_dims", y)
+
+
+def _fc(y: DFPattern) -> DFPattern:
+    return optional_bias(op("nn.conv2d", y, is_const()) | op("matmul", _maybe_reshape(y), is_const()))
+
+
+_x = wildcard()
+_mean = op("mean", _x)
+_fc2 = _fc(op("nn.relu", _fc(_mean)))
+_hsig = hsigmoid.pattern(_fc2)
+_gate = _hsig | op("sigmoid", _fc2)
+_root = op("multiply", _x, _maybe_reshape(_gate))
+
+
+def check(ctx) -> Optional[str]:
+    a = ctx.annotated_expr
+    mean, x = a["mean"], a["x"]
+    rank = x.ty.ndim
+    axes = sorted(int(v) % rank for v in mean.attrs.axis) if mean.attrs.axis is not None else list(range(rank))
+    spatial = ([2, 3], [1, 2])  # NCHW, NHWC
+    if rank != 4 or axes not in spatial:
+        return f"squeeze-and-excite needs a global pool over the spatial axes of a 4-D tensor, got axes {axes}"
+    if a["gate"].op.name == "relax.sigmoid":
+        return None
+    return hsigmoid.check_chain(ctx, a["gate"], a["fc2"])
+
+
+RULE = Rule("mobilec.se", _root, {"x": _x, "mean": _mean, "fc2": _fc2, "gate": _gate}, check)

@@ -1,0 +1,94 @@
+"""The one mobilec Relax pipeline, used by every build. Read top to bottom; phases are named.
+
+  Phase 1 canonicalize  exporters' leftovers removed: BN decomposed, constants folded,
+                        NHWC transpose pairs cancelled
+  Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid)
+  Phase 3 lower         ops to TIR; what no rule claimed is fused by TVM's generic FuseOps
+  Phase 4 schedule      kernels from the tuning database where it has them
+  Phase 5 finalize      TVM's CPU dataflow lowering and VM finalization
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from mobilec.compiler.fusions import RULES, CancelTransposes
+from mobilec.compiler.report import FusionReport
+
+PIPELINE_NAME = "mobilec"
+
+
+@dataclass
+class PipelineOptions:
+    tuning_db: Optional[str] = None
+    dump_ir: Optional[str] = None
+    fuse: bool = True  # False: phase 2 skipped (benchmarks compare fused against unfused)
+    report: FusionReport = field(default_factory=FusionReport)
+
+
+def _dump(directory: Optional[str], index: int, phase: str) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name=f"mobilec.Dump{phase}")
+    def dump(mod, _ctx):
+        path = Path(directory) / f"{index:02d}_{phase}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(mod.script(show_meta=False))
+        return mod
+
+    return dump if directory else tvm.transform.Sequential([])
+
+
+def _count(report: FusionReport) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="mobilec.CountFusions")
+    def count(mod, _ctx):
+        report.count(mod)
+        return mod
+
+    return count
+
+
+def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, list]]:
+    fusion = relax.transform.FuseOpsByPattern(
+        [r.fusion_pattern(opts.report.refuse) for r in RULES], bind_constants=False, annotate_codegen=False)
+    return [
+        ("canonicalize", [
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.FoldConstant(),
+            CancelTransposes(),  # before fusion: transposes would split conv from its epilogue
+            relax.transform.FoldConstant(),
+            relax.transform.DeadCodeElimination(),
+        ]),
+        ("fuse", [fusion if opts.fuse else tvm.transform.Sequential([]), _count(opts.report)]),
+        ("lower", cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)),
+        ("schedule", [
+            relax.transform.MetaScheduleApplyDatabase(opts.tuning_db) if opts.tuning_db
+            else tvm.transform.Sequential([]),
+        ]),
+        ("finalize", cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)),
+    ]
+
+
+def pipeline(target: tvm.target.Target, opts: Optional[PipelineOptions] = None) -> tvm.transform.Pass:
+    opts = opts or PipelineOptions()
+    passes = []
+    for i, (phase, ps) in enumerate(phases(target, opts), start=1):
+        passes += ps + [_dump(opts.dump_ir, i, phase)]
+
+    @tvm.transform.module_pass(opt_level=0, name="mobilec.Pipeline")
+    def run(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return run
+
+
+@relax.register_pipeline(PIPELINE_NAME)
+def _registered(target: tvm.target.Target = None, **kwargs) -> tvm.transform.Pass:
+    """``tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("mobilec", target=target))``."""
+    return pipeline(target or tvm.target.Target.current(), PipelineOptions(**kwargs))

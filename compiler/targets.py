@@ -1,0 +1,134 @@
+"""Target presets: one table keyed by target triple, one table of CPU presets, and the one place
+cross compilers are looked up."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+
+class TargetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TriplePreset:
+    triple: str
+    arch: str                # "aarch64", "armv7", "x86_64": which --cpu presets apply
+    mtriple: str
+    mattr: tuple[str, ...]
+    default_cpu: str
+    elf_machine: int         # e_machine in the ELF header of the built library
+    elf_class: int           # 1: 32-bit, 2: 64-bit
+    compiler: tuple[str, ...]  # candidate C++ drivers, first found wins
+    provides: str            # what installs the compiler, for error messages
+    extra: dict = field(default_factory=dict)
+
+
+TRIPLES: dict[str, TriplePreset] = {p.triple: p for p in [
+    TriplePreset("aarch64-linux-android", "aarch64", "aarch64-linux-android", ("+neon",), "cortex-a76",
+                 183, 2, ("$TVM_NDK_CC", "$ANDROID_NDK_HOME/toolchains/llvm/prebuilt/linux-x86_64/bin/"
+                          "aarch64-linux-android28-clang++"),
+                 "the Android NDK: set ANDROID_NDK_HOME to its root, or TVM_NDK_CC to its aarch64 clang++"),
+    TriplePreset("aarch64-linux-gnu", "aarch64", "aarch64-linux-gnu", ("+neon",), "cortex-a72",
+                 183, 2, ("aarch64-linux-gnu-g++",), "Debian/Ubuntu package g++-aarch64-linux-gnu"),
+    TriplePreset("armv7a-linux-gnueabihf", "armv7", "armv7a-linux-gnueabihf", ("+neon", "+vfp4"), "cortex-a53",
+                 40, 1, ("arm-linux-gnueabihf-g++",), "Debian/Ubuntu package g++-arm-linux-gnueabihf",
+                 {"mfloat-abi": "hard"}),
+    TriplePreset("x86_64-linux-gnu", "x86_64", "x86_64-linux-gnu", (), "core-avx2",
+                 62, 2, ("g++", "c++", "clang++"), "a host C++ compiler (Debian package g++)"),
+]}
+
+
+@dataclass(frozen=True)
+class CpuPreset:
+    name: str
+    arch: str
+    mcpu: str
+    mattr: tuple[str, ...] = ()
+    num_cores: int = 4
+
+
+CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
+    # phone and board cores (ARMv8.0 little/big, ARMv8.2 with dot product)
+    CpuPreset("cortex-a53", "aarch64", "cortex-a53", (), 4),
+    CpuPreset("cortex-a55", "aarch64", "cortex-a55", ("+dotprod", "+fullfp16"), 4),
+    CpuPreset("cortex-a72", "aarch64", "cortex-a72", (), 2),
+    CpuPreset("cortex-a73", "aarch64", "cortex-a73", (), 4),
+    CpuPreset("cortex-a75", "aarch64", "cortex-a75", ("+dotprod", "+fullfp16"), 4),
+    CpuPreset("cortex-a76", "aarch64", "cortex-a76", ("+dotprod", "+fullfp16"), 4),
+    CpuPreset("cortex-a77", "aarch64", "cortex-a77", ("+dotprod", "+fullfp16"), 4),
+    CpuPreset("cortex-a78", "aarch64", "cortex-a78", ("+dotprod", "+fullfp16"), 4),
+    CpuPreset("cortex-x1", "aarch64", "cortex-x1", ("+dotprod", "+fullfp16"), 4),
+    CpuPreset("cortex-a53", "armv7", "cortex-a53", (), 4),  # 32-bit boards and phones
+    CpuPreset("cortex-a7", "armv7", "cortex-a7", (), 4),
+    CpuPreset("cortex-a72", "armv7", "cortex-a72", (), 4),
+    CpuPreset("core-avx2", "x86_64", "core-avx2", (), os.cpu_count() or 1),
+    CpuPreset("znver3", "x86_64", "znver3", (), os.cpu_count() or 1),
+    CpuPreset("skylake-avx512", "x86_64", "skylake-avx512", (), os.cpu_count() or 1),
+]}
+
+
+def host_triple() -> str:
+    machine = platform.machine()
+    return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
+            "armv7l": "armv7a-linux-gnueabihf"}.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    triple: str
+    cpu: str
+    target: dict  # the TVM target dict (JSON-serialisable)
+    preset: TriplePreset
+
+    def tvm_target(self):
+        import tvm
+
+        return tvm.target.Target(self.target)
+
+
+def resolve(triple: str = "host", cpu: Optional[str] = None, num_cores: Optional[int] = None) -> ResolvedTarget:
+    """Turn a triple (or "host") and an optional CPU preset into a TVM target dict."""
+    if triple == "host":
+        triple = host_triple()
+    if triple not in TRIPLES:
+        raise TargetError(f"unknown target triple {triple!r}; valid: host, {', '.join(TRIPLES)}")
+    p = TRIPLES[triple]
+    cpu_name = cpu or p.default_cpu
+    preset = CPUS.get((p.arch, cpu_name))
+    if preset is None:
+        valid = sorted(name for arch, name in CPUS if arch == p.arch)
+        raise TargetError(f"--cpu {cpu_name!r} is not a {p.arch} preset for {triple}; valid: {', '.join(valid)}")
+    target = {"kind": "llvm", "mtriple": p.mtriple, "mcpu": preset.mcpu,
+              "mattr": list(p.mattr + preset.mattr), "num-cores": num_cores or preset.num_cores, **p.extra}
+    if not target["mattr"]:
+        del target["mattr"]
+    return ResolvedTarget(triple, cpu_name, target, p)
+
+
+def find_compiler(triple: str) -> str:
+    """The C++ driver that links libraries for ``triple``, or an error naming what provides it."""
+    p = TRIPLES[triple]
+    for candidate in p.compiler:
+        path = os.path.expandvars(candidate)
+        if "$" in path:
+            continue  # the variable is unset
+        found = shutil.which(path) or (path if Path(path).is_file() else None)
+        if found:
+            return found
+    raise TargetError(f"no C++ cross compiler for {triple}: install {p.provides}")
+
+
+def export_function(triple: str) -> Callable:
+    """``fcompile`` for ``Executable.export_library``."""
+    from tvm.support import cc
+
+    compiler = find_compiler(triple)
+    if triple == host_triple():
+        return cc.create_shared if Path(compiler).name in ("g++", "c++") else cc.cross_compiler(compiler)
+    return cc.cross_compiler(compiler)

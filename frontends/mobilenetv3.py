@@ -1,0 +1,228 @@
+"""MobileNetV3-Large and -Small as the paper's Tables 1 and 2 read ("Searching for MobileNetV3",
+Howard et al., 2019), one bottleneck ("bneck") per table row.
+
+Module names follow our own scheme (``stem``, ``blocks.N.expand`` ...); ``weights.py`` maps the
+keys of torchvision state_dicts onto it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+    """Round a channel count to a multiple of ``divisor`` without losing more than 10%.
+
+    The one place width multipliers are rounded (as in the reference TF implementation)."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+@dataclass(frozen=True)
+class Bneck:
+    """One row of Table 1/2: ``kernel, expansion, out, SE, NL, stride``."""
+
+    kernel: int
+    exp: int
+    out: int
+    se: bool
+    nl: str  # "RE" (ReLU) or "HS" (h-swish)
+    stride: int
+
+
+#            kernel exp  out   SE     NL    stride      input (Table 1)
+LARGE = (
+    Bneck(3, 16, 16, False, "RE", 1),   # 112x112x16
+    Bneck(3, 64, 24, False, "RE", 2),   # 112x112x16
+    Bneck(3, 72, 24, False, "RE", 1),   # 56x56x24
+    Bneck(5, 72, 40, True, "RE", 2),    # 56x56x24
+    Bneck(5, 120, 40, True, "RE", 1),   # 28x28x40
+    Bneck(5, 120, 40, True, "RE", 1),   # 28x28x40
+    Bneck(3, 240, 80, False, "HS", 2),  # 28x28x40
+    Bneck(3, 200, 80, False, "HS", 1),  # 14x14x80
+    Bneck(3, 184, 80, False, "HS", 1),  # 14x14x80
+    Bneck(3, 184, 80, False, "HS", 1),  # 14x14x80
+    Bneck(3, 480, 112, True, "HS", 1),  # 14x14x80
+    Bneck(3, 672, 112, True, "HS", 1),  # 14x14x112
+    Bneck(5, 672, 160, True, "HS", 2),  # 14x14x112
+    Bneck(5, 960, 160, True, "HS", 1),  # 7x7x160
+    Bneck(5, 960, 160, True, "HS", 1),  # 7x7x160
+)
+
+#            kernel exp  out   SE     NL    stride      input (Table 2)
+SMALL = (
+    Bneck(3, 16, 16, True, "RE", 2),    # 112x112x16
+    Bneck(3, 72, 24, False, "RE", 2),   # 56x56x16
+    Bneck(3, 88, 24, False, "RE", 1),   # 28x28x24
+    Bneck(5, 96, 40, True, "HS", 2),    # 28x28x24
+    Bneck(5, 240, 40, True, "HS", 1),   # 14x14x40
+    Bneck(5, 240, 40, True, "HS", 1),   # 14x14x40
+    Bneck(5, 120, 48, True, "HS", 1),   # 14x14x40
+    Bneck(5, 144, 48, True, "HS", 1),   # 14x14x48
+    Bneck(5, 288, 96, True, "HS", 2),   # 14x14x48
+    Bneck(5, 576, 96, True, "HS", 1),   # 7x7x96
+    Bneck(5, 576, 96, True, "HS", 1),   # 7x7x96
+)
+
+
+@dataclass(frozen=True)
+class MobileNetV3Config:
+    """Everything that shapes a MobileNetV3: the table, the head widths and the variant switches."""
+
+    arch: str  # "large" or "small"
+    width: float = 1.0
+    minimal: bool = False      # paper sec. 6.1.1: no SE, ReLU instead of h-swish, 3x3 kernels only
+    dilated: bool = False      # segmentation: last stage keeps output stride 16 with dilation 2
+    reduced_tail: bool = False  # segmentation: halve the channels of the last stage (paper sec. 6.3)
+    num_classes: int = 1000
+    dropout: float = 0.2
+
+    @property
+    def rows(self) -> tuple[Bneck, ...]:
+        rows = LARGE if self.arch == "large" else SMALL
+        if self.minimal:
+            rows = tuple(replace(r, kernel=3, se=False, nl="RE") for r in rows)
+        if self.reduced_tail:
+            tail = 3  # the last three rows form the 1/32 stage in both tables
+            rows = rows[:-tail] + tuple(
+                replace(r, exp=r.exp // 2, out=r.out // 2) for r in rows[-tail:]
+            )
+        return rows
+
+    @property
+    def last_conv(self) -> int:
+        """Channels of the final 1x1 conv: 6x the last bneck's output (960 and 576 in the tables)."""
+        return 6 * self.rows[-1].out
+
+    @property
+    def head(self) -> int:
+        """The 1x1 NBN conv after pooling: 1280 (Large) / 1024 (Small), widened above width 1.0."""
+        base = 1280 if self.arch == "large" else 1024
+        return make_divisible(base * max(1.0, self.width))
+
+    @property
+    def nl_stem(self) -> str:
+        return "RE" if self.minimal else "HS"
+
+    def channels(self, c: int) -> int:
+        return make_divisible(c * self.width)
+
+
+def activation(nl: str) -> nn.Module:
+    return nn.Hardswish() if nl == "HS" else nn.ReLU()
+
+
+class ConvBNAct(nn.Sequential):
+    def __init__(self, cin, cout, kernel=1, stride=1, groups=1, dilation=1, nl: Optional[str] = "RE"):
+        padding = (kernel - 1) // 2 * dilation
+        layers = [
+            nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, groups=groups, bias=False),
+            nn.BatchNorm2d(cout, eps=0.001, momentum=0.01),
+        ]
+        if nl is not None:
+            layers.append(activation(nl))
+        super().__init__(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excite, reduced to 1/4 of the expansion width (paper sec. 5.3), h-sigmoid gate."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        squeeze = make_divisible(channels // 4)
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x):
+        s = F.adaptive_avg_pool2d(x, 1)
+        s = F.relu(self.reduce(s))
+        s = F.hardsigmoid(self.expand(s))
+        return x * s
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, row: Bneck, ratio: float, cfg: MobileNetV3Config, dilation: int = 1):
+        super().__init__()
+        # The expansion is a ratio of the (rounded) input width, as in the reference TF code the
+        # paper's figures come from; at width 1.0 it is exactly the table's "exp" column.
+        exp, out = make_divisible(cin * ratio), cfg.channels(row.out)
+        stride = 1 if dilation > 1 else row.stride
+        self.residual = stride == 1 and cin == out
+        # No expansion conv where the expansion equals the input (Large's first row).
+        self.expand = ConvBNAct(cin, exp, nl=row.nl) if exp != cin else None
+        self.depthwise = ConvBNAct(exp, exp, row.kernel, stride, groups=exp, dilation=dilation, nl=row.nl)
+        self.se = SqueezeExcite(exp) if row.se else None
+        self.project = ConvBNAct(exp, out, nl=None)
+        self.out_channels = out
+        self.stride = row.stride
+
+    def forward(self, x):
+        y = x if self.expand is None else self.expand(x)
+        y = self.depthwise(y)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project(y)
+        return x + y if self.residual else y
+
+
+class MobileNetV3(nn.Module):
+    def __init__(self, cfg: MobileNetV3Config):
+        super().__init__()
+        self.config = cfg
+        cin = cfg.channels(16)
+        self.stem = ConvBNAct(3, cin, 3, 2, nl=cfg.nl_stem)
+        blocks, table_in = [], 16
+        for i, row in enumerate(cfg.rows):
+            in_last_stage = cfg.dilated and i >= len(cfg.rows) - 3
+            ratio = row.exp / table_in
+            blocks.append(Bottleneck(cin, row, ratio, cfg, dilation=2 if in_last_stage else 1))
+            cin, table_in = blocks[-1].out_channels, row.out
+        self.blocks = nn.ModuleList(blocks)
+        last = cfg.channels(cfg.last_conv)
+        self.last_conv = ConvBNAct(cin, last, nl=cfg.nl_stem)
+        self.out_channels = last
+        # The paper's "conv2d 1x1, NBN" layers after pooling, written as Linear like torchvision
+        # (identical maths on a 1x1 map; Gemm in ONNX).
+        self.classifier = nn.Sequential(
+            nn.Linear(last, cfg.head),
+            activation(cfg.nl_stem),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.head, cfg.num_classes),
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def features(self, x, taps: tuple[int, ...] = ()):
+        """Run stem, blocks and last conv; also return the outputs of the block indices in ``taps``."""
+        x = self.stem(x)
+        tapped = {}
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in taps:
+                tapped[i] = x
+        return self.last_conv(x), tapped
+
+    def forward(self, x):
+        x, _ = self.features(x)
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.classifier(x)
