@@ -81,4 +81,5 @@ def inspect_model(model: Union[str, Path, onnx.ModelProto],
             if name == "lower":
                 break
             imported.mod = tvm.transform.Sequential(passes)(imported.mod)
+    inspect_model.last_mod = imported.mod
     return opts.report, imported.inputs, imported.outputs

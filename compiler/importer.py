@@ -149,7 +149,10 @@ def import_onnx(model: Union[str, Path, onnx.ModelProto],
         raise ModelImportError(f"{source}: fails the ONNX checker: {str(e).splitlines()[0]}") from None
     proto = onnx.shape_inference.infer_shapes(_fold(proto), data_prop=True)
     _check_supported(proto.graph, source)
-    mod = from_onnx(proto, shape_dict={i.name: list(i.shape) for i in inputs}, keep_params_in_input=False)
+    from mobilec.compiler.converters import relax_friendly_converters
+
+    with relax_friendly_converters():
+        mod = from_onnx(proto, shape_dict={i.name: list(i.shape) for i in inputs}, keep_params_in_input=False)
     outputs = []
     ret = mod["main"].ret_ty  # TVM 0.27 calls struct info "ty"
     for o, si in zip(proto.graph.output, getattr(ret, "fields", [ret])):

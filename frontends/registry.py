@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
 
+import torch
 from torch import nn
 
 from mobilec.frontends.lraspp import LRASPP
@@ -70,12 +71,30 @@ def get_spec(name: str) -> ModelSpec:
             f"unknown model {name!r}; valid names: {', '.join(MODELS)}") from None
 
 
-def create_model(name: str, weights: Optional[str] = None) -> nn.Module:
-    """Build a registered model in eval mode, randomly initialised or from a torchvision state_dict."""
+def calibrate_batch_norm(model: nn.Module, input_size: int, batch: int = 4, seed: int = 0) -> nn.Module:
+    """Set batch-norm statistics from one random batch, so a randomly initialised network keeps
+    unit-scale activations instead of vanishing to ~1e-9 at the logits (which would make every
+    numerical comparison trivially pass)."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one batch sets the statistics exactly
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(batch, 3, input_size, input_size, generator=gen))
+    return model.eval()
+
+
+def create_model(name: str, weights: Optional[str] = None, seed: int = 0) -> nn.Module:
+    """Build a registered model in eval mode: from a torchvision state_dict, or randomly
+    initialised (seeded) with batch-norm statistics calibrated on random data."""
     spec = get_spec(name)
+    torch.manual_seed(seed)
     model = spec.build()
     if weights is not None:
         from mobilec.frontends.weights import load_torchvision_weights
 
         load_torchvision_weights(model, weights)
-    return model.eval()
+        return model.eval()
+    return calibrate_batch_norm(model, min(spec.input_size, 224), seed=seed)

@@ -107,12 +107,19 @@ def _scalar(expr) -> float:
     return float(arr.reshape(()))
 
 
+def _is(ctx: PatternCheckContext, x) -> Callable:
+    """Matches ``x`` itself or the variable it is bound to (the matcher hands out either)."""
+    var = ctx.value_to_bound_var.get(x) if not isinstance(x, relax.Var) else None
+    return lambda e: e.same_as(x) or (var is not None and e.same_as(var))
+
+
 def evaluate(ctx: PatternCheckContext, root, x, samples: np.ndarray = SAMPLES) -> np.ndarray:
     """Evaluate the matched scalar chain from input ``x`` to ``root`` at ``samples``."""
     bindings = ctx.matched_bindings
+    is_input = _is(ctx, x)
 
     def ev(e):
-        if e.same_as(x):
+        if is_input(e):
             return samples
         if isinstance(e, relax.Var) and e in bindings:
             return ev(bindings[e])
@@ -140,12 +147,12 @@ def hsigmoid_ref(x):
 
 def constants_in(ctx: PatternCheckContext, root, x) -> list[float]:
     """The scalar constants of the matched chain, for refusal messages."""
-    out, seen, bindings = [], set(), ctx.matched_bindings
+    out, bindings = [], ctx.matched_bindings
+    is_input = _is(ctx, x)
 
     def walk(e):
-        if e.same_as(x) or id(e) in seen:
+        if is_input(e):
             return
-        seen.add(id(e))
         if isinstance(e, relax.Var) and e in bindings:
             walk(bindings[e])
         elif isinstance(e, relax.Call):
@@ -158,7 +165,7 @@ def constants_in(ctx: PatternCheckContext, root, x) -> list[float]:
                 pass
 
     walk(root)
-    return out
+    return list(dict.fromkeys(out))
 
 
 def numeric_check(ctx: PatternCheckContext, root, x, ref: Callable, what: str) -> Optional[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
+from tvm.ir.expr import Constant
 from tvm.relax.dpl import DFPattern, is_const, wildcard
 
 from mobilec.compiler.fusions import hswish
@@ -34,6 +35,17 @@ def _hswish_check(ctx) -> Optional[str]:
     return hswish.check_chain(ctx, a["act"], a["pre"])
 
 
+def _residual_check(ctx) -> Optional[str]:
+    a = ctx.annotated_expr
+    add, pre = a["act"], a["pre"]
+    other = add.args[1] if add.args[0].same_as(pre) else add.args[0]
+    if isinstance(other, Constant):
+        return "a constant add is a bias, not a residual"
+    if [int(d) for d in other.ty.shape] != [int(d) for d in pre.ty.shape]:
+        return f"residual shapes differ: {list(other.ty.shape)} vs {list(pre.ty.shape)}"
+    return None
+
+
 def _rules(kind: str, producer: Callable[[DFPattern], DFPattern]) -> list[Rule]:
     x = wildcard()
     core = producer(x)
@@ -49,7 +61,8 @@ def _rules(kind: str, producer: Callable[[DFPattern], DFPattern]) -> list[Rule]:
         # Both operands of a residual add may be convolutions; the matcher tries the left one as
         # ours first, so the mirrored rule catches the case where the left one is the shortcut.
         for add in (op("add", pre, wildcard()), op("add", wildcard(), pre)):
-            rules.append(Rule(f"mobilec.{kind}_bias_residual", add, {"core": core, "pre": pre, "act": add}))
+            rules.append(Rule(f"mobilec.{kind}_bias_residual", add, {"core": core, "pre": pre, "act": add},
+                              _residual_check))
     return rules + [Rule(f"mobilec.{kind}_bias", pre, {"core": core, "pre": pre})]
 
 

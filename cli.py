@@ -1,0 +1,230 @@
+"""The ``mobilec`` command line. It only parses, validates and calls the Python API; each verb's
+API is imported when the verb runs, so ``mobilec run`` never loads torch or TVM's compiler."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _console():
+    from rich.console import Console
+
+    # wide enough for model names when piped (rich assumes 80 columns off a terminal)
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="left" if c in ("name", "model", "pattern", "key", "reason") else "right")
+    for r in rows:
+        t.add_row(*[str(v) for v in r])
+    _console().print(t)
+
+
+# ---- verbs ----------------------------------------------------------------------------------
+
+def cmd_models(args) -> int:
+    from mobilec.frontends import model_table
+
+    def paper(v, unit):
+        return "-" if v is None else f"{v:g}{unit}"
+
+    rows = [[r["name"], r["task"], r["input_size"], f"{r['params_m']:.2f}M", paper(r["paper_params_m"], "M"),
+             f"{r['madds_m']:.1f}M", paper(r["paper_madds_m"], "M")] for r in model_table()]
+    _table("mobilec models (multiply-adds at the default input size)",
+           ["name", "task", "input", "params", "paper params", "MAdds", "paper MAdds"], rows)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mobilec.frontends import ExportConfig, export_model, get_spec
+
+    spec = get_spec(args.model)
+    cfg = ExportConfig(input_size=args.input_size or spec.input_size, batch=args.batch, opset=args.opset,
+                       exporter=args.exporter)
+    res = export_model(args.model, args.output, cfg, weights=args.weights)
+    print(f"wrote {res.path} (opset {res.opset}, input {res.input_shape}, output {res.output_shape}); "
+          f"onnx.checker passed; onnxruntime vs PyTorch max abs error {res.max_abs_error:.3g}")
+    return 0
+
+
+def _shapes(items) -> dict:
+    from mobilec.compiler import parse_shape
+
+    return dict(parse_shape(s) for s in items or [])
+
+
+def _print_report(report: dict) -> None:
+    rows = [[name, n] for name, n in report["matched"].items()]
+    _table("fusions matched", ["pattern", "count"], rows)
+    print("totals: " + ", ".join(f"{k} {v}" for k, v in report["totals"].items()))
+    if report["refused"]:
+        _table("near misses (not fused)", ["pattern", "node", "reason"],
+               [[r["pattern"], r["node"], r["reason"]] for r in report["refused"]])
+
+
+def cmd_compile(args) -> int:
+    from mobilec.compiler import CompileConfig, compile_model
+
+    cfg = CompileConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores,
+                        input_shapes=_shapes(args.input_shape), tuning_db=args.tuning_db, dump_ir=args.dump_ir,
+                        fuse=not args.no_fuse)
+    res = compile_model(args.model, args.output, cfg)
+    m = res.manifest
+    print(f"wrote {res.library} and {res.library.with_suffix('.json')} in {res.seconds:.1f} s: "
+          f"{m.triple} (cpu {m.cpu}), inputs {[(i['name'], i['shape']) for i in m.inputs]}, "
+          f"outputs {[(o['name'], o['shape']) for o in m.outputs]}")
+    _print_report(m.fusion)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from mobilec.compiler import inspect_model
+
+    report, inputs, outputs = inspect_model(args.model, _shapes(args.input_shape))
+    print(f"{args.model}: inputs {[(i.name, i.shape) for i in inputs]}, outputs {[(o.name, o.shape) for o in outputs]}")
+    _print_report(report.to_dict())
+    return 0
+
+
+def _open(args):
+    import mobilec.runtime as mr
+
+    if args.tracker or args.server:
+        return mr.connect(tracker=args.tracker, key=args.key, server=args.server).load(args.library)
+    return mr.load(args.library)
+
+
+def cmd_run(args) -> int:
+    from mobilec.runtime import present
+
+    module = _open(args)
+    x = present.load_input(module, args.input, args.image)
+    outputs = module.run({module.inputs[0]["name"]: x})
+    if module.manifest.task == "segmentation" or outputs[0].ndim == 4:
+        path = present.write_mask(outputs[0], args.mask)
+        print(f"wrote {path} ({outputs[0].shape[1]} classes)")
+    else:
+        rows = present.top5(outputs[0])
+        _table("top-5", ["class", "probability"], [[c, f"{p:.4f}"] for c, p in rows])
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from mobilec.runtime import present
+
+    module = _open(args)
+    rows = present.bench_rows(module, args.vs, args.warmup, args.repeat, args.threads)
+    _table(f"latency, {args.repeat} runs after {args.warmup} warm-up",
+           ["name", "median ms", "min ms", "max ms", "ratio"], rows)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mobilec.quickstart import run
+
+    return run(args.model, Path(args.workdir), args.target)
+
+
+def cmd_rpc(args) -> int:
+    from mobilec.rpc import cli as rpc_cli
+
+    return rpc_cli.dispatch(args)
+
+
+# ---- parser ---------------------------------------------------------------------------------
+
+def _remote_args(p) -> None:
+    p.add_argument("--tracker", help="RPC tracker HOST:PORT: run on a device registered there")
+    p.add_argument("--key", help="device key at the tracker")
+    p.add_argument("--server", help="RPC server HOST:PORT (no tracker)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mobilec import __version__
+
+    parser = argparse.ArgumentParser(prog="mobilec", description="MobileNet-class models from PyTorch to a "
+                                     "native library for ARM phone CPUs, on Apache TVM.")
+    parser.add_argument("--version", action="version", version=f"mobilec {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("demo", help="the main job: export, compile, run and compare with onnxruntime")
+    p.add_argument("--model", default="mobilenet_v3_large")
+    p.add_argument("--target", default="host")
+    p.add_argument("--workdir", default="mobilec-demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list the registered models with parameters and multiply-adds")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="export a registered model to ONNX")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--input-size", type=int, help="square input size (default: the model's)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
+    p.add_argument("--weights", help="a state_dict saved from the matching torchvision model")
+    p.set_defaults(func=cmd_export)
+
+    for verb, helptext in (("compile", "compile an ONNX model into one shared library for a target triple"),
+                           ("inspect", "show what the fusion passes find in an ONNX model")):
+        p = sub.add_parser(verb, help=helptext)
+        p.add_argument("model", help="an ONNX file")
+        p.add_argument("--input-shape", action="append", metavar="NAME=1x3x224x224",
+                       help="fix an input's dynamic dims (repeatable)")
+        if verb == "compile":
+            p.add_argument("-o", "--output", required=True, help="the .so to write (manifest beside it)")
+            p.add_argument("--target", default="host", help="target triple (see `mobilec compile --help`)")
+            p.add_argument("--cpu", help="CPU preset, e.g. cortex-a76")
+            p.add_argument("--num-cores", type=int)
+            p.add_argument("--tuning-db", help="MetaSchedule database directory to take kernels from")
+            p.add_argument("--dump-ir", help="write the IR after each pipeline phase to this directory")
+            p.add_argument("--no-fuse", action="store_true", help="skip mobilec's fusion phase")
+        p.set_defaults(func=cmd_compile if verb == "compile" else cmd_inspect)
+
+    p = sub.add_parser("run", help="run a compiled model: top-5 classes, or a mask PNG for segmentation")
+    p.add_argument("library")
+    p.add_argument("--input", help=".npy file with the input tensor")
+    p.add_argument("--image", help="an image file (resized and normalised as for ImageNet)")
+    p.add_argument("--mask", default="mask.png", help="where a segmentation mask goes")
+    _remote_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="time a compiled model, optionally against onnxruntime")
+    p.add_argument("library")
+    p.add_argument("--vs", metavar="MODEL.onnx", help="also time onnxruntime on this ONNX file")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: the library's cores)")
+    _remote_args(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("rpc", help="RPC tracker, device servers, device list, emulated aarch64 device")
+    from mobilec.rpc.cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_rpc)
+    return parser
+
+
+# Errors a user can fix (bad file, name, shape, address...): one line, no traceback. Every mobilec
+# error class derives from one of these.
+USER_ERRORS = (FileNotFoundError, KeyError, ValueError, RuntimeError)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"mobilec {args.verb}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,110 @@
+"""Local RPC processes (TVM's own tracker and server) as context managers.
+
+TVM RPC has no authentication: everything binds to 127.0.0.1 unless the caller names a host.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
+
+from mobilec.rpc.client import RPCError, devices
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def warn_if_exposed(host: str) -> None:
+    if host not in (LOOPBACK, "localhost", "::1"):
+        warnings.warn(f"binding TVM RPC to {host}: TVM RPC has no authentication, anyone who can reach "
+                      f"this address can run code here", stacklevel=3)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen, what: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RPCError(f"{what} exited with code {proc.returncode} before listening on {host}:{port}")
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    _stop(proc)
+    raise RPCError(f"{what} did not listen on {host}:{port} within {timeout:g} s")
+
+
+def tracker_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
+            "--port-end", str(port + 1)]
+
+
+def server_command(tracker: str, key: str, host: str = LOOPBACK, port: int = 9090,
+                   python: Sequence[str] = (sys.executable,), load_library: Optional[str] = None) -> list[str]:
+    cmd = [*python, "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port),
+           "--port-end", str(port + 100), "--tracker", tracker, "--key", key]
+    if load_library:
+        cmd += ["--load-library", load_library]
+    return cmd
+
+
+@contextmanager
+def tracker(host: str = LOOPBACK, port: Optional[int] = None, timeout: float = 60.0) -> Iterator[str]:
+    """Run TVM's RPC tracker; yields ``host:port``."""
+    warn_if_exposed(host)
+    port = port or free_port()
+    proc = subprocess.Popen(tracker_command(host, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(host, port, proc, "the RPC tracker", timeout)
+        yield f"{host}:{port}"
+    finally:
+        _stop(proc)
+
+
+def wait_registered(tracker_addr: str, key: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RPCError(f"RPC server for key {key!r} exited with code {proc.returncode} before registering")
+        try:
+            if devices(tracker_addr).get(key, {}).get("free", 0) > 0:
+                return
+        except RPCError:
+            pass
+        time.sleep(0.5)
+    raise RPCError(f"RPC server for key {key!r} did not register at {tracker_addr} within {timeout:g} s")
+
+
+@contextmanager
+def server(tracker_addr: str, key: str, host: str = LOOPBACK, command: Optional[list[str]] = None,
+           env: Optional[dict] = None, timeout: float = 120.0) -> Iterator[subprocess.Popen]:
+    """Run TVM's RPC server registered at the tracker under ``key``; yields the process."""
+    warn_if_exposed(host)
+    cmd = command or server_command(tracker_addr, key, host, port=free_port())
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_registered(tracker_addr, key, proc, timeout)
+        yield proc
+    finally:
+        _stop(proc)

@@ -1,0 +1,41 @@
+"""mobilec: the repository root is the ``mobilec`` package; its folders are its subpackages.
+
+``pip install .``        the thin runtime only (TVM + numpy): load and run compiled models
+``pip install .[all]``   everything: PyTorch models, ONNX export, compiler, RPC, tuning, tests
+"""
+
+from setuptools import setup
+
+SUBPACKAGES = ["compiler", "compiler.fusions", "frontends", "schedules", "rpc", "runtime"]
+
+RUNTIME = [
+    "numpy>=1.26",
+    "apache-tvm==0.27.0.post1",
+    "apache-tvm-ffi==0.1.14.post1",  # 0.1.15.x segfaults in tvm.ir.save_json (MetaSchedule)
+]
+ALL = [
+    "torch==2.13.0",  # CPU build from local disk; unpinned torch pulls a multi-GB CUDA build
+    "onnx==1.23.2",
+    "onnxruntime==1.32.0",
+    "onnxscript==0.7.2",
+    "xgboost-cpu==3.2.0",  # MetaSchedule's cost model; the -cpu wheel avoids the CUDA NCCL download
+    "psutil==7.2.2",
+    "cloudpickle==3.1.3",
+    "tornado==6.6.1",
+    "rich==15.0.0",
+    "pillow==13.0.0",
+    "pytest==9.2.0",
+]
+
+setup(
+    name="mobilec",
+    version="0.1.0",
+    description="MobileNet-class vision models from PyTorch to a fast native library on ARM phone CPUs, on Apache TVM",
+    python_requires=">=3.10",
+    packages=["mobilec"] + [f"mobilec.{p}" for p in SUBPACKAGES],
+    package_dir={"mobilec": "."} | {f"mobilec.{p}": p.replace(".", "/") for p in SUBPACKAGES},
+    package_data={"mobilec.schedules": ["db/*/*.json"]},
+    install_requires=RUNTIME,
+    extras_require={"all": ALL, "runtime": []},
+    entry_points={"console_scripts": ["mobilec=mobilec.cli:main"]},
+)

@@ -1,0 +1,52 @@
+"""Shared fixtures: models exported and compiled once per session, seeded inputs, onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def exported(artifacts):
+    """exported(name) -> path of the registered model's ONNX file (exported once)."""
+    from mobilec.frontends import export_model
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = export_model(name, artifacts / f"{name}.onnx")
+        return cache[name].path
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def compiled(artifacts, exported):
+    """compiled(name) -> CompileResult for the registered model on the host (compiled once)."""
+    from mobilec.compiler import compile_model
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = compile_model(exported(name), artifacts / f"{name}.so")
+        return cache[name]
+
+    return get
+
+
+def seeded_input(shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def onnxruntime_outputs(model, feeds: dict) -> list[np.ndarray]:
+    data = model if isinstance(model, (str, bytes)) else str(model)
+    sess = ort.InferenceSession(data if isinstance(data, bytes) else data, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)

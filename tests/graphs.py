@@ -1,0 +1,92 @@
+"""Tiny ONNX graphs written by the tests themselves, in the forms other exporters produce."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import onnxruntime_outputs, seeded_input
+
+C, HW = 8, 10
+
+
+def const(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def model(nodes, inits, inputs=(("input", (1, C, HW, HW)),), output=("output", (1, C, HW, HW)), opset=17) -> onnx.ModelProto:
+    g = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs],
+        [helper.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])],
+        initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def conv(x: str, out: str, cin: int = C, cout: int = C, k: int = 3, seed: int = 0, group: int = 1):
+    """Conv with bias; returns (nodes, initializers)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32) / np.sqrt(cin * k * k / group)
+    b = rng.standard_normal(cout).astype(np.float32)
+    wn, bn = f"{out}_w", f"{out}_b"
+    return [helper.make_node("Conv", [x, wn, bn], [out], pads=[k // 2] * 4, group=group)], \
+        [const(wn, w), const(bn, b)]
+
+
+def hswish_nodes(x: str, out: str, form: str, add=3.0, lo=0.0, hi=6.0, div=6.0):
+    """h-swish of ``x`` written the way one exporter or another writes it."""
+    p = f"{out}_"
+    inits = [const(p + "three", add), const(p + "lo", lo), const(p + "hi", hi), const(p + "six", div),
+             const(p + "sixth", 1.0 / div), const(p + "zero", 0.0)]
+    relu6 = {
+        "clip": [helper.make_node("Clip", [p + "a", p + "lo", p + "hi"], [p + "r"])],
+        "minmax": [helper.make_node("Max", [p + "a", p + "lo"], [p + "m"]),
+                   helper.make_node("Min", [p + "m", p + "hi"], [p + "r"])],
+        "relu_min": [helper.make_node("Relu", [p + "a"], [p + "m"]),
+                     helper.make_node("Min", [p + "m", p + "hi"], [p + "r"])],
+    }
+    add3 = [helper.make_node("Add", [x, p + "three"], [p + "a"])]
+    if form == "onnx":
+        return [helper.make_node("HardSwish", [x], [out])], []
+    if form == "hardsigmoid":  # x * HardSigmoid(x): Keras / tf2onnx
+        return [helper.make_node("HardSigmoid", [x], [p + "g"], alpha=1.0 / div, beta=add / div),
+                helper.make_node("Mul", [x, p + "g"], [out])], []
+    clip_form, scale = form.split("/")  # e.g. "clip/div", "minmax/mul", "relu_min/div_first"
+    nodes = add3 + relu6[clip_form]
+    if scale == "div":      # (x * relu6(x + 3)) / 6
+        nodes += [helper.make_node("Mul", [x, p + "r"], [p + "xr"]), helper.make_node("Div", [p + "xr", p + "six"], [out])]
+    elif scale == "mul":    # (x * relu6(x + 3)) * (1/6)
+        nodes += [helper.make_node("Mul", [x, p + "r"], [p + "xr"]), helper.make_node("Mul", [p + "xr", p + "sixth"], [out])]
+    elif scale == "div_first":  # x * (relu6(x + 3) / 6)
+        nodes += [helper.make_node("Div", [p + "r", p + "six"], [p + "g"]), helper.make_node("Mul", [x, p + "g"], [out])]
+    return nodes, inits
+
+
+def hsigmoid_nodes(x: str, out: str, form: str, add=3.0, hi=6.0, div=6.0):
+    p = f"{out}_"
+    if form == "onnx":
+        return [helper.make_node("HardSigmoid", [x], [out], alpha=1.0 / div, beta=add / div)], []
+    inits = [const(p + "three", add), const(p + "lo", 0.0), const(p + "hi", hi), const(p + "six", div)]
+    nodes = [helper.make_node("Add", [x, p + "three"], [p + "a"]),
+             helper.make_node("Clip", [p + "a", p + "lo", p + "hi"], [p + "r"]),
+             helper.make_node("Div", [p + "r", p + "six"], [out])]
+    return nodes, inits
+
+
+def assert_matches_onnxruntime(proto: onnx.ModelProto, tmp_path, rtol: float = 1e-4, **compile_kwargs):
+    """Compile for the host, run with mobilec.runtime, compare with onnxruntime (seeded input)."""
+    import mobilec.runtime as mr
+    from mobilec.compiler import CompileConfig, compile_model
+
+    res = compile_model(proto, tmp_path / "m.so", CompileConfig(**compile_kwargs))
+    module = mr.load(res.library)
+    feeds = {i["name"]: seeded_input(i["shape"]) * 4 for i in module.inputs}  # spans both h-swish knees
+    want = onnxruntime_outputs(proto.SerializeToString(), feeds)[0]
+    got = module.run(feeds)[0]
+    scale = max(float(np.abs(want).max()), 1e-6)
+    assert float(np.abs(got - want).max()) <= rtol * scale, (np.abs(got - want).max(), scale)
+    return res
