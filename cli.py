@@ -86,9 +86,10 @@ def cmd_compile(args) -> int:
 def cmd_inspect(args) -> int:
     from mobilec.compiler import inspect_model
 
-    report, inputs, outputs = inspect_model(args.model, _shapes(args.input_shape))
-    print(f"{args.model}: inputs {[(i.name, i.shape) for i in inputs]}, outputs {[(o.name, o.shape) for o in outputs]}")
-    _print_report(report.to_dict())
+    ins = inspect_model(args.model, _shapes(args.input_shape))
+    print(f"{args.model}: inputs {[(i.name, i.shape) for i in ins.inputs]}, "
+          f"outputs {[(o.name, o.shape) for o in ins.outputs]}")
+    _print_report(ins.report.to_dict())
     return 0
 
 

@@ -66,9 +66,17 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
     return CompileResult(output, manifest, opts.report, time.perf_counter() - start)
 
 
+@dataclass
+class Inspection:
+    report: FusionReport
+    inputs: list
+    outputs: list
+    mod: "object"  # the IRModule after the fuse phase
+
+
 def inspect_model(model: Union[str, Path, onnx.ModelProto],
-                  input_shapes: Optional[dict[str, tuple[int, ...]]] = None) -> tuple[FusionReport, list, list]:
-    """Run the pipeline up to fusion and return the fusion report (no code generation)."""
+                  input_shapes: Optional[dict[str, tuple[int, ...]]] = None) -> Inspection:
+    """Run the pipeline up to fusion (no code generation): the fusion report and the fused IR."""
     import tvm
 
     from mobilec.compiler.pipeline import phases
@@ -81,5 +89,4 @@ def inspect_model(model: Union[str, Path, onnx.ModelProto],
             if name == "lower":
                 break
             imported.mod = tvm.transform.Sequential(passes)(imported.mod)
-    inspect_model.last_mod = imported.mod
-    return opts.report, imported.inputs, imported.outputs
+    return Inspection(opts.report, imported.inputs, imported.outputs, imported.mod)

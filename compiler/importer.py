@@ -142,13 +142,13 @@ def import_onnx(model: Union[str, Path, onnx.ModelProto],
     proto, source = load_proto(model)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # never modify the caller's proto
     _check_eval_mode(proto.graph, source)
+    _check_supported(proto.graph, source)  # before the checker, which stops at the first unknown op
     inputs = _fix_input_shapes(proto, dict(input_shapes or {}), source)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         raise ModelImportError(f"{source}: fails the ONNX checker: {str(e).splitlines()[0]}") from None
     proto = onnx.shape_inference.infer_shapes(_fold(proto), data_prop=True)
-    _check_supported(proto.graph, source)
     from mobilec.compiler.converters import relax_friendly_converters
 
     with relax_friendly_converters():

@@ -17,7 +17,7 @@ def conv_hswish(form, **kw):
 @pytest.mark.structure
 @pytest.mark.parametrize("form", FORMS)
 def test_every_form_fuses_into_the_conv(form):
-    report, _, _ = inspect_model(conv_hswish(form))
+    report = inspect_model(conv_hswish(form)).report
     assert report.matched == {"mobilec.conv2d_bias_hswish": 1}, report.to_dict()
     assert report.refused == []
 
@@ -28,14 +28,14 @@ def test_standalone_hswish_after_a_non_conv_op():
 
     add = helper.make_node("Add", ["input", "input"], ["s"])
     n, i = hswish_nodes("s", "output", "clip/mul")
-    report, _, _ = inspect_model(model([add] + n, i))
+    report = inspect_model(model([add] + n, i)).report
     assert report.matched == {"mobilec.hswish": 1}
 
 
 @pytest.mark.structure
 @pytest.mark.parametrize("kw, constant", [({"hi": 5.0}, "5.0"), ({"div": 7.0}, "7.0"), ({"add": 2.0}, "2.0")])
 def test_near_misses_are_refused_with_a_reason(kw, constant):
-    report, _, _ = inspect_model(conv_hswish("clip/div", **kw))
+    report = inspect_model(conv_hswish("clip/div", **kw)).report
     assert "mobilec.conv2d_bias_hswish" not in report.matched
     reasons = [r["reason"] for r in report.refused if "hswish" in r["pattern"]]
     assert reasons and "h-swish" in reasons[0] and constant in reasons[0], report.refused

@@ -107,7 +107,7 @@ def _scalar(expr) -> float:
     return float(arr.reshape(()))
 
 
-def _is(ctx: PatternCheckContext, x) -> Callable:
+def is_bound_to(ctx: PatternCheckContext, x) -> Callable:
     """Matches ``x`` itself or the variable it is bound to (the matcher hands out either)."""
     var = ctx.value_to_bound_var.get(x) if not isinstance(x, relax.Var) else None
     return lambda e: e.same_as(x) or (var is not None and e.same_as(var))
@@ -116,7 +116,7 @@ def _is(ctx: PatternCheckContext, x) -> Callable:
 def evaluate(ctx: PatternCheckContext, root, x, samples: np.ndarray = SAMPLES) -> np.ndarray:
     """Evaluate the matched scalar chain from input ``x`` to ``root`` at ``samples``."""
     bindings = ctx.matched_bindings
-    is_input = _is(ctx, x)
+    is_input = is_bound_to(ctx, x)
 
     def ev(e):
         if is_input(e):
@@ -148,7 +148,7 @@ def hsigmoid_ref(x):
 def constants_in(ctx: PatternCheckContext, root, x) -> list[float]:
     """The scalar constants of the matched chain, for refusal messages."""
     out, bindings = [], ctx.matched_bindings
-    is_input = _is(ctx, x)
+    is_input = is_bound_to(ctx, x)
 
     def walk(e):
         if is_input(e):

@@ -16,13 +16,13 @@ from tvm.ir.expr import Constant
 from tvm.relax.dpl import DFPattern, is_const, wildcard
 
 from mobilec.compiler.fusions import hswish
-from mobilec.compiler.fusions.base import Rule, numeric_check, op, optional_bias, relu6
+from mobilec.compiler.fusions.base import Rule, is_bound_to, numeric_check, op, optional_bias, relu6
 
 
 def _affine(y: DFPattern) -> DFPattern:
     """[* scale] [+ shift]: bias, or batch norm decomposed for inference."""
     scaled = y | op("multiply", y, is_const())
-    return optional_bias(scaled)
+    return optional_bias(optional_bias(scaled))  # NHWC graphs add a second per-channel bias
 
 
 def _relu6_check(ctx) -> Optional[str]:
@@ -38,9 +38,7 @@ def _hswish_check(ctx) -> Optional[str]:
 def _residual_check(ctx) -> Optional[str]:
     a = ctx.annotated_expr
     add, pre = a["act"], a["pre"]
-    other = add.args[1] if add.args[0].same_as(pre) else add.args[0]
-    if isinstance(other, Constant):
-        return "a constant add is a bias, not a residual"
+    other = add.args[1] if is_bound_to(ctx, pre)(add.args[0]) else add.args[0]
     if [int(d) for d in other.ty.shape] != [int(d) for d in pre.ty.shape]:
         return f"residual shapes differ: {list(other.ty.shape)} vs {list(pre.ty.shape)}"
     return None
@@ -60,7 +58,8 @@ def _rules(kind: str, producer: Callable[[DFPattern], DFPattern]) -> list[Rule]:
     if kind == "conv2d":
         # Both operands of a residual add may be convolutions; the matcher tries the left one as
         # ours first, so the mirrored rule catches the case where the left one is the shortcut.
-        for add in (op("add", pre, wildcard()), op("add", wildcard(), pre)):
+        shortcut = ~is_const()  # a constant add is a bias, not a residual
+        for add in (op("add", pre, shortcut), op("add", shortcut, pre)):
             rules.append(Rule(f"mobilec.{kind}_bias_residual", add, {"core": core, "pre": pre, "act": add},
                               _residual_check))
     return rules + [Rule(f"mobilec.{kind}_bias", pre, {"core": core, "pre": pre})]

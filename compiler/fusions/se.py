@@ -27,9 +27,9 @@ def _fc(y: DFPattern) -> DFPattern:
 
 _x = wildcard()
 _mean = op("mean", _x)
-_fc2 = _fc(op("nn.relu", _fc(_mean)))
+_fc2 = _maybe_reshape(_fc(op("nn.relu", _fc(_mean))))  # the reshape back to NCHW may come here...
 _hsig = hsigmoid.pattern(_fc2)
-_gate = _hsig | op("sigmoid", _fc2)
+_gate = _hsig | op("sigmoid", _fc2)                        # ... or after the gate
 _root = op("multiply", _x, _maybe_reshape(_gate))
 
 

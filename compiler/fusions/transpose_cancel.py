@@ -39,20 +39,6 @@ def _inverse(perm):
     return [int(i) for i in np.argsort(perm)]
 
 
-def _fold_pair(call, m):
-    inner = call.args[0]
-    x = inner.args[0]
-    p, q = _perm(inner, _rank(x)), _perm(call, _rank(x))
-    composed = [p[i] for i in q]
-    return x if composed == list(range(len(p))) else _T(x, composed)
-
-
-def _sink_unary(call, m):
-    t = call.args[0]
-    x = t.args[0]
-    return _T(relax.Call(call.op, [x] + list(call.args[1:]), call.attrs), _perm(t, _rank(x)))
-
-
 def _constant_through(c: Constant, perm: list[int], rank: int) -> Constant | None:
     arr = const_array(c)
     if arr.ndim > rank:
@@ -61,34 +47,56 @@ def _constant_through(c: Constant, perm: list[int], rank: int) -> Constant | Non
     return relax.const(np.ascontiguousarray(np.transpose(full, _inverse(perm))), str(arr.dtype))
 
 
-def _sink_binary(call, m):
-    a, b = call.args
-    ta = isinstance(a, relax.Call) and a.op.same_as(tvm.ir.Op.get("relax.permute_dims"))
-    tb = isinstance(b, relax.Call) and b.op.same_as(tvm.ir.Op.get("relax.permute_dims"))
-    if ta and tb:
-        pa, pb = _perm(a, _rank(a.args[0])), _perm(b, _rank(b.args[0]))
-        if pa != pb:
-            return call
-        return _T(relax.Call(call.op, [a.args[0], b.args[0]], call.attrs), pa)
-    t, c = (a, b) if ta else (b, a)
-    if not isinstance(c, Constant):
-        return call
-    x = t.args[0]
-    perm = _perm(t, _rank(x))
-    c2 = _constant_through(c, perm, _rank(x))
-    if c2 is None:
-        return call
-    args = [x, c2] if ta else [c2, x]
-    return _T(relax.Call(call.op, args, call.attrs), perm)
-
-
 def _rules():
-    t = is_op("relax.permute_dims")
-    yield t(t(wildcard())), _fold_pair
+    """(pattern, rewriter) pairs; rewriters read matched sub-expressions from ``m`` (call.args
+    hold the bound variables, not the values)."""
+    T = is_op("relax.permute_dims")
+    x, y = wildcard(), wildcard()
+    inner = T(x)
+    outer = T(inner)
+
+    def fold_pair(call, m):  # T_q(T_p(x)) -> x | T_{q∘p}(x)
+        rank = _rank(m[x])
+        p, q = _perm(m[inner], rank), _perm(m[outer], rank)
+        composed = [p[i] for i in q]
+        return m[x] if composed == list(range(rank)) else _T(m[x], composed)
+
+    yield outer, fold_pair
+
     for name in _UNARY:
-        yield is_op(f"relax.{name}")(t(wildcard()), varg_default_wildcard=True), _sink_unary
+        t = T(x)
+        pat = is_op(f"relax.{name}")(t, varg_default_wildcard=True)
+
+        def sink_unary(call, m, t=t):  # f(T_p(x)) -> T_p(f(x))
+            return _T(relax.Call(call.op, [m[x]] + list(call.args[1:]), call.attrs), _perm(m[t], _rank(m[x])))
+
+        yield pat, sink_unary
+
     for name in _BINARY:
-        yield is_op(f"relax.{name}")(t(wildcard()), is_const() | t(wildcard())), _sink_binary
+        t, c = T(x), is_const()
+        pat = is_op(f"relax.{name}")(t, c)
+
+        def sink_const(call, m, t=t, c=c):  # g(T_p(x), c) -> T_p(g(x, c'))
+            perm = _perm(m[t], _rank(m[x]))
+            c2 = _constant_through(m[c], perm, _rank(m[x]))
+            if c2 is None:
+                return call
+            first_is_t = not isinstance(call.args[0], Constant)
+            args = [m[x], c2] if first_is_t else [c2, m[x]]
+            return _T(relax.Call(call.op, args, call.attrs), perm)
+
+        yield pat, sink_const
+
+        ta, tb = T(x), T(y)
+        pat2 = is_op(f"relax.{name}")(ta, tb)
+
+        def sink_both(call, m, ta=ta, tb=tb):  # g(T_p(a), T_p(b)) -> T_p(g(a, b))
+            pa, pb = _perm(m[ta], _rank(m[x])), _perm(m[tb], _rank(m[y]))
+            if pa != pb:
+                return call
+            return _T(relax.Call(call.op, [m[x], m[y]], call.attrs), pa)
+
+        yield pat2, sink_both
 
 
 @relax.transform.function_pass(opt_level=0, name="mobilec.CancelTransposes")
