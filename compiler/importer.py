@@ -128,11 +128,24 @@ def _check_supported(g: onnx.GraphProto, source: str) -> None:
 
 
 def _fold(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold shape computations (Shape/Gather/... feeding Pad or Reshape) to constants now that the
-    input shapes are static, with onnxscript's optimizer."""
-    import onnxscript.optimizer
+    """Fold shape computations (Shape/Gather/ConstantOfShape/... feeding Pad or Reshape, as in
+    "same" padding computed at run time) to constants now that the input shapes are static.
+    onnxruntime's basic graph optimisations do it (constant folding, standard ONNX ops only)."""
+    import tempfile
 
-    return onnxscript.optimizer.optimize(proto, num_iterations=2)
+    import onnxruntime as ort
+
+    del proto.graph.value_info[:]  # symbolic dims left by the exporter would block folding
+    for out in proto.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        so.optimized_model_filepath = f"{tmp}/folded.onnx"
+        ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return onnx.load(so.optimized_model_filepath)
 
 
 def import_onnx(model: Union[str, Path, onnx.ModelProto],
