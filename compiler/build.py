@@ -37,7 +37,7 @@ class CompileResult:
 
 
 def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, Path],
-                  config: Optional[CompileConfig] = None, task: str = "classification") -> CompileResult:
+                  config: Optional[CompileConfig] = None) -> CompileResult:
     import tvm
 
     cfg = config or CompileConfig()
@@ -61,7 +61,8 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
         mobilec_version=__version__, triple=resolved.triple, cpu=resolved.cpu, target=resolved.target,
         inputs=[i.to_dict() for i in imported.inputs], outputs=[o.to_dict() for o in imported.outputs],
         library=output.name, sha256=sha256(output), source=imported.source, fusion=opts.report.to_dict(),
-        tuning_db=str(Path(cfg.tuning_db).resolve()) if cfg.tuning_db else None, task=task)
+        tuning_db=str(Path(cfg.tuning_db).resolve()) if cfg.tuning_db else None,
+        task="segmentation" if len(imported.outputs[0].shape) == 4 else "classification")
     manifest.save(manifest_path(output))
     return CompileResult(output, manifest, opts.report, time.perf_counter() - start)
 

@@ -1,0 +1,63 @@
+"""The CLI says what the API says: each verb end to end, and errors as one line naming the fix."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mobilec.cli import main
+
+
+def run(*args, ok=True):
+    proc = subprocess.run([sys.executable, "-m", "mobilec", *args], capture_output=True, text=True)
+    assert (proc.returncode == 0) == ok, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.structure
+def test_models_table():
+    out = run("models")
+    assert "mobilenet_v3_large " in out and "219M" in out and "216.6M" in out and "lraspp_mobilenet_v3_large" in out
+
+
+@pytest.mark.structure
+def test_unknown_model_lists_the_valid_ones(tmp_path):
+    out = run("export", "mobilenet_v9", "-o", str(tmp_path / "x.onnx"), ok=False)
+    assert "unknown model 'mobilenet_v9'" in out and "mobilenet_v3_small" in out and "Traceback" not in out
+
+
+@pytest.mark.build
+def test_export_compile_inspect_run_bench(tmp_path):
+    onnx_path, so = tmp_path / "s.onnx", tmp_path / "s.so"
+    out = run("export", "mobilenet_v3_small_035", "-o", str(onnx_path), "--input-size", "96")
+    assert "max abs error" in out and onnx_path.exists()
+    out = run("inspect", str(onnx_path))
+    assert "mobilec.se" in out
+    out = run("compile", str(onnx_path), "--target", "host", "-o", str(so))
+    manifest = json.loads(so.with_suffix(".json").read_text())
+    assert manifest["triple"] == "x86_64-linux-gnu" and manifest["fusion"]["totals"]["se"] == 9
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 96, 96), np.float32))
+    out = run("run", str(so), "--input", str(tmp_path / "x.npy"))
+    assert "top-5" in out
+    out = run("bench", str(so), "--vs", str(onnx_path), "--warmup", "1", "--repeat", "3")
+    assert "onnxruntime" in out and "1.00x" in out
+
+
+@pytest.mark.build
+def test_segmentation_run_writes_a_mask(tmp_path, compiled):
+    from PIL import Image
+
+    res = compiled("lraspp_mobilenet_v3_small")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "photo.jpg")
+    out = run("run", str(res.library), "--image", str(tmp_path / "photo.jpg"), "--mask", str(tmp_path / "m.png"))
+    assert "wrote" in out and Image.open(tmp_path / "m.png").size == (512, 512)
+
+
+@pytest.mark.structure
+def test_compile_errors_are_one_line(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    out = run("compile", str(tmp_path / "bad.onnx"), "-o", str(tmp_path / "x.so"), ok=False)
+    assert "bad.onnx" in out and "Traceback" not in out
+    assert main(["compile", str(tmp_path / "bad.onnx"), "-o", str(tmp_path / "x.so"), "--target", "mips"]) == 2
