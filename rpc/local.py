@@ -6,6 +6,7 @@ TVM RPC has no authentication: everything binds to 127.0.0.1 unless the caller n
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,14 +32,23 @@ def warn_if_exposed(host: str) -> None:
                       f"this address can run code here", stacklevel=3)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop the process and its children (TVM's server forks one worker per session): each runs in
+    its own process group."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a server and its session workers at once, as a device that disappears."""
+    _stop(proc, signal.SIGKILL)
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen, what: str, timeout: float) -> None:
@@ -73,7 +83,8 @@ def tracker(host: str = LOOPBACK, port: Optional[int] = None, timeout: float = 6
     """Run TVM's RPC tracker; yields ``host:port``."""
     warn_if_exposed(host)
     port = port or free_port()
-    proc = subprocess.Popen(tracker_command(host, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(tracker_command(host, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         _wait_port(host, port, proc, "the RPC tracker", timeout)
         yield f"{host}:{port}"
@@ -102,7 +113,7 @@ def server(tracker_addr: str, key: str, host: str = LOOPBACK, command: Optional[
     warn_if_exposed(host)
     cmd = command or server_command(tracker_addr, key, host, port=free_port())
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_registered(tracker_addr, key, proc, timeout)
         yield proc

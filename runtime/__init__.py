@@ -20,7 +20,7 @@ import numpy as np
 
 from mobilec.runtime.manifest import Manifest, ManifestError, can_run_here, manifest_path, sha256
 
-__all__ = ["Module", "Remote", "RuntimeInputError", "ManifestError", "load", "connect"]
+__all__ = ["Module", "Remote", "RemoteError", "RuntimeInputError", "ManifestError", "load", "connect"]
 
 
 def _tvm():
@@ -44,6 +44,10 @@ def _tvm():
 
 class RuntimeInputError(ValueError):
     pass
+
+
+class RemoteError(RuntimeError):
+    """The RPC session to a device failed mid-call (device gone, session timed out)."""
 
 
 def _verified_manifest(library: Path) -> Manifest:
@@ -93,17 +97,28 @@ class Module:
             out.append(tvm.runtime.tensor(np.ascontiguousarray(x), self._device))
         return out
 
+    def _remote_call(self, fn, *args):
+        if self._remote is None:
+            return fn(*args)
+        try:
+            return fn(*args)
+        except Exception as e:  # TVM raises its own error types for a dropped socket
+            raise RemoteError(f"lost the RPC session to {self._remote}: {str(e).splitlines()[0] if str(e) else e!r}; "
+                              f"check the device with `mobilec rpc devices`") from None
+
     def _invoke(self, tensors):
-        self._vm.set_input("main", *tensors)
-        self._vm.invoke_stateful("main")
-        result = self._vm.get_outputs("main")
-        return result
+        def call():
+            self._vm.set_input("main", *tensors)
+            self._vm.invoke_stateful("main")
+            return self._vm.get_outputs("main")
+
+        return self._remote_call(call)
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         result = self._invoke(self._check(feeds))
         items = [result[i] for i in range(len(result))] if hasattr(result, "__len__") and not hasattr(
             result, "numpy") else [result]
-        return [r.numpy() for r in items]
+        return self._remote_call(lambda: [r.numpy() for r in items])
 
     def __call__(self, *args: np.ndarray):
         names = [i["name"] for i in self.inputs]
@@ -118,12 +133,15 @@ class Module:
         if feeds is None:
             rng = np.random.default_rng(0)
             feeds = {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in self.inputs}
-        tensors = self._check(feeds)
-        self._vm.set_input("main", *tensors)
-        for _ in range(max(warmup, 0)):
-            self._vm.invoke_stateful("main")
-        timer = self._vm.time_evaluator("invoke_stateful", self._device, number=number, repeat=repeat)
-        ms = np.array(timer("main").results) * 1e3
+        def timed():
+            tensors = self._check(feeds)
+            self._vm.set_input("main", *tensors)
+            for _ in range(max(warmup, 0)):
+                self._vm.invoke_stateful("main")
+            timer = self._vm.time_evaluator("invoke_stateful", self._device, number=number, repeat=repeat)
+            return timer("main").results
+
+        ms = np.array(self._remote_call(timed)) * 1e3
         return {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
                 "repeat": repeat}
 

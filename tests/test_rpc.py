@@ -40,10 +40,9 @@ def test_device_lost_mid_session(compiled):
     lib = compiled("mobilenet_v3_small_035").library
     with local.tracker() as tracker, local.server(tracker, "flaky") as proc:
         m = mr.connect(tracker=tracker, key="flaky").load(lib)
-        proc.kill()
-        proc.wait()
+        local.kill(proc)
         start = time.time()
-        with pytest.raises(Exception):
+        with pytest.raises(mr.RemoteError, match="lost the RPC session to flaky"):
             m.benchmark(warmup=0, repeat=1)
         assert time.time() - start < 30
 
