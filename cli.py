@@ -93,6 +93,36 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from mobilec.compiler import TuneConfig, tune_model
+    from mobilec.schedules.tuning import TuneOptions
+
+    if not args.local and not args.tracker:
+        raise ValueError("say where to measure: --tracker HOST:PORT --key KEY, or --local")
+    opts = TuneOptions(trials=args.trials, per_round=args.per_round, all_tasks=args.all_tasks,
+                       tracker=None if args.local else args.tracker, key=args.key, seed=args.seed)
+    cfg = TuneConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores, db=args.db,
+                     input_shapes=_shapes(args.input_shape), options=opts)
+    res = tune_model(args.model, cfg, console=_console())
+    if res.measured == 0:
+        print(f"nothing to measure: {res.database} already holds the budget of {args.trials} trials "
+              f"for these tasks (raise --trials to tune further)")
+        return 0
+    _table(f"tuned {res.measured} candidates in {res.seconds:.0f} s -> {res.database}",
+           ["task", "trials", "first round ms", "best ms", "speedup"], res.progress.summary_rows())
+    if res.plot:
+        print(f"plot: {res.plot}")
+    return 0
+
+
+def cmd_tune_merge(args) -> int:
+    from mobilec.schedules import merge
+
+    n = merge(args.sources, args.output)
+    print(f"merged {n} records from {len(args.sources)} databases into {args.output}")
+    return 0
+
+
 def _open(args):
     import mobilec.runtime as mr
 
@@ -188,6 +218,28 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dump-ir", help="write the IR after each pipeline phase to this directory")
             p.add_argument("--no-fuse", action="store_true", help="skip mobilec's fusion phase")
         p.set_defaults(func=cmd_compile if verb == "compile" else cmd_inspect)
+
+    p = sub.add_parser("tune", help="tune the convolution kernels with MetaSchedule, measured on the device")
+    p.add_argument("model", help="an ONNX file")
+    p.add_argument("--target", default="host")
+    p.add_argument("--cpu")
+    p.add_argument("--num-cores", type=int)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--tracker", help="RPC tracker HOST:PORT; measure on a device registered there")
+    where.add_argument("--local", action="store_true", help="measure on this machine")
+    p.add_argument("--key", help="device key at the tracker")
+    p.add_argument("--trials", type=int, default=64, help="budget for all tuned tasks, earlier runs included")
+    p.add_argument("--per-round", type=int, default=16, help="candidates measured per round")
+    p.add_argument("--db", default="tuning-db", help="database root (a subdirectory per triple and cpu)")
+    p.add_argument("--all-tasks", action="store_true", help="tune every kernel, not only convolutions")
+    p.add_argument("--input-shape", action="append", metavar="NAME=1x3x224x224")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("tune-merge", help="merge tuning databases (e.g. from several devices of one kind)")
+    p.add_argument("sources", nargs="+", help="database directories")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_tune_merge)
 
     p = sub.add_parser("run", help="run a compiled model: top-5 classes, or a mask PNG for segmentation")
     p.add_argument("library")

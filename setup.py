@@ -24,6 +24,7 @@ ALL = [
     "tornado==6.6.1",
     "rich==15.0.0",
     "pillow==13.0.0",
+    "matplotlib==3.11.2",  # the tuning plot
     "pytest==9.2.0",
 ]
 

@@ -4,6 +4,8 @@ never imports ``mobilec.frontends``."""
 from mobilec.compiler.build import CompileConfig, CompileResult, compile_model, inspect_model
 from mobilec.compiler.importer import ModelImportError, import_onnx, parse_shape
 from mobilec.compiler.targets import CPUS, TRIPLES, TargetError, resolve
+from mobilec.compiler.tune import TuneConfig, tune_model
 
 __all__ = ["CPUS", "TRIPLES", "CompileConfig", "CompileResult", "ModelImportError", "TargetError",
-           "compile_model", "import_onnx", "inspect_model", "parse_shape", "resolve"]
+           "TuneConfig",
+           "compile_model", "import_onnx", "inspect_model", "parse_shape", "resolve", "tune_model"]

@@ -11,7 +11,7 @@ import onnx
 
 from mobilec import __version__
 from mobilec.compiler.importer import import_onnx
-from mobilec.compiler.pipeline import PipelineOptions, pipeline
+from mobilec.compiler.pipeline import PipelineOptions, pipeline, run_until
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.targets import TargetError, export_function, resolve
 from mobilec.runtime.manifest import Manifest, elf_header, manifest_path, sha256
@@ -44,11 +44,10 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
     start = time.perf_counter()
     resolved = resolve(cfg.target, cfg.cpu, cfg.num_cores)
     fcompile = export_function(resolved.triple)  # a missing toolchain fails before the long work
-    if cfg.tuning_db and not Path(cfg.tuning_db).is_dir():
-        raise FileNotFoundError(f"--tuning-db {cfg.tuning_db}: no such directory")
+    db = _tuning_database(cfg.tuning_db, resolved.triple, resolved.cpu) if cfg.tuning_db else None
     imported = import_onnx(model, cfg.input_shapes)
     target = resolved.tvm_target()
-    opts = PipelineOptions(tuning_db=cfg.tuning_db, dump_ir=cfg.dump_ir, fuse=cfg.fuse)
+    opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse)
     ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipeline(target, opts))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +60,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
         mobilec_version=__version__, triple=resolved.triple, cpu=resolved.cpu, target=resolved.target,
         inputs=[i.to_dict() for i in imported.inputs], outputs=[o.to_dict() for o in imported.outputs],
         library=output.name, sha256=sha256(output), source=imported.source, fusion=opts.report.to_dict(),
-        tuning_db=str(Path(cfg.tuning_db).resolve()) if cfg.tuning_db else None,
+        tuning_db=str(Path(db).resolve()) if db else None, tuned_kernels=opts.tuned_kernels,
         task="segmentation" if len(imported.outputs[0].shape) == 4 else "classification")
     manifest.save(manifest_path(output))
     return CompileResult(output, manifest, opts.report, time.perf_counter() - start)
@@ -75,19 +74,21 @@ class Inspection:
     mod: "object"  # the IRModule after the fuse phase
 
 
+def _tuning_database(root: str, triple: str, cpu: str) -> str:
+    from mobilec.schedules.database import database_dir, is_database
+
+    path = database_dir(root, triple, cpu)
+    if not is_database(path):
+        have = sorted(p.name for p in Path(root).glob("*") if is_database(p)) if Path(root).is_dir() else []
+        raise FileNotFoundError(f"--tuning-db {root}: no database for {triple}-{cpu} "
+                                f"(it has: {', '.join(have) or 'none'}); tune with `mobilec tune`")
+    return str(path)
+
+
 def inspect_model(model: Union[str, Path, onnx.ModelProto],
                   input_shapes: Optional[dict[str, tuple[int, ...]]] = None) -> Inspection:
     """Run the pipeline up to fusion (no code generation): the fusion report and the fused IR."""
-    import tvm
-
-    from mobilec.compiler.pipeline import phases
-
     imported = import_onnx(model, input_shapes)
-    target = resolve("host").tvm_target()
     opts = PipelineOptions()
-    with target:
-        for name, passes in phases(target, opts):
-            if name == "lower":
-                break
-            imported.mod = tvm.transform.Sequential(passes)(imported.mod)
-    return Inspection(opts.report, imported.inputs, imported.outputs, imported.mod)
+    mod = run_until(imported.mod, resolve("host").tvm_target(), opts, "fuse")
+    return Inspection(opts.report, imported.inputs, imported.outputs, mod)

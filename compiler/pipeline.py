@@ -30,6 +30,7 @@ class PipelineOptions:
     dump_ir: Optional[str] = None
     fuse: bool = True  # False: phase 2 skipped (benchmarks compare fused against unfused)
     report: FusionReport = field(default_factory=FusionReport)
+    tuned_kernels: int = 0  # set by phase 4: kernels whose schedule came from the database
 
 
 def _dump(directory: Optional[str], index: int, phase: str) -> tvm.transform.Pass:
@@ -52,6 +53,17 @@ def _count(report: FusionReport) -> tvm.transform.Pass:
     return count
 
 
+def _count_tuned(opts: PipelineOptions) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="mobilec.CountTunedKernels")
+    def count(mod, _ctx):
+        opts.tuned_kernels = sum(1 for _, f in mod.functions.items()
+                                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs
+                                 and any(k in f.attrs for k in ("tirx.is_scheduled", "tir.is_scheduled")))
+        return mod
+
+    return count
+
+
 def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, list]]:
     fusion = relax.transform.FuseOpsByPattern(
         [r.fusion_pattern(opts.report.refuse) for r in RULES], bind_constants=False, annotate_codegen=False)
@@ -69,20 +81,32 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
         ("schedule", [
             relax.transform.MetaScheduleApplyDatabase(opts.tuning_db) if opts.tuning_db
             else tvm.transform.Sequential([]),
+            _count_tuned(opts),
         ]),
         ("finalize", cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)),
     ]
 
 
+def run_until(mod: tvm.IRModule, target: tvm.target.Target, opts: PipelineOptions, last: str) -> tvm.IRModule:
+    """Run the phases up to and including ``last``: "fuse" for inspection, "lower" for tuning
+    (the kernels tuning extracts are exactly the ones a build schedules)."""
+    with target:
+        for name, passes in phases(target, opts):
+            mod = tvm.transform.Sequential(passes)(mod)
+            if name == last:
+                return mod
+    raise ValueError(f"no pipeline phase {last!r}")
+
+
 def pipeline(target: tvm.target.Target, opts: Optional[PipelineOptions] = None) -> tvm.transform.Pass:
     opts = opts or PipelineOptions()
-    passes = []
-    for i, (phase, ps) in enumerate(phases(target, opts), start=1):
-        passes += ps + [_dump(opts.dump_ir, i, phase)]
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.Pipeline")
     def run(mod, _ctx):
-        with target:
+        with target:  # some passes (MetaScheduleApplyDatabase) read the target when constructed
+            passes = []
+            for i, (phase, ps) in enumerate(phases(target, opts), start=1):
+                passes += ps + [_dump(opts.dump_ir, i, phase)]
             return tvm.transform.Sequential(passes)(mod)
 
     return run

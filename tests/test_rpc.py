@@ -57,3 +57,14 @@ def test_bad_addresses():
 def test_non_loopback_bind_warns():
     with pytest.warns(UserWarning, match="no authentication"):
         local.warn_if_exposed("0.0.0.0")
+
+
+def test_session_timeout(compiled):
+    lib = compiled("mobilenet_v3_small_035").library
+    with local.tracker() as tracker, local.server(tracker, "short"):
+        m = mr.connect(tracker=tracker, key="short", session_timeout=3).load(lib)
+        time.sleep(5)  # the server ends the session after 3 s
+        start = time.time()
+        with pytest.raises(mr.RemoteError, match="lost the RPC session"):
+            m.benchmark(warmup=0, repeat=1)
+        assert time.time() - start < 30

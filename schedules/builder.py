@@ -1,0 +1,40 @@
+"""A MetaSchedule builder that compiles candidates in this process.
+
+MetaSchedule's LocalBuilder starts a fresh worker pool for every batch and each worker imports
+``tvm.s_tir.tensor_intrin`` (tens of seconds on a 2-core host), so most of a batch's time is
+imports. Building here, serially, costs only the build. The tensor intrinsics are not imported:
+safe for plain NEON/AVX2 schedules, which is what mobilec's targets use (no dotprod/i8mm
+tensorisation in fp32).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable
+
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+
+
+@derived_object
+class InProcessBuilder(PyBuilder):
+    def __init__(self, fcompile: Callable):
+        super().__init__()
+        self.fcompile = fcompile
+
+    def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+        from tvm.driver import build as tvm_build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        results = []
+        for item in build_inputs:
+            try:
+                mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
+                lib = tvm_build(mod, target=item.target)
+                path = os.path.join(tempfile.mkdtemp(prefix="mobilec-cand-"), "cand.so")
+                lib.export_library(path, fcompile=self.fcompile)
+                results.append(BuilderResult(path, None))
+            except Exception as e:  # noqa: BLE001 - a failed candidate is a result, not a crash
+                results.append(BuilderResult(None, f"{type(e).__name__}: {e}"))
+        return results

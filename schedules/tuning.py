@@ -1,0 +1,99 @@
+"""MetaSchedule tuning of a lowered mobilec module: task selection, budget, builder and runner,
+resumable database, live progress."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from mobilec.schedules.database import open_database, records_for
+from mobilec.schedules.progress import Progress, ProgressCallback, TaskStats
+
+CONV_MARK = "conv2d"  # depthwise, pointwise and regular convolutions, with their fused epilogues
+
+
+@dataclass
+class TuneOptions:
+    trials: int = 64                 # global budget for the selected tasks, counting earlier runs
+    per_round: int = 16              # candidates measured per round
+    all_tasks: bool = False          # default: convolution tasks only
+    tracker: Optional[str] = None    # HOST:PORT; None with local=True measures on this machine
+    key: Optional[str] = None
+    session_timeout: int = 120
+    seed: int = 0
+    live: bool = True
+
+
+@dataclass
+class TuneResult:
+    database: Path
+    progress: Progress
+    measured: int                    # candidates measured in this run
+    skipped: list[str] = field(default_factory=list)  # tasks whose budget was already spent
+    plot: Optional[Path] = None
+    seconds: float = 0.0
+
+
+def _runner(opts: TuneOptions):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0, enable_cpu_cache_flush=False)
+    if opts.tracker:
+        from mobilec.rpc.client import parse_addr
+
+        host, port = parse_addr(opts.tracker)
+        return ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=opts.key,
+                                           session_priority=1, session_timeout_sec=opts.session_timeout),
+            evaluator_config=evaluator, max_workers=1)
+    return ms.runner.LocalRunner(evaluator_config=evaluator)
+
+
+def select_tasks(extracted, all_tasks: bool):
+    return [t for t in extracted if all_tasks or CONV_MARK in t.task_name]
+
+
+def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions, console=None) -> TuneResult:
+    """Tune the kernels of ``mod`` (a Relax module after mobilec's lowering phase) for ``target``."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
+
+    from mobilec.schedules.builder import InProcessBuilder
+
+    start = time.time()
+    db_dir = Path(db_dir)
+    db = open_database(db_dir)
+    tasks = select_tasks(extract_tasks(mod, target), opts.all_tasks)
+    if not tasks:
+        raise ValueError("no tunable tasks in this model (use all_tasks / --all-tasks to include every kernel)")
+    per_task = max(opts.per_round, math.ceil(opts.trials / len(tasks)))
+    done = {t.task_name: records_for(db, t.dispatched[0]) for t in tasks}
+    todo = [t for t in tasks if done[t.task_name] < per_task]
+    skipped = [t.task_name for t in tasks if t not in todo]
+    remaining = opts.trials - sum(done.values())
+    stats = [TaskStats(t.task_name, float(t.weight), per_task - done[t.task_name]) for t in todo]
+    progress = Progress(stats, budget=max(remaining, 0))
+    if remaining <= 0 or not todo:
+        return TuneResult(db_dir, progress, 0, skipped, seconds=time.time() - start)
+    contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir / "logs"), seed=opts.seed)
+    live = None
+    if opts.live and console is not None:
+        from rich.live import Live
+
+        live = Live(progress.render(), console=console, refresh_per_second=2)
+        live.start()
+    try:
+        ms.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
+            max_trials_global=remaining, max_trials_per_task=per_task, num_trials_per_iter=opts.per_round,
+            builder=InProcessBuilder(fcompile), runner=_runner(opts), database=db, cost_model="xgb",
+            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [ProgressCallback(progress, live)],
+            task_scheduler="gradient")
+    finally:
+        if live is not None:
+            live.stop()
+    plot = progress.plot(db_dir / "tuning.png")
+    return TuneResult(db_dir, progress, progress.trials, skipped, plot, time.time() - start)
