@@ -29,6 +29,7 @@ class Progress:
     budget: int
     start: float = field(default_factory=time.time)
     history: list[tuple[int, float]] = field(default_factory=list)  # (trials, estimated ms)
+    lost: Optional[str] = None  # set when a whole round failed to reach the device
 
     @property
     def trials(self) -> int:
@@ -93,6 +94,11 @@ class Progress:
         return path
 
 
+def _is_rpc_failure(msg: str) -> bool:
+    return any(k in msg for k in ("RPCError", "no device registered", "no free", "cannot reach the RPC tracker",
+                                  "Connection", "connection", "Socket", "socket"))
+
+
 def _latency_ms(result) -> Optional[float]:
     if result.error_msg is not None or not result.run_secs:
         return None
@@ -110,5 +116,9 @@ class ProgressCallback(PyMeasureCallback):
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
         self.progress.record(task_id, [_latency_ms(r) for r in runner_results])
+        errors = [r.error_msg for r in runner_results if r.error_msg]
+        if runner_results and len(errors) == len(runner_results) and all(_is_rpc_failure(e) for e in errors):
+            self.progress.lost = errors[0].strip().splitlines()[-1][:200]
+            raise RuntimeError(f"device lost: {self.progress.lost}")  # stops the tuning loop
         if self.live is not None:
             self.live.update(self.progress.render())

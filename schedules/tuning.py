@@ -3,6 +3,7 @@ resumable database, live progress."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,19 @@ class TuneResult:
     seconds: float = 0.0
 
 
+def create_session(rpc_config):
+    """MetaSchedule's session factory, through mobilec's tracker client: a device that is gone or
+    busy for too long is an error on that candidate, not a wait forever."""
+    from mobilec.rpc.client import request
+
+    return request(f"{rpc_config.tracker_host}:{rpc_config.tracker_port}", rpc_config.tracker_key,
+                   timeout=60, session_timeout=rpc_config.session_timeout_sec)
+
+
+class DeviceLost(RuntimeError):
+    pass
+
+
 def _runner(opts: TuneOptions):
     from tvm.s_tir import meta_schedule as ms
 
@@ -48,12 +62,32 @@ def _runner(opts: TuneOptions):
         return ms.runner.RPCRunner(
             rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=opts.key,
                                            session_priority=1, session_timeout_sec=opts.session_timeout),
-            evaluator_config=evaluator, max_workers=1)
+            evaluator_config=evaluator, max_workers=1, f_create_session=create_session)
     return ms.runner.LocalRunner(evaluator_config=evaluator)
 
 
 def select_tasks(extracted, all_tasks: bool):
     return [t for t in extracted if all_tasks or CONV_MARK in t.task_name]
+
+
+_MS_LOGGER = "tvm.s_tir.meta_schedule"
+
+
+def _prepare_metaschedule_logging() -> None:
+    """MetaSchedule rebuilds its logging config on every run, listing the handlers already attached
+    by name; an unnamed one (TVM's default, pytest's) makes that config invalid, so drop them."""
+    logger = logging.getLogger(_MS_LOGGER)
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
+
+
+def _quiet_metaschedule_console() -> None:
+    """Under our live display MetaSchedule's console shows warnings only; per-task logs still go
+    to DB/logs."""
+    for handler in logging.getLogger(_MS_LOGGER).handlers:
+        if handler.get_name() == f"{_MS_LOGGER}.console":
+            handler.setLevel(logging.WARNING)
 
 
 def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions, console=None) -> TuneResult:
@@ -78,7 +112,9 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     progress = Progress(stats, budget=max(remaining, 0))
     if remaining <= 0 or not todo:
         return TuneResult(db_dir, progress, 0, skipped, seconds=time.time() - start)
+    _prepare_metaschedule_logging()
     contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir / "logs"), seed=opts.seed)
+    _quiet_metaschedule_console()
     live = None
     if opts.live and console is not None:
         from rich.live import Live
@@ -92,6 +128,13 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
             builder=InProcessBuilder(fcompile), runner=_runner(opts), database=db, cost_model="xgb",
             measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [ProgressCallback(progress, live)],
             task_scheduler="gradient")
+    except Exception as e:
+        if progress.lost is None:
+            raise
+        n = len(open_database(db_dir))
+        raise DeviceLost(f"the device stopped answering after {progress.trials} trials ({progress.lost}); "
+                         f"{db_dir} is complete up to the last finished round ({n} records) and a rerun "
+                         f"continues from there") from None
     finally:
         if live is not None:
             live.stop()

@@ -1,0 +1,103 @@
+"""Tuning with tiny budgets, measured over a real loopback tracker: host server and emulated aarch64."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from graphs import C, assert_matches_onnxruntime, conv, model
+from mobilec.compiler import CompileConfig, TuneConfig, compile_model, tune_model
+from mobilec.rpc import local
+from mobilec.schedules import merge, open_database
+from mobilec.schedules.tuning import DeviceLost, TuneOptions
+
+pytestmark = [pytest.mark.tuning, pytest.mark.rpc]
+
+
+def tiny():
+    """A pointwise-then-depthwise pair: two convolution tasks."""
+    n1, i1 = conv("input", "c1", k=1)
+    n2, i2 = conv("c1", "output", group=C, seed=1)
+    return model(n1 + n2, i1 + i2)
+
+
+@pytest.fixture(scope="module")
+def host_device():
+    with local.tracker() as tracker, local.server(tracker, "host-cpu"):
+        yield tracker
+
+
+def records(db_dir) -> int:
+    return len(open_database(db_dir))
+
+
+def test_tune_over_rpc_then_compile_with_the_database(host_device, tmp_path):
+    opts = TuneOptions(trials=8, per_round=4, tracker=host_device, key="host-cpu", live=False)
+    res = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts))
+    assert res.measured == 8 and records(res.database) == 8
+    assert all(t.best_ms and t.best_ms > 0 for t in res.progress.tasks)
+    assert res.plot and res.plot.stat().st_size > 0
+    assert res.database.name == "x86_64-linux-gnu-core-avx2"
+    # a resumed run with the same budget measures nothing new
+    again = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts))
+    assert again.measured == 0 and records(res.database) == 8
+    compiled = assert_matches_onnxruntime(tiny(), tmp_path, tuning_db=str(tmp_path / "db"))
+    assert compiled.manifest.tuned_kernels == 2 and compiled.manifest.tuning_db == str(res.database)
+
+
+def test_merge_databases(host_device, tmp_path):
+    for i in range(2):
+        opts = TuneOptions(trials=4, per_round=2, tracker=host_device, key="host-cpu", live=False, seed=i)
+        tune_model(tiny(), TuneConfig(db=str(tmp_path / f"db{i}"), options=opts))
+    sub = "x86_64-linux-gnu-core-avx2"
+    added = merge([tmp_path / "db0" / sub, tmp_path / "db1" / sub], tmp_path / "merged")
+    assert added == records(tmp_path / "merged") == 8
+
+
+def test_server_killed_mid_tuning_leaves_a_usable_database(tmp_path):
+    db = tmp_path / "db"
+    with local.tracker() as tracker, local.server(tracker, "doomed") as proc:
+        opts = TuneOptions(trials=64, per_round=4, tracker=tracker, key="doomed", live=False)
+        result = {}
+
+        def run():
+            try:
+                result["res"] = tune_model(tiny(), TuneConfig(db=str(db), options=opts))
+            except Exception as e:  # noqa: BLE001
+                result["err"] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        sub = db / "x86_64-linux-gnu-core-avx2"
+        deadline = time.time() + 300
+        while time.time() < deadline and not ((sub / "database_tuning_record.json").exists() and records(sub) >= 4):
+            time.sleep(0.5)
+        local.kill(proc)
+        t.join(300)
+        assert not t.is_alive(), "tuning hung after the device disappeared"
+    assert isinstance(result.get("err"), DeviceLost), result
+    assert "complete up to the last finished round" in str(result["err"])
+    n = records(sub)
+    assert 4 <= n < 64
+    compiled = assert_matches_onnxruntime(tiny(), tmp_path, tuning_db=str(db))
+    assert compiled.manifest.tuned_kernels >= 1
+
+
+@pytest.mark.emulator
+def test_tune_on_the_emulated_aarch64_device(tmp_path):
+    from mobilec.rpc import emulate
+
+    with local.tracker() as tracker, emulate.device(tracker, "emu-aarch64"):
+        opts = TuneOptions(trials=4, per_round=2, tracker=tracker, key="emu-aarch64", live=False)
+        res = tune_model(tiny(), TuneConfig(target="aarch64-linux-gnu", cpu="cortex-a76", db=str(tmp_path / "db"),
+                                            options=opts))
+    assert res.measured == 4 and res.database.name == "aarch64-linux-gnu-cortex-a76"
+    assert all(t.best_ms for t in res.progress.tasks if t.trials)
+    lib = compile_model(tiny(), tmp_path / "arm.so",
+                        CompileConfig(target="aarch64-linux-gnu", cpu="cortex-a76", tuning_db=str(tmp_path / "db")))
+    assert lib.manifest.tuned_kernels >= 1
