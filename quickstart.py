@@ -22,10 +22,17 @@ def run(model: str, workdir: Path, target: str = "host") -> int:
     with console.status(f"exporting {model} to ONNX"):
         exp = export_model(model, onnx_path)
     console.print(f"1. exported {onnx_path}: onnxruntime vs PyTorch max abs error {exp.max_abs_error:.2g}")
+    from mobilec.compiler import resolve
+    from mobilec.schedules import pretuned
+
+    resolved = resolve(target)
+    db = pretuned(resolved.triple, resolved.cpu)  # the shipped database, where the target matches
     with console.status(f"compiling for {target} (about a minute)"):
-        res = compile_model(onnx_path, so_path, CompileConfig(target=target))
+        res = compile_model(onnx_path, so_path, CompileConfig(target=target, tuning_db=str(db) if db else None))
     totals = ", ".join(f"{k} {v}" for k, v in res.report.totals.items())
-    console.print(f"2. compiled {so_path} in {res.seconds:.1f} s for {res.manifest.triple}; fused: {totals}")
+    tuned = (f"{res.manifest.tuned_kernels} kernels from the pre-tuned database {db}" if db
+             else "no pre-tuned database for this target: untuned kernels (see `mobilec tune`)")
+    console.print(f"2. compiled {so_path} in {res.seconds:.1f} s for {res.manifest.triple}; fused: {totals}; {tuned}")
     module = load(so_path)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(module.inputs[0]["shape"]).astype("float32")

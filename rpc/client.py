@@ -25,24 +25,37 @@ def _tvm_rpc(tvm=None):
     return rpc
 
 
+_TIMEOUT = object()
+
+
+def _bounded(fn, timeout: float):
+    """Run a blocking TVM RPC call with a deadline: (value, None), (None, exception) or
+    (None, _TIMEOUT). TVM's tracker client blocks without limit (a request waits for a free
+    server forever), so the call runs in a daemon thread that is abandoned on timeout."""
+    result: dict = {}
+
+    def call():
+        try:
+            result["value"] = fn()
+        except Exception as e:  # noqa: BLE001 - the caller words the error with the address
+            result["error"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout)
+    if "value" in result:
+        return result["value"], None
+    return None, result.get("error", _TIMEOUT)
+
+
 def summary(tracker: str, timeout: float = 10.0, tvm=None) -> dict:
     """The tracker's summary: ``{"server_info": [...], "queue_info": {key: {"free", "pending"}}}``."""
     rpc = _tvm_rpc(tvm)
     host, port = parse_addr(tracker)
-    result: dict = {}
-
-    def query():
-        try:
-            result["summary"] = rpc.connect_tracker(host, port).summary()
-        except Exception as e:  # noqa: BLE001 - reported below with the address
-            result["error"] = e
-
-    t = threading.Thread(target=query, daemon=True)
-    t.start()
-    t.join(timeout)
-    if "summary" in result:
-        return result["summary"]
-    reason = result.get("error", f"no answer in {timeout:g} s")
+    value, error = _bounded(lambda: rpc.connect_tracker(host, port).summary(), timeout)
+    if error is None:
+        return value
+    reason = error if error is not _TIMEOUT else f"no answer in {timeout:g} s"
     raise RPCError(f"cannot reach the RPC tracker at {host}:{port} ({reason}); "
                    f"start one with `mobilec rpc tracker --port {port}`")
 
@@ -67,22 +80,12 @@ def request(tracker: str, key: str, timeout: float = 60.0, session_timeout: floa
         keys = ", ".join(sorted(known)) or "none"
         raise RPCError(f"no device registered under key {key!r} at tracker {host}:{port} (keys: {keys}); "
                        f"start one with `mobilec rpc server --tracker {host}:{port} --key {key}`")
-    result: dict = {}
-
-    def ask():
-        try:
-            result["session"] = rpc.connect_tracker(host, port).request(
-                key, priority=1, session_timeout=session_timeout)
-        except Exception as e:  # noqa: BLE001
-            result["error"] = e
-
-    t = threading.Thread(target=ask, daemon=True)
-    t.start()
-    t.join(timeout)
-    if "session" in result:
-        return result["session"]
-    if "error" in result:
-        raise RPCError(f"tracker {host}:{port} could not give a {key!r} device: {result['error']}")
+    session, error = _bounded(
+        lambda: rpc.connect_tracker(host, port).request(key, priority=1, session_timeout=session_timeout), timeout)
+    if error is None:
+        return session
+    if error is not _TIMEOUT:
+        raise RPCError(f"tracker {host}:{port} could not give a {key!r} device: {error}")
     raise RPCError(f"no free {key!r} device at tracker {host}:{port} within {timeout:g} s "
                    f"(all busy: {known[key]})")
 

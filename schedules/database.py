@@ -4,7 +4,7 @@ root, so databases from several devices and kinds live side by side and merge.""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 FILES = ("database_workload.json", "database_tuning_record.json")
 
@@ -15,6 +15,15 @@ def database_dir(root: str | Path, triple: str, cpu: str) -> Path:
     if all((root / f).exists() for f in FILES):
         return root
     return root / f"{triple}-{cpu}"
+
+
+PRETUNED = Path(__file__).resolve().parent / "db"  # shipped, made by benchmarks/pretune.py
+
+
+def pretuned(triple: str, cpu: str) -> Optional[Path]:
+    """The database shipped with mobilec for this triple and cpu, if there is one."""
+    path = PRETUNED / f"{triple}-{cpu}"
+    return path if is_database(path) else None
 
 
 def is_database(path: str | Path) -> bool:

@@ -113,7 +113,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     if remaining <= 0 or not todo:
         return TuneResult(db_dir, progress, 0, skipped, seconds=time.time() - start)
     _prepare_metaschedule_logging()
-    contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir / "logs"), seed=opts.seed)
+    contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), seed=opts.seed)  # logs in DB/logs
     _quiet_metaschedule_console()
     live = None
     if opts.live and console is not None:

@@ -105,11 +105,25 @@ def torchvision_layout(model: MobileNetV3, prefix="features.") -> dict[str, torc
     return sd
 
 
-def test_torchvision_weights_load(tmp_path):
-    src = create_model("mobilenet_v3_large")
-    with torch.no_grad():  # distinct from any fresh model's weights, still a sane network
-        for p in src.parameters():
+def perturbed(name: str) -> nn.Module:
+    """A registered model with weights unlike any fresh model's, still a sane network."""
+    model = create_model(name)
+    with torch.no_grad():
+        for p in model.parameters():
             p.mul_(1 + 0.1 * torch.randn_like(p)).add_(0.01 * torch.randn_like(p))
+    return model
+
+
+def assert_same_outputs(src: nn.Module, dst: nn.Module, size: int) -> None:
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        want = src.eval()(x)
+        assert torch.isfinite(want).all() and want.abs().max() > 0
+        assert torch.equal(want, dst(x))
+
+
+def test_torchvision_weights_load(tmp_path):
+    src = perturbed("mobilenet_v3_large")
     sd = torchvision_layout(src)
     # keys as torchvision's mobilenet_v3_large names them
     assert sd["features.1.block.0.0.weight"].shape == (16, 1, 3, 3)  # no expansion in row 1
@@ -117,19 +131,11 @@ def test_torchvision_weights_load(tmp_path):
     assert sd["features.16.0.weight"].shape == (960, 160, 1, 1)
     assert sd["classifier.3.weight"].shape == (1000, 1280)
     torch.save(sd, tmp_path / "tv.pth")
-    dst = create_model("mobilenet_v3_large", weights=str(tmp_path / "tv.pth"))
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        want = src.eval()(x)
-        assert torch.isfinite(want).all() and want.abs().max() > 0
-        assert torch.equal(want, dst(x))
+    assert_same_outputs(src, create_model("mobilenet_v3_large", weights=str(tmp_path / "tv.pth")), 224)
 
 
 def test_torchvision_lraspp_weights_load(tmp_path):
-    src = create_model("lraspp_mobilenet_v3_large")
-    with torch.no_grad():
-        for p in src.parameters():
-            p.mul_(1 + 0.1 * torch.randn_like(p)).add_(0.01 * torch.randn_like(p))
+    src = perturbed("lraspp_mobilenet_v3_large")
     sd = {k: v for k, v in torchvision_layout(src.backbone, "backbone.").items() if not k.startswith("classifier")}
     sd = {("backbone." + k if not k.startswith("backbone.") else k): v for k, v in sd.items()}
     for k, v in src.state_dict().items():
@@ -137,12 +143,7 @@ def test_torchvision_lraspp_weights_load(tmp_path):
             tv = {"scale.weight": "classifier.scale.1.weight"}.get(k, "classifier." + k)
             sd[tv] = v
     torch.save({"model": sd}, tmp_path / "lr.pth")
-    dst = create_model("lraspp_mobilenet_v3_large", weights=str(tmp_path / "lr.pth"))
-    x = torch.randn(1, 3, 128, 128)
-    with torch.no_grad():
-        want = src.eval()(x)
-        assert torch.isfinite(want).all() and want.abs().max() > 0
-        assert torch.equal(want, dst(x))
+    assert_same_outputs(src, create_model("lraspp_mobilenet_v3_large", weights=str(tmp_path / "lr.pth")), 128)
 
 
 def test_weights_errors(tmp_path):

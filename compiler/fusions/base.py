@@ -53,6 +53,15 @@ def escaping_intermediate(ctx: PatternCheckContext) -> Optional[str]:
     return None
 
 
+def chain_rule(name: str, make_pattern: Callable[[DFPattern], DFPattern],
+               check_chain: Callable) -> Rule:
+    """A standalone activation rule: ``make_pattern(x)`` anywhere, accepted if ``check_chain`` is."""
+    x = wildcard()
+    root = make_pattern(x)
+    return Rule(name, root, {"root": root, "x": x},
+                lambda ctx: check_chain(ctx, ctx.annotated_expr["root"], ctx.annotated_expr["x"]))
+
+
 # ---- pattern building blocks (every form exporters write) -----------------------------------
 
 def op(name: str, *args: DFPattern) -> DFPattern:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tvm.relax.dpl import DFPattern, is_const, wildcard
 
-from mobilec.compiler.fusions.base import Rule, hsigmoid_ref, numeric_check, op, plus_const, relu6, scaled
+from mobilec.compiler.fusions.base import chain_rule, hsigmoid_ref, numeric_check, op, plus_const, relu6, scaled
 
 
 def pattern(x: DFPattern) -> DFPattern:
@@ -20,7 +20,4 @@ def check_chain(ctx, root, x):
     return numeric_check(ctx, root, x, hsigmoid_ref, "h-sigmoid")
 
 
-_x = wildcard()
-_root = pattern(_x)
-RULE = Rule("mobilec.hsigmoid", _root, {"root": _root, "x": _x},
-            lambda ctx: check_chain(ctx, ctx.annotated_expr["root"], ctx.annotated_expr["x"]))
+RULE = chain_rule("mobilec.hsigmoid", pattern, check_chain)

@@ -9,10 +9,10 @@ The check evaluates the matched chain and accepts only what equals h-swish.
 
 from __future__ import annotations
 
-from tvm.relax.dpl import DFPattern, wildcard
+from tvm.relax.dpl import DFPattern
 
 from mobilec.compiler.fusions import hsigmoid
-from mobilec.compiler.fusions.base import Rule, hswish_ref, numeric_check, op, plus_const, relu6, scaled
+from mobilec.compiler.fusions.base import chain_rule, hswish_ref, numeric_check, op, plus_const, relu6, scaled
 
 
 def pattern(x: DFPattern) -> DFPattern:
@@ -23,7 +23,4 @@ def check_chain(ctx, root, x):
     return numeric_check(ctx, root, x, hswish_ref, "h-swish")
 
 
-_x = wildcard()
-_root = pattern(_x)
-RULE = Rule("mobilec.hswish", _root, {"root": _root, "x": _x},
-            lambda ctx: check_chain(ctx, ctx.annotated_expr["root"], ctx.annotated_expr["x"]))
+RULE = chain_rule("mobilec.hswish", pattern, check_chain)
