@@ -30,6 +30,7 @@ class Progress:
     start: float = field(default_factory=time.time)
     history: list[tuple[int, float]] = field(default_factory=list)  # (trials, estimated ms)
     lost: Optional[str] = None  # set when a whole round failed to reach the device
+    _all_measured_at: int = 0   # index into history from which every task has a measurement
 
     @property
     def trials(self) -> int:
@@ -48,7 +49,22 @@ class Progress:
             best = min(ok)
             t.first_ms = best if t.first_ms is None else t.first_ms
             t.best_ms = best if t.best_ms is None else min(t.best_ms, best)
+        if any(x.best_ms is None for x in self.tasks):
+            self._all_measured_at = len(self.history) + 1
         self.history.append((self.trials, self.estimate_ms()))
+
+    def trials_to_within(self, frac: float = 0.10) -> Optional[int]:
+        """Trials after which the estimate stayed within ``frac`` of the final one, counted from the
+        point where every task had a measurement (before that the sum is incomplete)."""
+        n_tasks = len(self.tasks)
+        if not self.history or n_tasks == 0:
+            return None
+        final = self.history[-1][1]
+        complete = [(t, est) for i, (t, est) in enumerate(self.history) if i >= self._all_measured_at]
+        for trials, est in complete:
+            if est <= final * (1 + frac):
+                return trials
+        return None
 
     def render(self):
         from rich.table import Table
