@@ -12,6 +12,7 @@ RUNTIME = [
     "numpy>=1.26",
     "apache-tvm==0.27.0.post1",
     "apache-tvm-ffi==0.1.14.post1",  # 0.1.15.x segfaults in tvm.ir.save_json (MetaSchedule)
+    "rich==15.0.0",  # the tables of `mobilec run` / `bench`
 ]
 ALL = [
     "torch==2.13.0",  # CPU build from local disk; unpinned torch pulls a multi-GB CUDA build
@@ -22,7 +23,6 @@ ALL = [
     "psutil==7.2.2",
     "cloudpickle==3.1.3",
     "tornado==6.6.1",
-    "rich==15.0.0",
     "pillow==13.0.0",
     "matplotlib==3.11.2",  # the tuning plot
     "pytest==9.2.0",

@@ -16,7 +16,10 @@ def load_input(module, npy: Optional[str], image: Optional[str]) -> np.ndarray:
     if npy:
         return np.load(npy)
     if image:
-        from PIL import Image  # only this path needs pillow
+        try:
+            from PIL import Image  # only this path needs pillow
+        except ImportError:
+            raise RuntimeError("--image needs pillow (pip install pillow), or pass --input x.npy") from None
 
         n, c, h, w = spec["shape"]
         img = Image.open(image).convert("RGB").resize((w, h), Image.BILINEAR)
@@ -36,7 +39,10 @@ def top5(logits: np.ndarray) -> list[tuple[int, float]]:
 
 
 def write_mask(scores: np.ndarray, path: str) -> Path:
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:
+        raise RuntimeError("writing a mask PNG needs pillow (pip install pillow)") from None
 
     labels = scores[0].argmax(axis=0).astype(np.uint8)
     rng = np.random.default_rng(1)
