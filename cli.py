@@ -4,6 +4,7 @@ API is imported when the verb runs, so ``mobilec run`` never loads torch or TVM'
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -279,5 +280,7 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
+        if os.environ.get("MOBILEC_DEBUG"):
+            raise  # the full traceback, for bug reports
         print(f"mobilec {args.verb}: error: {e}", file=sys.stderr)
         return 2

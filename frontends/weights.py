@@ -7,7 +7,6 @@ covers every width and variant that has the same layer sequence.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Mapping
 

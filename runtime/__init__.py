@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def _tvm():
         if blocked:
             sys.modules["torch"] = None
         try:
-            import tvm  # noqa: F401
+            import tvm  # noqa: F401,F811
         finally:
             if blocked:
                 del sys.modules["torch"]

@@ -128,7 +128,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
             builder=InProcessBuilder(fcompile), runner=_runner(opts), database=db, cost_model="xgb",
             measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [ProgressCallback(progress, live)],
             task_scheduler="gradient")
-    except Exception as e:
+    except Exception:
         if progress.lost is None:
             raise
         n = len(open_database(db_dir))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from graphs import C, assert_matches_onnxruntime, const, conv, model
+from graphs import assert_matches_onnxruntime, const, conv, model
 from mobilec.compiler import inspect_model
 
 

@@ -1,14 +1,12 @@
 """Importing ONNX: every bad input is an error naming the file, the node and the fix."""
 
-import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import helper
 from torch import nn
 from torch.nn import functional as F
 
-from graphs import C, HW, conv, model
+from graphs import C, HW, conv
 from mobilec.compiler import ModelImportError, import_onnx, parse_shape
 
 pytestmark = pytest.mark.structure

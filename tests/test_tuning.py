@@ -1,13 +1,8 @@
 """Tuning with tiny budgets, measured over a real loopback tracker: host server and emulated aarch64."""
 
-import json
-import subprocess
-import sys
 import threading
 import time
 
-import numpy as np
-import onnx
 import pytest
 
 from graphs import C, assert_matches_onnxruntime, conv, model

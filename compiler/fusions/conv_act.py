@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
-from tvm.ir.expr import Constant
 from tvm.relax.dpl import DFPattern, is_const, wildcard
 
 from mobilec.compiler.fusions import hswish

@@ -10,7 +10,6 @@ Sinking runs to a fixed point, so the transposes around a chain of elementwise o
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
