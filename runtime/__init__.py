@@ -116,9 +116,13 @@ class Module:
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         result = self._invoke(self._check(feeds))
-        items = [result[i] for i in range(len(result))] if hasattr(result, "__len__") and not hasattr(
-            result, "numpy") else [result]
-        return self._remote_call(lambda: [r.numpy() for r in items])
+
+        def fetch():  # unpacking a remote result talks to the device too
+            if hasattr(result, "numpy"):
+                return [result.numpy()]
+            return [result[i].numpy() for i in range(len(result))]
+
+        return self._remote_call(fetch)
 
     def __call__(self, *args: np.ndarray):
         names = [i["name"] for i in self.inputs]
