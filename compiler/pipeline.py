@@ -1,10 +1,11 @@
 """The one mobilec Relax pipeline, used by every build. Read top to bottom; phases are named.
 
   Phase 1 canonicalize  exporters' leftovers removed: BN decomposed, constants folded,
-                        NHWC transpose pairs cancelled
+                        NHWC transpose pairs cancelled, pointwise weights pre-packed
   Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid)
   Phase 3 lower         ops to TIR; what no rule claimed is fused by TVM's generic FuseOps
-  Phase 4 schedule      kernels from the tuning database where it has them
+  Phase 4 schedule      kernels from the tuning database where it has them, mobilec's default
+                        schedules for the rest (schedules/defaults.py)
   Phase 5 finalize      TVM's CPU dataflow lowering and VM finalization
 """
 
@@ -19,7 +20,9 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from mobilec.compiler.fusions import RULES, CancelTransposes
+from mobilec.compiler.pack_weights import PackConvWeights
 from mobilec.compiler.report import FusionReport
+from mobilec.schedules.defaults import apply_defaults
 
 PIPELINE_NAME = "mobilec"
 
@@ -29,8 +32,10 @@ class PipelineOptions:
     tuning_db: Optional[str] = None
     dump_ir: Optional[str] = None
     fuse: bool = True  # False: phase 2 skipped (benchmarks compare fused against unfused)
+    default_schedules: bool = True  # False: untuned kernels left to TVM's plain lowering
     report: FusionReport = field(default_factory=FusionReport)
     tuned_kernels: int = 0  # set by phase 4: kernels whose schedule came from the database
+    default_kernels: dict = field(default_factory=dict)  # set by phase 4: kernel -> default schedule
 
 
 def _dump(directory: Optional[str], index: int, phase: str) -> tvm.transform.Pass:
@@ -74,6 +79,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             relax.transform.FoldConstant(),
             CancelTransposes(),  # before fusion: transposes would split conv from its epilogue
             relax.transform.FoldConstant(),
+            PackConvWeights() if opts.default_schedules else tvm.transform.Sequential([]),
             relax.transform.DeadCodeElimination(),
         ]),
         ("fuse", [fusion if opts.fuse else tvm.transform.Sequential([]), _count(opts.report)]),
@@ -81,7 +87,9 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
         ("schedule", [
             relax.transform.MetaScheduleApplyDatabase(opts.tuning_db) if opts.tuning_db
             else tvm.transform.Sequential([]),
-            _count_tuned(opts),
+            _count_tuned(opts),  # before the defaults: they mark what they schedule the same way
+            apply_defaults(target, opts.default_kernels) if opts.default_schedules
+            else tvm.transform.Sequential([]),
         ]),
         ("finalize", cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)),
     ]

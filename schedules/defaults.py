@@ -1,0 +1,329 @@
+"""Default schedules: fast kernels on the first compile, before (and without) any tuning.
+
+Every kernel a MobileNet is made of is a reduction block with an elementwise epilogue, so one
+register-tiled loop nest covers them all; what differs per kernel is which output axis is
+vectorised ("cols", contiguous in memory), which is unrolled across registers ("rows"), and where
+the padded input is staged:
+
+  kernel            rows x cols (vector)          reduction     padding staged
+  pointwise, big    out channels x pixels         in channels   -
+  pointwise, small  pixels x out channels (IHWO)  in channels   -
+  depthwise kxk     channels x output row         ky, kx        per channel, in cache
+  stem / any conv   out channels x output row     ci, ky, kx    whole input, once
+  classifier        batch x out features          in features   -
+  SE, pools, rest   fused spatial loops parallel and vectorised
+
+Pointwise weights are stored IHWO (``PackConvWeights``, a compile-time transpose of the constant)
+so the output-channel axis is contiguous and loads as a vector when the spatial map is too small
+to vectorise (14x14, 7x7). Tile sizes come from the target: lanes per vector register, register
+count and core count (``CpuParams``). A kernel the tuning database has a record for keeps the
+tuned schedule; these apply only where it has none.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import tvm
+from tvm import relax
+from tvm.s_tir import Schedule
+
+log = logging.getLogger("mobilec.schedules")
+
+_ERRORS = (tvm.s_tir.ScheduleError, RuntimeError, ValueError, AssertionError, IndexError)
+SCHEDULED = "tirx.is_scheduled"  # the attribute MetaSchedule's database application also sets
+DEFAULT = "mobilec.default_schedule"  # which default schedule a kernel got (for reports and tests)
+
+
+@dataclass(frozen=True)
+class CpuParams:
+    lanes: int       # fp32 lanes in one vector register
+    registers: int   # vector registers
+    cores: int
+
+    @classmethod
+    def from_target(cls, target: tvm.target.Target) -> "CpuParams":
+        attrs = target.attrs
+        triple = str(attrs.get("mtriple", ""))
+        mcpu = str(attrs.get("mcpu", ""))
+        mattr = " ".join(str(a) for a in attrs.get("mattr", []))
+        cores = int(attrs.get("num-cores", 1))
+        if triple.startswith("aarch64"):
+            return cls(4, 32, cores)  # NEON: 32 x 128-bit
+        if triple.startswith("arm"):
+            return cls(4, 16, cores)  # ARMv7 NEON: 16 q registers
+        if "avx512" in mcpu or "avx512f" in mattr:
+            return cls(16, 32, cores)
+        if "avx2" in mcpu or "+avx2" in mattr or mcpu in ("znver2", "znver3", "haswell", "skylake"):
+            return cls(8, 16, cores)
+        return cls(4, 16, cores)  # SSE
+
+
+# ---------------------------------------------------------------------------------------------
+# block analysis
+
+def _is_reduction(sch: Schedule, block) -> bool:
+    return any(int(iv.iter_type) == 2 for iv in sch.get(block).iter_vars)
+
+
+def _auto_inline(sch: Schedule, keep: set[str]) -> None:
+    """Inline every elementwise block into its consumer (or producer), so a kernel becomes its
+    reduction blocks plus at most one epilogue each. Repeats until nothing changes."""
+    changed = True
+    while changed:
+        changed = False
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            name = sch.get(block).name_hint
+            if name in keep or _is_reduction(sch, block):
+                continue
+            for inline in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    inline(block)
+                except _ERRORS:
+                    continue
+                changed = True
+                break
+
+
+def _extent(sch: Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _split(sch: Schedule, loop, inner: int):
+    if inner >= _extent(sch, loop):
+        return sch.split(loop, [1, None])
+    return sch.split(loop, [None, inner])
+
+
+def _divisor_tile(extent: int, lanes: int, max_vectors: int) -> int:
+    """The vector tile for an axis: the largest multiple of ``lanes`` (up to ``max_vectors``
+    vectors) dividing ``extent``; the whole axis when it is short; else one vector (tail split)."""
+    for v in range(max_vectors, 0, -1):
+        if extent % (lanes * v) == 0:
+            return lanes * v
+    if extent <= lanes * max_vectors:
+        return extent
+    return lanes
+
+
+def _row_tile(extent: int, most: int) -> int:
+    for r in range(min(most, extent), 0, -1):
+        if extent % r == 0:
+            return r
+    return 1
+
+
+def _vectorize_inner(sch: Schedule, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if loops:
+        inner = loops[-1]
+        if _extent(sch, inner) > 4 * lanes:
+            inner = _split(sch, inner, 4 * lanes)[1]
+        sch.vectorize(inner)
+
+
+# ---------------------------------------------------------------------------------------------
+# the register-tiled reduction
+
+def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None, pad=None,
+          pad_at_channel: bool = False) -> None:
+    """``tiles``: one register-tile size per spatial loop of ``block`` (in loop order; 1 = not
+    tiled); the last spatial loop is the vectorised one. Result: parallel(leading tile loops) /
+    reduction loops / register tile (unrolled, the last loop vectorised), so the accumulator tile
+    stays in registers and the epilogue is applied per tile: a conv's output is written once,
+    finished."""
+    kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+    loops = sch.get_loops(block)
+    spatial = [l for l, k in zip(loops, kinds) if k == 0]
+    reduce = [l for l, k in zip(loops, kinds) if k != 0]
+    outer, inner = [], []
+    for loop, tile in zip(spatial, tiles):
+        o, i = _split(sch, loop, tile)
+        outer.append(o)
+        inner.append(i)
+    sch.reorder(*outer, *reduce, *inner)
+    lead = [l for l in outer[:-1] if _extent(sch, l) > 1] or outer[:1]
+    par = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+    sch.parallel(par)
+    anchor = outer[-1]
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, anchor, preserve_unit_loops=False)
+        _vectorize_inner(sch, epilogue, cpu.lanes)
+    if pad is not None:
+        if pad_at_channel:  # depthwise: one channel's padded plane, staged while it is in cache
+            sch.compute_at(pad, par, preserve_unit_loops=True)
+        _stage_padding(sch, pad, cpu)  # after every compute-at: it leaves two writers of one buffer
+    for loop in inner[:-1]:
+        if _extent(sch, loop) > 1:
+            sch.unroll(loop)
+    sch.vectorize(inner[-1])
+    if reduce:  # last: the init copies the unrolled, vectorised tile loops
+        sch.decompose_reduction(block, reduce[0])
+
+
+def _stage_padding(sch: Schedule, pad, cpu: CpuParams) -> None:
+    """The zero border and the interior copy as separate branch-free loops, the copy vectorised."""
+    loops = sch.get_loops(pad)
+    try:
+        fill = sch.decompose_padding(pad, loops[0])
+    except _ERRORS:
+        return
+    del fill
+    _vectorize_inner(sch, pad, cpu.lanes)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel kinds: each returns a short description of the tiling it chose
+
+def _row_tile_for(extent: int, vectors: int, cpu: CpuParams) -> int:
+    return _row_tile(extent, max(1, (cpu.registers - 4) // vectors))
+
+
+def _pointwise(sch: Schedule, block, epilogue, cpu: CpuParams, ihwo: bool) -> str:
+    """1x1 conv as a GEMM, out[f, y, x] = sum_c W[c, f] * in[c, y, x]: output channels across
+    registers and pixels of a row vectorised; on maps too narrow for that (14x14, 7x7), pixels
+    across registers and output channels vectorised (weights IHWO, so one contiguous load)."""
+    n, f, y, x = (_extent(sch, l) for l in sch.get_loops(block)[:4])
+    if ihwo and x < 2 * cpu.lanes and x % cpu.lanes:
+        best = max(((v, _row_tile(x, (cpu.registers - 2) // v)) for v in (1, 2, 3) if f % (v * cpu.lanes) == 0),
+                   key=lambda vr: vr[0] * vr[1], default=(0, 0))
+        if best[0]:
+            vectors, rows = best
+            sch.reorder(*[sch.get_loops(block)[i] for i in (0, 2, 3, 1)])  # n, y, x, f
+            # the accumulator channels-last too, so a vector of channels is one register
+            sch.transform_layout(block, ("write", 0), lambda n_, c, h, w: (n_, h, w, c))
+            _tile(sch, block, [1, 1, rows, vectors * cpu.lanes], cpu, epilogue)
+            return f"pointwise {rows} pixels x {vectors * cpu.lanes} channels"
+    col = _divisor_tile(x, cpu.lanes, 2)
+    vectors = -(-col // cpu.lanes)
+    ytile = 2 if vectors == 1 and y % 2 == 0 else 1
+    rows = _row_tile_for(f, vectors * ytile, cpu)
+    _tile(sch, block, [1, rows, ytile, col], cpu, epilogue)
+    return f"pointwise {rows} channels x {ytile}x{col} pixels"
+
+
+def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool) -> str:
+    """kxk conv (depthwise or full): output rows vectorised, output channels across registers."""
+    n, f, y, x = (_extent(sch, l) for l in sch.get_loops(block)[:4])
+    col = _divisor_tile(x, cpu.lanes, 2)
+    vectors = -(-col // cpu.lanes)
+    rows = 1 if depthwise else _row_tile(f, max(1, min(4, (cpu.registers - 4) // vectors)))
+    _tile(sch, block, [1, rows, 1, col], cpu, epilogue, pad, pad_at_channel=depthwise)
+    return f"{'depthwise' if depthwise else 'direct'} {rows} channels x {col} columns"
+
+
+def _matmul(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
+    """Classifier: out[i, j] = sum_k x[i, k] * W[k, j], j contiguous."""
+    kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+    extents = [_extent(sch, l) for l, k in zip(sch.get_loops(block), kinds) if k == 0]
+    col = _divisor_tile(extents[-1], cpu.lanes, 4)
+    rows = _row_tile_for(extents[-2], -(-col // cpu.lanes), cpu) if len(extents) > 1 else 1
+    _tile(sch, block, [1] * (len(extents) - 2) + [rows, col][-len(extents):], cpu, epilogue)
+    return f"matmul {rows} rows x {col} columns"
+
+
+def _generic(sch: Schedule, cpu: CpuParams) -> str:
+    """Everything else (SE's pool, FCs and gating; pools; reshapes): each block's spatial loops
+    fused and parallel, the innermost contiguous loop vectorised where it is spatial."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(block)
+        kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+        if len(loops) != len(kinds):
+            continue
+        spatial = [l for l, k in zip(loops, kinds) if k == 0]
+        if not spatial or len(spatial) != kinds.count(0):
+            continue
+        if 2 not in kinds:
+            fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+            tile = cpu.lanes * 4
+            if _extent(sch, fused) > tile * 4:
+                outer, inner = sch.split(fused, [None, tile])
+                sch.parallel(outer)
+                sch.vectorize(inner)
+            else:
+                sch.vectorize(fused) if _extent(sch, fused) >= cpu.lanes else None
+        elif kinds[: len(spatial)] == [0] * len(spatial):
+            busy = [l for l in spatial if _extent(sch, l) > 1]
+            if busy:
+                fused = sch.fuse(*busy) if len(busy) > 1 else busy[0]
+                if _extent(sch, fused) >= 2 * cpu.cores:
+                    sch.parallel(fused)
+    return "generic"
+
+
+def _find(sch: Schedule, prefix: str):
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint.startswith(prefix):
+            return block
+    return None
+
+
+def _consumer(sch: Schedule, block):
+    consumers = sch.get_consumers(block)
+    return consumers[0] if len(consumers) == 1 else None
+
+
+def schedule_kernel(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> tuple[tvm.tirx.PrimFunc, str]:
+    """The default schedule of one kernel: (scheduled function, what was chosen)."""
+    sch = Schedule(func)
+    reductions = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if _is_reduction(sch, b)]
+    names = [sch.get(b).name_hint for b in reductions]
+    single_conv = len(reductions) == 1 and (names[0].startswith("conv2d") or names[0].startswith("group_conv2d"))
+    if single_conv:
+        conv = reductions[0]
+        weight = [int(d) for d in sch.get(conv).reads[1].source.shape]
+        kernel_1x1 = weight[2:] == [1, 1] or weight[1:3] == [1, 1]
+        depthwise = names[0].startswith("group_conv2d")
+        pad = _find(sch, "pad_temp")
+        keep = {sch.get(pad).name_hint} if pad is not None and not kernel_1x1 else set()
+        _auto_inline(sch, keep)
+        epilogue = _consumer(sch, conv)
+        pad = _find(sch, "pad_temp") if keep else None
+        if kernel_1x1 and not depthwise and _unit_stride(sch, conv):
+            how = _pointwise(sch, conv, epilogue, cpu, ihwo=weight[2:] != [1, 1])
+        else:
+            how = _direct(sch, conv, epilogue, pad, cpu, depthwise)
+    elif len(reductions) == 1 and names[0].startswith("matmul"):
+        _auto_inline(sch, set())
+        how = _matmul(sch, reductions[0], _consumer(sch, reductions[0]), cpu)
+    else:
+        _auto_inline(sch, set())
+        how = _generic(sch, cpu)
+    return sch.mod["main"].with_attr(SCHEDULED, True).with_attr(DEFAULT, how), how
+
+
+def _unit_stride(sch: Schedule, conv) -> bool:
+    out = [int(d) for d in sch.get(conv).writes[0].source.shape]
+    src = [int(d) for d in sch.get(conv).reads[0].source.shape]
+    return out[2:] == src[2:]
+
+
+def apply_defaults(target: tvm.target.Target, report: Optional[dict] = None) -> tvm.transform.Pass:
+    """Schedule every kernel not already scheduled (by the tuning database). A kernel whose
+    default schedule fails is left to TVM's plain lowering and named in the log: slower, never
+    wrong."""
+    cpu = CpuParams.from_target(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="mobilec.DefaultSchedules")
+    def run(mod, _ctx):
+        updates = {}
+        for gv, func in mod.functions.items():
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                continue
+            if func.attrs and any(k in func.attrs for k in (SCHEDULED, "tir.is_scheduled")):
+                continue
+            try:
+                updates[gv], how = schedule_kernel(func, cpu)
+            except _ERRORS as e:
+                log.warning("no default schedule for %s (%s): left to plain lowering", gv.name_hint,
+                            str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+                how = "none"
+            if report is not None:
+                report[gv.name_hint] = how
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return run
