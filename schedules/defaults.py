@@ -181,27 +181,58 @@ def _row_tile_for(extent: int, vectors: int, cpu: CpuParams) -> int:
     return _row_tile(extent, max(1, (cpu.registers - 4) // vectors))
 
 
+LATENCY = 10  # independent FMAs in flight needed to keep two FMA pipes busy (4-5 cycle latency)
+
+
+def _divisors(n: int, most: int) -> list[int]:
+    return [d for d in range(1, min(n, most) + 1) if n % d == 0]
+
+
+def _pointwise_tiles(f: int, y: int, x: int, k: int, cpu: CpuParams, ihwo: bool):
+    """Candidate register tiles of a 1x1 conv, scored by useful multiply-adds per issue slot: a
+    k-step costs max(vector FMAs, loads, LATENCY) (FMAs and loads both issue two per cycle on the
+    cores we target; fewer than LATENCY independent accumulators leave the FMA pipes waiting),
+    plus the tile's stores spread over the k steps (one vector store per accumulator, or one
+    scalar store per lane when channels are vectorised but the output is NCHW); partly filled
+    vectors count only their useful lanes.
+    Returns (score, orientation, tiles, what)."""
+    budget = cpu.registers - 2
+    out = []
+    # power-of-two vector tiles only: LLVM splits <24 x float> or <28 x float> into slow code
+    for cols in [c for c in (cpu.lanes // 2, cpu.lanes, 2 * cpu.lanes, 4 * cpu.lanes) if x % c == 0]:
+        vectors = -(-cols // cpu.lanes)
+        for ytile in _divisors(y, 4):
+            for rows in _divisors(f, budget):
+                acc = rows * vectors * ytile
+                if acc > budget:
+                    continue
+                score = rows * cols * ytile / (max(acc, vectors * ytile + rows, LATENCY) + acc / k)
+                out.append((score, "nchw", [1, rows, ytile, cols], f"{rows} channels x {ytile}x{cols} pixels"))
+    if ihwo:
+        for vectors in (1, 2):
+            if f % (vectors * cpu.lanes):
+                continue
+            for rows in _divisors(x, budget // vectors):
+                lanes = rows * vectors * cpu.lanes
+                score = lanes / (max(rows * vectors, vectors + rows, LATENCY) + lanes / k)
+                out.append((score, "nhwc", [1, 1, rows, vectors * cpu.lanes],
+                            f"{rows} pixels x {vectors * cpu.lanes} channels"))
+    return max(out, key=lambda c: (c[0], c[2][-1]))  # never empty: the half vector or 1x1 tiles
+
+
 def _pointwise(sch: Schedule, block, epilogue, cpu: CpuParams, ihwo: bool) -> str:
-    """1x1 conv as a GEMM, out[f, y, x] = sum_c W[c, f] * in[c, y, x]: output channels across
-    registers and pixels of a row vectorised; on maps too narrow for that (14x14, 7x7), pixels
-    across registers and output channels vectorised (weights IHWO, so one contiguous load)."""
-    n, f, y, x = (_extent(sch, l) for l in sch.get_loops(block)[:4])
-    if ihwo and x < 2 * cpu.lanes and x % cpu.lanes:
-        best = max(((v, _row_tile(x, (cpu.registers - 2) // v)) for v in (1, 2, 3) if f % (v * cpu.lanes) == 0),
-                   key=lambda vr: vr[0] * vr[1], default=(0, 0))
-        if best[0]:
-            vectors, rows = best
-            sch.reorder(*[sch.get_loops(block)[i] for i in (0, 2, 3, 1)])  # n, y, x, f
-            # the accumulator channels-last too, so a vector of channels is one register
-            sch.transform_layout(block, ("write", 0), lambda n_, c, h, w: (n_, h, w, c))
-            _tile(sch, block, [1, 1, rows, vectors * cpu.lanes], cpu, epilogue)
-            return f"pointwise {rows} pixels x {vectors * cpu.lanes} channels"
-    col = _divisor_tile(x, cpu.lanes, 2)
-    vectors = -(-col // cpu.lanes)
-    ytile = 2 if vectors == 1 and y % 2 == 0 else 1
-    rows = _row_tile_for(f, vectors * ytile, cpu)
-    _tile(sch, block, [1, rows, ytile, col], cpu, epilogue)
-    return f"pointwise {rows} channels x {ytile}x{col} pixels"
+    """1x1 conv as a GEMM, out[f, y, x] = sum_c W[c, f] * in[c, y, x]: either output channels
+    across registers and pixels of a row vectorised, or (on maps too narrow to vectorise, 14x14
+    and 7x7) pixels across registers and output channels vectorised, the weights IHWO so a vector
+    of channels is one contiguous load."""
+    n, f, y, x, k = (_extent(sch, l) for l in sch.get_loops(block)[:5])
+    _, orientation, tiles, what = _pointwise_tiles(f, y, x, k, cpu, ihwo)
+    if orientation == "nhwc":
+        sch.reorder(*[sch.get_loops(block)[i] for i in (0, 2, 3, 1)])  # n, y, x, f
+        # the accumulator channels-last too, so a vector of channels is one register
+        sch.transform_layout(block, ("write", 0), lambda n_, c, h, w: (n_, h, w, c))
+    _tile(sch, block, tiles, cpu, epilogue)
+    return f"pointwise {what}"
 
 
 def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool) -> str:
@@ -224,10 +255,21 @@ def _matmul(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     return f"matmul {rows} rows x {col} columns"
 
 
-def _generic(sch: Schedule, cpu: CpuParams) -> str:
-    """Everything else (SE's pool, FCs and gating; pools; reshapes): each block's spatial loops
+def _se_fc(sch: Schedule, block, cpu: CpuParams) -> None:
+    """SE's 1x1 convs on a pooled [1, C, 1, 1] vector: output channels vectorised (IHWO weights),
+    the input channel loop outside."""
+    loops = sch.get_loops(block)
+    sch.reorder(loops[0], loops[2], loops[3], loops[1])
+    f = _extent(sch, loops[1])
+    _tile(sch, block, [1, 1, 1, _divisor_tile(f, cpu.lanes, 2)], cpu)
+
+
+def _generic(sch: Schedule, cpu: CpuParams, done: set[str] = frozenset()) -> None:
+    """Everything else (SE's pool and gating; pools; reshapes): each block's spatial loops
     fused and parallel, the innermost contiguous loop vectorised where it is spatial."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint in done:
+            continue
         loops = sch.get_loops(block)
         kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
         if len(loops) != len(kinds):
@@ -250,7 +292,6 @@ def _generic(sch: Schedule, cpu: CpuParams) -> str:
                 fused = sch.fuse(*busy) if len(busy) > 1 else busy[0]
                 if _extent(sch, fused) >= 2 * cpu.cores:
                     sch.parallel(fused)
-    return "generic"
 
 
 def _find(sch: Schedule, prefix: str):
@@ -290,8 +331,21 @@ def schedule_kernel(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> tuple[tvm.tirx.P
         how = _matmul(sch, reductions[0], _consumer(sch, reductions[0]), cpu)
     else:
         _auto_inline(sch, set())
-        how = _generic(sch, cpu)
+        fcs = {sch.get(b).name_hint for b in reductions if _is_se_fc(sch, b)}
+        for name in fcs:
+            _se_fc(sch, sch.get_sblock(name), cpu)
+        _generic(sch, cpu, fcs)
+        how = "squeeze-excite" if fcs else "generic"
     return sch.mod["main"].with_attr(SCHEDULED, True).with_attr(DEFAULT, how), how
+
+
+def _is_se_fc(sch: Schedule, block) -> bool:
+    """A 1x1 conv on a 1x1 map with IHWO weights (what SE's FCs are after weight packing)."""
+    b = sch.get(block)
+    out = [int(d) for d in b.writes[0].source.shape]
+    weight = [int(d) for d in b.reads[-1].source.shape]
+    return (b.name_hint.startswith("conv2d") and out[2:] == [1, 1] and len(weight) == 4
+            and weight[1:3] == [1, 1] and len(sch.get_loops(block)) == 7)
 
 
 def _unit_stride(sch: Schedule, conv) -> bool:
