@@ -144,7 +144,9 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
         outer.append(o)
         inner.append(i)
     sch.reorder(*outer, *reduce, *inner)
-    lead = [l for l in outer[:-1] if _extent(sch, l) > 1] or outer[:1]
+    # parallel over the leading tile loops; for depthwise only over channels, so each thread
+    # stages whole padded planes
+    lead = [l for l in outer[:(2 if pad_at_channel else -1)] if _extent(sch, l) > 1] or outer[:1]
     par = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     sch.parallel(par)
     anchor = outer[-1]
@@ -154,7 +156,7 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
     if pad is not None:
         if pad_at_channel:  # depthwise: one channel's padded plane, staged while it is in cache
             sch.compute_at(pad, par, preserve_unit_loops=True)
-        _stage_padding(sch, pad, cpu)  # after every compute-at: it leaves two writers of one buffer
+        _stage_padding(sch, pad, par if pad_at_channel else None, cpu)  # last: it leaves two writers
     for loop in inner[:-1]:
         if _extent(sch, loop) > 1:
             sch.unroll(loop)
@@ -163,15 +165,23 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
         sch.decompose_reduction(block, reduce[0])
 
 
-def _stage_padding(sch: Schedule, pad, cpu: CpuParams) -> None:
-    """The zero border and the interior copy as separate branch-free loops, the copy vectorised."""
+def _stage_padding(sch: Schedule, pad, under, cpu: CpuParams) -> None:
+    """The zero border and the interior copy as separate branch-free loops (inside ``under``, the
+    loop the padding was computed at, if any), the copy vectorised."""
     loops = sch.get_loops(pad)
+    depth = 0
+    if under is not None:
+        below = [i for i, l in enumerate(loops) if l.same_as(under)]
+        depth = below[0] + 1 if below else 0
+        loops = loops[depth:]
     try:
         fill = sch.decompose_padding(pad, loops[0])
     except _ERRORS:
         return
-    del fill
     _vectorize_inner(sch, pad, cpu.lanes)
+    _vectorize_inner(sch, fill, cpu.lanes)
+    if depth:  # the fill lands outside ``under``, in copies of the loops above: parallel too
+        sch.parallel(sch.get_loops(fill)[depth - 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +248,9 @@ def _pointwise(sch: Schedule, block, epilogue, cpu: CpuParams, ihwo: bool) -> st
 def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool) -> str:
     """kxk conv (depthwise or full): output rows vectorised, output channels across registers."""
     n, f, y, x = (_extent(sch, l) for l in sch.get_loops(block)[:4])
-    col = _divisor_tile(x, cpu.lanes, 2)
+    # power-of-two vectors dividing the row; else the whole (short) row, which LLVM splits
+    col = next((c for c in (2 * cpu.lanes, cpu.lanes, cpu.lanes // 2) if x % c == 0),
+               x if x <= 2 * cpu.lanes else cpu.lanes)
     vectors = -(-col // cpu.lanes)
     rows = 1 if depthwise else _row_tile(f, max(1, min(4, (cpu.registers - 4) // vectors)))
     _tile(sch, block, [1, rows, 1, col], cpu, epilogue, pad, pad_at_channel=depthwise)
