@@ -128,12 +128,12 @@ def _vectorize_inner(sch: Schedule, block, lanes: int) -> None:
 # the register-tiled reduction
 
 def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None, pad=None,
-          pad_at_channel: bool = False) -> None:
+          pad_at_channel: bool = False, outer_order: Optional[list[int]] = None, parallel: bool = True) -> None:
     """``tiles``: one register-tile size per spatial loop of ``block`` (in loop order; 1 = not
     tiled); the last spatial loop is the vectorised one. Result: parallel(leading tile loops) /
     reduction loops / register tile (unrolled, the last loop vectorised), so the accumulator tile
     stays in registers and the epilogue is applied per tile: a conv's output is written once,
-    finished."""
+    finished. ``outer_order`` permutes the tile loops (default: the spatial loops' order)."""
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
     loops = sch.get_loops(block)
     spatial = [l for l, k in zip(loops, kinds) if k == 0]
@@ -143,12 +143,16 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
         o, i = _split(sch, loop, tile)
         outer.append(o)
         inner.append(i)
+    if outer_order:
+        outer = [outer[i] for i in outer_order]
     sch.reorder(*outer, *reduce, *inner)
     # parallel over the leading tile loops; for depthwise only over channels, so each thread
     # stages whole padded planes
-    lead = [l for l in outer[:(2 if pad_at_channel else -1)] if _extent(sch, l) > 1] or outer[:1]
+    lead = ([l for l in outer[:(2 if pad_at_channel else -1)] if _extent(sch, l) > 1]
+            or [l for l in outer if _extent(sch, l) > 1][-1:] or outer[:1])  # a GEMV: its one loop
     par = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    sch.parallel(par)
+    if parallel:
+        sch.parallel(par)
     anchor = outer[-1]
     if epilogue is not None:
         sch.reverse_compute_at(epilogue, anchor, preserve_unit_loops=False)
@@ -241,7 +245,8 @@ def _pointwise(sch: Schedule, block, epilogue, cpu: CpuParams, ihwo: bool) -> st
         sch.reorder(*[sch.get_loops(block)[i] for i in (0, 2, 3, 1)])  # n, y, x, f
         # the accumulator channels-last too, so a vector of channels is one register
         sch.transform_layout(block, ("write", 0), lambda n_, c, h, w: (n_, h, w, c))
-    _tile(sch, block, tiles, cpu, epilogue)
+    # channels-vectorised: one block of weights (k x vector) stays in L1 over all pixel tiles
+    _tile(sch, block, tiles, cpu, epilogue, outer_order=[0, 3, 1, 2] if orientation == "nhwc" else None)
     return f"pointwise {what}"
 
 
@@ -273,7 +278,9 @@ def _se_fc(sch: Schedule, block, cpu: CpuParams) -> None:
     loops = sch.get_loops(block)
     sch.reorder(loops[0], loops[2], loops[3], loops[1])
     f = _extent(sch, loops[1])
-    _tile(sch, block, [1, 1, 1, _divisor_tile(f, cpu.lanes, 2)], cpu)
+    k = _extent(sch, loops[4])
+    # a small FC is not worth a fork-join; a big one streams its weights on every core
+    _tile(sch, block, [1, 1, 1, _divisor_tile(f, cpu.lanes, 2)], cpu, parallel=f * k >= 1 << 15)
 
 
 def _generic(sch: Schedule, cpu: CpuParams, done: set[str] = frozenset()) -> None:
@@ -289,7 +296,14 @@ def _generic(sch: Schedule, cpu: CpuParams, done: set[str] = frozenset()) -> Non
         spatial = [l for l, k in zip(loops, kinds) if k == 0]
         if not spatial or len(spatial) != kinds.count(0):
             continue
-        if 2 not in kinds:
+        if 2 not in kinds and len(spatial) >= 3 and _extent(sch, spatial[-1]) * _extent(sch, spatial[-2]) >= cpu.lanes:
+            # per channel plane: what varies by channel (SE's gate) is one broadcast, not a gather
+            outer = sch.fuse(*spatial[:-2]) if len(spatial) > 3 else spatial[0]
+            plane = sch.fuse(*spatial[-2:])
+            if _extent(sch, outer) >= 2 * cpu.cores:
+                sch.parallel(outer)
+            _vectorize_inner(sch, block, cpu.lanes)
+        elif 2 not in kinds:
             fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
             tile = cpu.lanes * 4
             if _extent(sch, fused) > tile * 4:
