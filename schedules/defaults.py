@@ -334,7 +334,14 @@ def _consumer(sch: Schedule, block):
 
 def schedule_kernel(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> tuple[tvm.tirx.PrimFunc, str]:
     """The default schedule of one kernel: (scheduled function, what was chosen)."""
-    sch = Schedule(func)
+    sch, how = default_schedule(tvm.IRModule({"main": func}), cpu)
+    return sch.mod["main"].with_attr(SCHEDULED, True).with_attr(DEFAULT, how), how
+
+
+def default_schedule(mod: tvm.IRModule, cpu: CpuParams) -> tuple[Schedule, str]:
+    """The default schedule of the kernel ``mod["main"]`` as a Schedule, whose trace MetaSchedule
+    can store and replay (how tuning is seeded with it)."""
+    sch = Schedule(mod)
     reductions = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if _is_reduction(sch, b)]
     names = [sch.get(b).name_hint for b in reductions]
     single_conv = len(reductions) == 1 and (names[0].startswith("conv2d") or names[0].startswith("group_conv2d"))
@@ -362,7 +369,7 @@ def schedule_kernel(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> tuple[tvm.tirx.P
             _se_fc(sch, sch.get_sblock(name), cpu)
         _generic(sch, cpu, fcs)
         how = "squeeze-excite" if fcs else "generic"
-    return sch.mod["main"].with_attr(SCHEDULED, True).with_attr(DEFAULT, how), how
+    return sch, how
 
 
 def _is_se_fc(sch: Schedule, block) -> bool:

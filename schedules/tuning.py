@@ -36,6 +36,7 @@ class TuneResult:
     skipped: list[str] = field(default_factory=list)  # tasks whose budget was already spent
     plot: Optional[Path] = None
     seconds: float = 0.0
+    seeded: int = 0                  # default schedules measured and stored before the search
 
 
 def create_session(rpc_config):
@@ -90,6 +91,44 @@ def _quiet_metaschedule_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
+def seed_with_defaults(tasks, target, db, builder, runner) -> int:
+    """Measure mobilec's default schedule of every task the database has nothing for, on the same
+    device and runner as the search, and commit it as a tuning record. The evolutionary search
+    starts from the best measured records, so it begins at the default schedule, and the
+    database's best is never worse than what a build without it gets. Returns records added."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from mobilec.schedules.defaults import CpuParams, default_schedule
+
+    cpu = CpuParams.from_target(target)
+    todo = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        if records_for(db, mod):
+            continue
+        try:
+            todo.append((mod, default_schedule(mod, cpu)[0]))
+        except Exception as e:  # noqa: BLE001 - an unschedulable kernel is searched from scratch
+            logging.getLogger(__name__).info("no default schedule to seed %s: %s", task.task_name, e)
+    if not todo:
+        return 0
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in todo])
+    measurable = [(mod, sch, b) for (mod, sch), b in zip(todo, built) if b.error_msg is None]
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu",  # mobilec targets are CPUs
+                                                ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]))
+                          for _, sch, b in measurable])
+    added = 0
+    for (mod, sch, _), future in zip(measurable, futures):
+        result = future.result()
+        if result.error_msg is not None or not result.run_secs:
+            continue
+        db.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, db.commit_workload(mod), result.run_secs, target,
+            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+        added += 1
+    return added
+
+
 def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions, console=None) -> TuneResult:
     """Tune the kernels of ``mod`` (a Relax module after mobilec's lowering phase) for ``target``."""
     from tvm.s_tir import meta_schedule as ms
@@ -112,6 +151,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     progress = Progress(stats, budget=max(remaining, 0))
     if remaining <= 0 or not todo:
         return TuneResult(db_dir, progress, 0, skipped, seconds=time.time() - start)
+    seeded = seed_with_defaults(todo, target, db, InProcessBuilder(fcompile), _runner(opts))
     _prepare_metaschedule_logging()
     contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), seed=opts.seed)  # logs in DB/logs
     _quiet_metaschedule_console()
@@ -139,4 +179,4 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         if live is not None:
             live.stop()
     plot = progress.plot(db_dir / "tuning.png")
-    return TuneResult(db_dir, progress, progress.trials, skipped, plot, time.time() - start)
+    return TuneResult(db_dir, progress, progress.trials, skipped, plot, time.time() - start, seeded)

@@ -34,13 +34,14 @@ def records(db_dir) -> int:
 def test_tune_over_rpc_then_compile_with_the_database(host_device, tmp_path):
     opts = TuneOptions(trials=8, per_round=4, tracker=host_device, key="host-cpu", live=False)
     res = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts))
-    assert res.measured == 8 and records(res.database) == 8
+    # both tasks seeded with their default schedule, measured on the device, before the search
+    assert res.seeded == 2 and res.measured == 8 and records(res.database) == 10
     assert all(t.best_ms and t.best_ms > 0 for t in res.progress.tasks)
     assert res.plot and res.plot.stat().st_size > 0
     assert res.database.name == "x86_64-linux-gnu-core-avx2"
     # a resumed run with the same budget measures nothing new
     again = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts))
-    assert again.measured == 0 and records(res.database) == 8
+    assert again.measured == 0 and again.seeded == 0 and records(res.database) == 10
     compiled = assert_matches_onnxruntime(tiny(), tmp_path, tuning_db=str(tmp_path / "db"))
     assert compiled.manifest.tuned_kernels == 2 and compiled.manifest.tuning_db == str(res.database)
 
@@ -51,7 +52,7 @@ def test_merge_databases(host_device, tmp_path):
         tune_model(tiny(), TuneConfig(db=str(tmp_path / f"db{i}"), options=opts))
     sub = "x86_64-linux-gnu-core-avx2"
     added = merge([tmp_path / "db0" / sub, tmp_path / "db1" / sub], tmp_path / "merged")
-    assert added == records(tmp_path / "merged") == 8
+    assert added == records(tmp_path / "merged") == 12  # 4 searched + 2 seeded, from each
 
 
 def test_server_killed_mid_tuning_leaves_a_usable_database(tmp_path):
