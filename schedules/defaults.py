@@ -327,9 +327,14 @@ def _find(sch: Schedule, prefix: str):
     return None
 
 
-def _consumer(sch: Schedule, block):
+def _epilogue(sch: Schedule, block):
+    """The one block finishing ``block``'s output. A kernel that writes the function's output
+    straight from the reduction gets a copy-out stage instead, so the accumulator is always an
+    intermediate whose layout the schedule may choose."""
     consumers = sch.get_consumers(block)
-    return consumers[0] if len(consumers) == 1 else None
+    if len(consumers) == 1:
+        return consumers[0]
+    return sch.cache_write(block, 0, "global") if not consumers else None
 
 
 def schedule_kernel(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> tuple[tvm.tirx.PrimFunc, str]:
@@ -353,7 +358,7 @@ def default_schedule(mod: tvm.IRModule, cpu: CpuParams) -> tuple[Schedule, str]:
         pad = _find(sch, "pad_temp")
         keep = {sch.get(pad).name_hint} if pad is not None and not kernel_1x1 else set()
         _auto_inline(sch, keep)
-        epilogue = _consumer(sch, conv)
+        epilogue = _epilogue(sch, conv)
         pad = _find(sch, "pad_temp") if keep else None
         if kernel_1x1 and not depthwise and _unit_stride(sch, conv):
             how = _pointwise(sch, conv, epilogue, cpu, ihwo=weight[2:] != [1, 1])
@@ -361,7 +366,7 @@ def default_schedule(mod: tvm.IRModule, cpu: CpuParams) -> tuple[Schedule, str]:
             how = _direct(sch, conv, epilogue, pad, cpu, depthwise)
     elif len(reductions) == 1 and names[0].startswith("matmul"):
         _auto_inline(sch, set())
-        how = _matmul(sch, reductions[0], _consumer(sch, reductions[0]), cpu)
+        how = _matmul(sch, reductions[0], _epilogue(sch, reductions[0]), cpu)
     else:
         _auto_inline(sch, set())
         fcs = {sch.get(b).name_hint for b in reductions if _is_se_fc(sch, b)}
