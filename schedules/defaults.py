@@ -164,6 +164,10 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
     for loop in inner[:-1]:
         if _extent(sch, loop) > 1:
             sch.unroll(loop)
+    if pad_at_channel:  # depthwise: unrolled taps, so each tap's weight is loaded once per plane
+        for loop in reduce:
+            if _extent(sch, loop) > 1:
+                sch.unroll(loop)
     sch.vectorize(inner[-1])
     if reduce:  # last: the init copies the unrolled, vectorised tile loops
         sch.decompose_reduction(block, reduce[0])
@@ -258,6 +262,13 @@ def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool
                x if x <= 2 * cpu.lanes else cpu.lanes)
     vectors = -(-col // cpu.lanes)
     rows = 1 if depthwise else _row_tile(f, max(1, min(4, (cpu.registers - 4) // vectors)))
+    padded = _extent(sch, sch.get_loops(pad)[3]) if pad is not None else 0
+    if depthwise and padded >= 2 * x + 1 and padded % 2 == 0:
+        # stride 2: even and odd padded columns stored apart (the staging copy walks that layout),
+        # so a row of taps is one contiguous load instead of a gather of every other element
+        deinterleave = lambda n_, c, h, w: (n_, c, h, w % 2, w // 2)  # noqa: E731
+        sch.transform_layout(pad, ("write", 0), deinterleave)
+        sch.transform_block_layout(pad, deinterleave)
     _tile(sch, block, [1, rows, 1, col], cpu, epilogue, pad, pad_at_channel=depthwise)
     return f"{'depthwise' if depthwise else 'direct'} {rows} channels x {col} columns"
 
