@@ -74,13 +74,18 @@ def cmd_compile(args) -> int:
 
     cfg = CompileConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores,
                         input_shapes=_shapes(args.input_shape), tuning_db=args.tuning_db, dump_ir=args.dump_ir,
-                        fuse=not args.no_fuse)
+                        fuse=not args.no_fuse, default_schedules=not args.no_default_schedules)
     res = compile_model(args.model, args.output, cfg)
     m = res.manifest
     print(f"wrote {res.library} and {res.library.with_suffix('.json')} in {res.seconds:.1f} s: "
           f"{m.triple} (cpu {m.cpu}), inputs {[(i['name'], i['shape']) for i in m.inputs]}, "
           f"outputs {[(o['name'], o['shape']) for o in m.outputs]}")
     _print_report(m.fusion)
+    kinds = {k: v for k, v in m.default_schedules.items() if k != "unscheduled"}
+    print(f"schedules: {m.tuned_kernels} kernels from the tuning database; default schedules "
+          + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none")
+          + (f"; left to plain lowering: {', '.join(m.default_schedules['unscheduled'])}"
+             if m.default_schedules.get("unscheduled") else ""))
     return 0
 
 
@@ -218,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--tuning-db", help="MetaSchedule database directory to take kernels from")
             p.add_argument("--dump-ir", help="write the IR after each pipeline phase to this directory")
             p.add_argument("--no-fuse", action="store_true", help="skip mobilec's fusion phase")
+            p.add_argument("--no-default-schedules", action="store_true",
+                           help="leave kernels the tuning database lacks to TVM's plain lowering (slow; "
+                                "for comparison)")
         p.set_defaults(func=cmd_compile if verb == "compile" else cmd_inspect)
 
     p = sub.add_parser("tune", help="tune the convolution kernels with MetaSchedule, measured on the device")

@@ -15,6 +15,7 @@ from mobilec.compiler.pipeline import PipelineOptions, pipeline, run_until
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.targets import TargetError, export_function, resolve
 from mobilec.runtime.manifest import Manifest, elf_header, manifest_path, sha256
+from mobilec.schedules.defaults import summarize
 
 
 @dataclass
@@ -26,6 +27,7 @@ class CompileConfig:
     tuning_db: Optional[str] = None
     dump_ir: Optional[str] = None
     fuse: bool = True
+    default_schedules: bool = True  # False: kernels the database lacks get TVM's plain lowering
 
 
 @dataclass
@@ -47,7 +49,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
     db = _tuning_database(cfg.tuning_db, resolved.triple, resolved.cpu) if cfg.tuning_db else None
     imported = import_onnx(model, cfg.input_shapes)
     target = resolved.tvm_target()
-    opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse)
+    opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules)
     ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipeline(target, opts))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +63,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
         inputs=[i.to_dict() for i in imported.inputs], outputs=[o.to_dict() for o in imported.outputs],
         library=output.name, sha256=sha256(output), source=imported.source, fusion=opts.report.to_dict(),
         tuning_db=str(Path(db).resolve()) if db else None, tuned_kernels=opts.tuned_kernels,
+        default_schedules=summarize(opts.default_kernels),
         task="segmentation" if len(imported.outputs[0].shape) == 4 else "classification")
     manifest.save(manifest_path(output))
     return CompileResult(output, manifest, opts.report, time.perf_counter() - start)

@@ -35,6 +35,7 @@ class Manifest:
     fusion: dict = field(default_factory=dict)
     tuning_db: str | None = None
     tuned_kernels: int = 0
+    default_schedules: dict = field(default_factory=dict)  # kind -> kernels; "unscheduled": names
     task: str = "classification"
     schema: int = SCHEMA
 

@@ -31,6 +31,20 @@ def test_model_on_the_emulated_device_matches_onnxruntime(emulated, exported, tm
     assert m.benchmark(warmup=0, repeat=1)["median_ms"] > 0  # timed on the device
 
 
+def test_default_schedules_on_the_emulated_device_match_onnxruntime(emulated, tmp_path):
+    """Every default schedule kind with NEON parameters (4 lanes, 32 registers), run on the device."""
+    from test_default_schedules import kernel_zoo
+
+    proto = kernel_zoo()
+    res = compile_model(proto, tmp_path / "zoo.so", CompileConfig(target="aarch64-linux-gnu", cpu="cortex-a72"))
+    assert {"direct", "depthwise", "pointwise", "squeeze-excite"} <= set(res.manifest.default_schedules)
+    assert "unscheduled" not in res.manifest.default_schedules
+    m = mr.connect(tracker=emulated, key="emu-aarch64", timeout=120).load(res.library)
+    x = seeded_input((1, 3, 56, 56)) * 4
+    want = onnxruntime_outputs(proto.SerializeToString(), {"input": x})[0]
+    assert float(np.abs(m(x) - want).max()) <= 1e-4 * float(np.abs(want).max())
+
+
 def test_missing_rootfs_is_a_clear_error(tmp_path):
     with pytest.raises(emulate.EmulatorError, match="mobilec rpc emulate --build-only"):
         emulate.server_command(emulate.EmulatorConfig(cache=str(tmp_path)), "127.0.0.1:9190", "k")

@@ -1,0 +1,160 @@
+"""Default schedules: target parameters and tile choice (structure), and every kernel kind a
+MobileNet is made of scheduled and numerically equal to onnxruntime (host build). The same
+kernels on the emulated aarch64 device are in test_emulator.py."""
+
+import itertools
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from graphs import assert_matches_onnxruntime, const, hswish_nodes, model
+
+
+def conv_node(x, out, cin, cout, k=1, stride=1, group=1, bias=True, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32) / np.sqrt(cin * k * k / group)
+    inits = [const(f"{out}_w", w)]
+    ins = [x, f"{out}_w"]
+    if bias:
+        inits.append(const(f"{out}_b", rng.standard_normal(cout)))
+        ins.append(f"{out}_b")
+    return [helper.make_node("Conv", ins, [out], pads=[k // 2] * 4, strides=[stride] * 2, group=group)], inits
+
+
+def chain(*parts):
+    nodes, inits = [], []
+    for n, i in parts:
+        nodes += n
+        inits += i
+    return nodes, inits
+
+
+# one graph per kernel kind: (name, expected default schedule kind, graph)
+def _pointwise(hw, cin, cout, bias=True):
+    n, i = conv_node("input", "output", cin, cout, bias=bias)
+    return model(n, i, inputs=[("input", (1, cin, hw, hw))], output=("output", (1, cout, hw, hw)))
+
+
+def _depthwise(hw, c, k, stride):
+    n, i = chain(conv_node("input", "dw", c, c, k=k, stride=stride, group=c),
+                 hswish_nodes("dw", "output", "clip/div"))
+    out = (hw + stride - 1) // stride
+    return model(n, i, inputs=[("input", (1, c, hw, hw))], output=("output", (1, c, out, out)))
+
+
+def _stem():
+    n, i = chain(conv_node("input", "stem", 3, 16, k=3, stride=2), hswish_nodes("stem", "output", "onnx"))
+    return model(n, i, inputs=[("input", (1, 3, 64, 64))], output=("output", (1, 16, 32, 32)))
+
+
+def _se(c=32, hw=14, squeeze=8):
+    n, i = chain(
+        ([helper.make_node("GlobalAveragePool", ["input"], ["pool"])], []),
+        conv_node("pool", "fc1", c, squeeze), ([helper.make_node("Relu", ["fc1"], ["r"])], []),
+        conv_node("r", "fc2", squeeze, c, seed=1),
+        ([helper.make_node("HardSigmoid", ["fc2"], ["gate"], alpha=1 / 6, beta=0.5),
+          helper.make_node("Mul", ["input", "gate"], ["output"])], []))
+    return model(n, i, inputs=[("input", (1, c, hw, hw))], output=("output", (1, c, hw, hw)))
+
+
+def _classifier(cin=64, cout=40):
+    rng = np.random.default_rng(3)
+    n, i = chain(
+        ([helper.make_node("Flatten", ["input"], ["flat"]),
+          helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["fc"], transB=1)],
+         [const("fc_w", rng.standard_normal((cout, cin)) / 8), const("fc_b", rng.standard_normal(cout))]),
+        hswish_nodes("fc", "output", "onnx"))
+    return model(n, i, inputs=[("input", (1, cin, 1, 1))], output=("output", (1, cout)))
+
+
+KERNELS = [
+    ("pointwise-wide-map", "pointwise", lambda: _pointwise(32, 16, 24)),
+    ("pointwise-narrow-map", "pointwise", lambda: _pointwise(7, 32, 48)),
+    ("pointwise-no-epilogue", "pointwise", lambda: _pointwise(7, 32, 48, bias=False)),
+    ("pointwise-odd-channels", "pointwise", lambda: _pointwise(10, 12, 20)),
+    ("depthwise-3x3-s1", "depthwise", lambda: _depthwise(28, 16, 3, 1)),
+    ("depthwise-3x3-s2", "depthwise", lambda: _depthwise(32, 16, 3, 2)),
+    ("depthwise-5x5-s2-odd-row", "depthwise", lambda: _depthwise(14, 24, 5, 2)),
+    ("depthwise-5x5-s1-row-7", "depthwise", lambda: _depthwise(7, 24, 5, 1)),
+    ("stem-3x3-s2", "direct", _stem),
+    ("squeeze-excite", "squeeze-excite", _se),
+    ("classifier", "matmul", _classifier),
+]
+
+
+def kernel_zoo():
+    """Every kind above in one graph (for the emulated device): stem -> dw s2 -> pw -> SE."""
+    n, i = chain(conv_node("input", "stem", 3, 16, k=3, stride=2), hswish_nodes("stem", "s", "onnx"),
+                 conv_node("s", "dw", 16, 16, k=3, stride=2, group=16), conv_node("dw", "pw", 16, 32),
+                 ([helper.make_node("GlobalAveragePool", ["pw"], ["pool"])], []),
+                 conv_node("pool", "fc1", 32, 8, seed=1), ([helper.make_node("Relu", ["fc1"], ["r"])], []),
+                 conv_node("r", "fc2", 8, 32, seed=2),
+                 ([helper.make_node("HardSigmoid", ["fc2"], ["gate"], alpha=1 / 6, beta=0.5),
+                   helper.make_node("Mul", ["pw", "gate"], ["output"])], []))
+    return model(n, i, inputs=[("input", (1, 3, 56, 56))], output=("output", (1, 32, 14, 14)))
+
+
+# --------------------------------------------------------------------------------------------- structure
+
+@pytest.mark.structure
+@pytest.mark.parametrize("triple,cpu,lanes,registers", [
+    ("x86_64-linux-gnu", "core-avx2", 8, 16), ("x86_64-linux-gnu", "skylake-avx512", 16, 32),
+    ("aarch64-linux-gnu", "cortex-a72", 4, 32), ("aarch64-linux-android", "cortex-a76", 4, 32),
+    ("armv7a-linux-gnueabihf", "cortex-a53", 4, 16)])
+def test_target_parameters(triple, cpu, lanes, registers):
+    from mobilec.compiler.targets import resolve
+    from mobilec.schedules.defaults import CpuParams
+
+    p = CpuParams.from_target(resolve(triple, cpu, num_cores=3).tvm_target())
+    assert (p.lanes, p.registers, p.cores) == (lanes, registers, 3)
+
+
+@pytest.mark.structure
+@pytest.mark.parametrize("lanes,registers", [(8, 16), (4, 32), (4, 16)])
+def test_pointwise_tiles_fit_the_register_file_and_divide_the_axes(lanes, registers):
+    from mobilec.schedules.defaults import CpuParams, _pointwise_tiles
+
+    cpu = CpuParams(lanes, registers, 2)
+    for f, hw, k in itertools.product((16, 24, 40, 72, 120, 160, 672, 960), (7, 14, 28, 56, 112), (16, 96, 960)):
+        score, orientation, tiles, _ = _pointwise_tiles(f, hw, hw, k, cpu, ihwo=True)
+        _, rows, ytile, cols = tiles
+        vec = cols
+        assert vec in (lanes // 2, lanes, 2 * lanes, 4 * lanes), (f, hw, tiles)  # no odd-width vectors here
+        if orientation == "nchw":
+            assert f % rows == 0 and hw % ytile == 0 and hw % cols == 0
+            assert rows * ytile * -(-cols // lanes) <= registers - 2
+        else:
+            assert hw % ytile == 0 and f % cols == 0
+            assert ytile * (cols // lanes) <= registers - 2
+        assert score > 0
+
+
+# --------------------------------------------------------------------------------------------- host build
+
+@pytest.mark.build
+@pytest.mark.parametrize("name,kind,build", KERNELS, ids=[k[0] for k in KERNELS])
+def test_each_kernel_kind_is_scheduled_and_matches_onnxruntime(name, kind, build, tmp_path):
+    res = assert_matches_onnxruntime(build(), tmp_path)
+    scheduled = res.manifest.default_schedules
+    assert scheduled.get(kind, 0) >= 1, scheduled
+    assert "unscheduled" not in scheduled, scheduled
+
+
+@pytest.mark.build
+def test_plain_lowering_still_available_and_equal(tmp_path):
+    """``default_schedules=False`` (CLI --no-default-schedules) leaves every kernel to TVM."""
+    res = assert_matches_onnxruntime(_depthwise(14, 8, 3, 1), tmp_path, default_schedules=False)
+    assert res.manifest.default_schedules == {}
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small", "lraspp_mobilenet_v3_small"])
+def test_whole_models_leave_no_kernel_unscheduled(compiled, name):
+    manifest = compiled(name).manifest
+    scheduled = manifest.default_schedules
+    assert "unscheduled" not in scheduled, scheduled
+    for kind in ("pointwise", "depthwise", "direct"):
+        assert scheduled.get(kind, 0) >= 1, scheduled
+    if name.startswith("mobilenet"):
+        assert scheduled.get("squeeze-excite", 0) >= 1 and scheduled.get("matmul", 0) >= 1, scheduled
