@@ -161,6 +161,10 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
         if pad_at_channel:  # depthwise: one channel's padded plane, staged while it is in cache
             sch.compute_at(pad, par, preserve_unit_loops=True)
         _stage_padding(sch, pad, par if pad_at_channel else None, cpu)  # last: it leaves two writers
+    last = _extent(sch, inner[-1])
+    if last > cpu.lanes and last % cpu.lanes == 0:  # whole registers, unrolled: LLVM handles any count
+        vectors, inner[-1] = sch.split(inner[-1], [None, cpu.lanes])
+        inner.insert(-1, vectors)
     for loop in inner[:-1]:
         if _extent(sch, loop) > 1:
             sch.unroll(loop)
@@ -267,7 +271,7 @@ def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool
     vectors = -(-col // cpu.lanes)
     rows = 1 if depthwise else _row_tile(f, max(1, min(4, (cpu.registers - 4) // vectors)))
     padded = _extent(sch, sch.get_loops(pad)[3]) if pad is not None else 0
-    if depthwise and padded >= 2 * x + 1 and padded % 2 == 0:
+    if padded >= 2 * x + 1 and padded % 2 == 0:
         # stride 2: even and odd padded columns stored apart (the staging copy walks that layout),
         # so a row of taps is one contiguous load instead of a gather of every other element
         deinterleave = lambda n_, c, h, w: (n_, c, h, w % 2, w // 2)  # noqa: E731
@@ -281,7 +285,7 @@ def _matmul(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     """Classifier: out[i, j] = sum_k x[i, k] * W[k, j], j contiguous."""
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
     extents = [_extent(sch, l) for l, k in zip(sch.get_loops(block), kinds) if k == 0]
-    col = _divisor_tile(extents[-1], cpu.lanes, 4)
+    col = _divisor_tile(extents[-1], cpu.lanes, 5)  # 5: 1000 classes = 25 x 40
     rows = _row_tile_for(extents[-2], -(-col // cpu.lanes), cpu) if len(extents) > 1 else 1
     _tile(sch, block, [1] * (len(extents) - 2) + [rows, col][-len(extents):], cpu, epilogue)
     return f"matmul {rows} rows x {col} columns"
