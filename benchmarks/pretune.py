@@ -42,7 +42,7 @@ def main() -> None:
             export_model(name, onnx_path)
             res = tune_model(onnx_path, TuneConfig(db=args.db, options=TuneOptions(trials=trials, per_round=args.per_round)),
                              console=console)
-            console.print(f"{name}: {res.measured} new trials in {res.seconds:.0f} s -> {res.database}; "
+            console.print(f"{name}: {res.seeded} default schedules seeded, {res.measured} new trials in {res.seconds:.0f} s -> {res.database}; "
                           f"estimate within 10% of its final value after {res.progress.trials_to_within(0.10)} trials")
             x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32")
             lat = {}

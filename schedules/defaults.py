@@ -116,12 +116,19 @@ def _row_tile(extent: int, most: int) -> int:
 
 
 def _vectorize_inner(sch: Schedule, block, lanes: int) -> None:
+    """Vectorise the innermost loop in pieces of whole registers that divide it (a predicated
+    tail would keep TVM from vectorising at all); a short odd loop is vectorised whole."""
     loops = sch.get_loops(block)
-    if loops:
-        inner = loops[-1]
-        if _extent(sch, inner) > 4 * lanes:
-            inner = _split(sch, inner, 4 * lanes)[1]
-        sch.vectorize(inner)
+    if not loops:
+        return
+    inner = loops[-1]
+    extent = _extent(sch, inner)
+    if extent > 4 * lanes:
+        piece = next((v * lanes for v in (4, 2, 1) if extent % (v * lanes) == 0), None)
+        if piece is None:
+            return  # long and odd (e.g. 49 x 49 planes): LLVM's loop vectoriser does better
+        inner = sch.split(inner, [None, piece])[1]
+    sch.vectorize(inner)
 
 
 # ---------------------------------------------------------------------------------------------
