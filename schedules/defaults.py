@@ -210,7 +210,8 @@ def _row_tile_for(extent: int, vectors: int, cpu: CpuParams) -> int:
     return _row_tile(extent, max(1, (cpu.registers - 4) // vectors))
 
 
-LATENCY = 10  # independent FMAs in flight needed to keep two FMA pipes busy (4-5 cycle latency)
+LATENCY = 10
+DEPTHWISE_ACCUMULATORS = 1  # independent FMAs in flight needed to keep two FMA pipes busy (4-5 cycle latency)
 
 
 def _divisors(n: int, most: int) -> list[int]:
@@ -284,7 +285,10 @@ def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool
         deinterleave = lambda n_, c, h, w: (n_, c, h, w % 2, w // 2)  # noqa: E731
         sch.transform_layout(pad, ("write", 0), deinterleave)
         sch.transform_block_layout(pad, deinterleave)
-    _tile(sch, block, [1, rows, 1, col], cpu, epilogue, pad, pad_at_channel=depthwise)
+    # independent accumulators to hide FMA latency: more output rows per tile (their taps share
+    # input rows, which LLVM loads once)
+    ytile = _row_tile(y, max(1, DEPTHWISE_ACCUMULATORS // (vectors * rows)))
+    _tile(sch, block, [1, rows, ytile, col], cpu, epilogue, pad, pad_at_channel=depthwise)
     return f"{'depthwise' if depthwise else 'direct'} {rows} channels x {col} columns"
 
 
