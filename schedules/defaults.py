@@ -8,8 +8,9 @@ the padded input is staged:
   kernel            rows x cols (vector)          reduction     padding staged
   pointwise, big    out channels x pixels         in channels   -
   pointwise, small  pixels x out channels (IHWO)  in channels   -
-  depthwise kxk     channels x output row         ky, kx        per channel, in cache
+  depthwise kxk     output rows x output row      ky, kx        per channel, in cache
   stem / any conv   out channels x output row     ci, ky, kx    whole input, once
+  (stride 2: the staged input is stored with even and odd columns apart, so taps load contiguously)
   classifier        batch x out features          in features   -
   SE, pools, rest   fused spatial loops parallel and vectorised
 
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import tvm
-from tvm import relax
 from tvm.s_tir import Schedule
 
 log = logging.getLogger("mobilec.schedules")
@@ -289,7 +289,8 @@ def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool
     # input rows, which LLVM loads once)
     ytile = _row_tile(y, max(1, DEPTHWISE_ACCUMULATORS // (vectors * rows)))
     _tile(sch, block, [1, rows, ytile, col], cpu, epilogue, pad, pad_at_channel=depthwise)
-    return f"{'depthwise' if depthwise else 'direct'} {rows} channels x {col} columns"
+    what = f"{ytile} rows x {col} columns" if depthwise else f"{rows} channels x {ytile}x{col} columns"
+    return f"{'depthwise' if depthwise else 'direct'} {what}"
 
 
 def _matmul(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
@@ -329,7 +330,7 @@ def _generic(sch: Schedule, cpu: CpuParams, done: set[str] = frozenset()) -> Non
         if 2 not in kinds and len(spatial) >= 3 and _extent(sch, spatial[-1]) * _extent(sch, spatial[-2]) >= cpu.lanes:
             # per channel plane: what varies by channel (SE's gate) is one broadcast, not a gather
             outer = sch.fuse(*spatial[:-2]) if len(spatial) > 3 else spatial[0]
-            plane = sch.fuse(*spatial[-2:])
+            sch.fuse(*spatial[-2:])  # the plane: contiguous, vectorised
             if _extent(sch, outer) >= 2 * cpu.cores:
                 sch.parallel(outer)
             _vectorize_inner(sch, block, cpu.lanes)
@@ -340,8 +341,8 @@ def _generic(sch: Schedule, cpu: CpuParams, done: set[str] = frozenset()) -> Non
                 outer, inner = sch.split(fused, [None, tile])
                 sch.parallel(outer)
                 sch.vectorize(inner)
-            else:
-                sch.vectorize(fused) if _extent(sch, fused) >= cpu.lanes else None
+            elif _extent(sch, fused) >= cpu.lanes:
+                sch.vectorize(fused)
         elif kinds[: len(spatial)] == [0] * len(spatial):
             busy = [l for l in spatial if _extent(sch, l) > 1]
             if busy:
