@@ -55,7 +55,9 @@ class DeviceLost(RuntimeError):
 def _runner(opts: TuneOptions):
     from tvm.s_tir import meta_schedule as ms
 
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0, enable_cpu_cache_flush=False)
+    # caches flushed before each measurement: in a network a kernel finds its weights cold, and
+    # candidates ranked with warm caches measured faster alone but slower in the whole model
+    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=3, min_repeat_ms=0, enable_cpu_cache_flush=True)
     if opts.tracker:
         from mobilec.rpc.client import parse_addr
 
