@@ -22,10 +22,12 @@ _PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const())
 def _pack(call: relax.Call, matches) -> relax.Expr:
     a = call.attrs
     weight = call.args[1]
-    if (not isinstance(weight, Constant) or a.kernel_layout != "OIHW" or a.data_layout != "NCHW"
-            or int(a.groups) != 1 or const_array(weight).shape[2:] != (1, 1)):
+    if not isinstance(weight, Constant) or a.kernel_layout != "OIHW" or a.data_layout != "NCHW" or int(a.groups) != 1:
         return call
-    packed = np.ascontiguousarray(np.transpose(const_array(weight), (1, 2, 3, 0)))
+    oihw = const_array(weight)
+    if oihw.shape[2:] != (1, 1):
+        return call
+    packed = np.ascontiguousarray(np.transpose(oihw, (1, 2, 3, 0)))
     return relax.op.nn.conv2d(call.args[0], relax.const(packed, str(packed.dtype)), strides=a.strides,
                               padding=a.padding, dilation=a.dilation, groups=a.groups, data_layout="NCHW",
                               kernel_layout="IHWO", out_layout=a.out_layout, out_dtype=a.out_dtype)

@@ -22,7 +22,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from mobilec.compiler.fusions import RULES, CancelTransposes
 from mobilec.compiler.pack_weights import PackConvWeights
 from mobilec.compiler.report import FusionReport
-from mobilec.schedules.defaults import apply_defaults
+from mobilec.schedules.defaults import apply_defaults, is_scheduled
 
 PIPELINE_NAME = "mobilec"
 
@@ -62,8 +62,7 @@ def _count_tuned(opts: PipelineOptions) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="mobilec.CountTunedKernels")
     def count(mod, _ctx):
         opts.tuned_kernels = sum(1 for _, f in mod.functions.items()
-                                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs
-                                 and any(k in f.attrs for k in ("tirx.is_scheduled", "tir.is_scheduled")))
+                                 if isinstance(f, tvm.tirx.PrimFunc) and is_scheduled(f))
         return mod
 
     return count

@@ -109,10 +109,8 @@ def _divisor_tile(extent: int, lanes: int, max_vectors: int) -> int:
 
 
 def _row_tile(extent: int, most: int) -> int:
-    for r in range(min(most, extent), 0, -1):
-        if extent % r == 0:
-            return r
-    return 1
+    """The largest divisor of ``extent`` not above ``most`` (at least 1)."""
+    return max(_divisors(extent, max(1, most)))
 
 
 def _vectorize_inner(sch: Schedule, block, lanes: int) -> None:
@@ -435,6 +433,11 @@ def summarize(kernels: dict[str, str]) -> dict:
     return out
 
 
+def is_scheduled(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether a kernel already has a schedule (from the tuning database, or a default)."""
+    return bool(func.attrs) and any(k in func.attrs for k in (SCHEDULED, "tir.is_scheduled"))
+
+
 def apply_defaults(target: tvm.target.Target, report: Optional[dict] = None) -> tvm.transform.Pass:
     """Schedule every kernel not already scheduled (by the tuning database). A kernel whose
     default schedule fails is left to TVM's plain lowering and named in the log: slower, never
@@ -447,7 +450,7 @@ def apply_defaults(target: tvm.target.Target, report: Optional[dict] = None) -> 
         for gv, func in mod.functions.items():
             if not isinstance(func, tvm.tirx.PrimFunc):
                 continue
-            if func.attrs and any(k in func.attrs for k in (SCHEDULED, "tir.is_scheduled")):
+            if is_scheduled(func):
                 continue
             try:
                 updates[gv], how = schedule_kernel(func, cpu)

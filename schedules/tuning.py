@@ -153,7 +153,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     progress = Progress(stats, budget=max(remaining, 0))
     if remaining <= 0 or not todo:
         return TuneResult(db_dir, progress, 0, skipped, seconds=time.time() - start)
-    seeded = seed_with_defaults(todo, target, db, InProcessBuilder(fcompile), _runner(opts))
+    builder, runner = InProcessBuilder(fcompile), _runner(opts)  # the seeding measures like the search
+    seeded = seed_with_defaults(todo, target, db, builder, runner)
     _prepare_metaschedule_logging()
     contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), seed=opts.seed)  # logs in DB/logs
     _quiet_metaschedule_console()
@@ -167,7 +168,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         ms.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
             max_trials_global=remaining, max_trials_per_task=per_task, num_trials_per_iter=opts.per_round,
-            builder=InProcessBuilder(fcompile), runner=_runner(opts), database=db, cost_model="xgb",
+            builder=builder, runner=runner, database=db, cost_model="xgb",
             measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [ProgressCallback(progress, live)],
             task_scheduler="gradient")
     except Exception:

@@ -27,14 +27,16 @@ def model(nodes, inits, inputs=(("input", (1, C, HW, HW)),), output=("output", (
     return m
 
 
-def conv(x: str, out: str, cin: int = C, cout: int = C, k: int = 3, seed: int = 0, group: int = 1):
-    """Conv with bias; returns (nodes, initializers)."""
+def conv(x: str, out: str, cin: int = C, cout: int = C, k: int = 3, seed: int = 0, group: int = 1,
+         stride: int = 1, bias: bool = True):
+    """Conv ("same" padding, optional bias); returns (nodes, initializers)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32) / np.sqrt(cin * k * k / group)
-    b = rng.standard_normal(cout).astype(np.float32)
-    wn, bn = f"{out}_w", f"{out}_b"
-    return [helper.make_node("Conv", [x, wn, bn], [out], pads=[k // 2] * 4, group=group)], \
-        [const(wn, w), const(bn, b)]
+    inits, ins = [const(f"{out}_w", w)], [x, f"{out}_w"]
+    if bias:
+        inits.append(const(f"{out}_b", rng.standard_normal(cout)))
+        ins.append(f"{out}_b")
+    return [helper.make_node("Conv", ins, [out], pads=[k // 2] * 4, strides=[stride] * 2, group=group)], inits
 
 
 def hswish_nodes(x: str, out: str, form: str, add=3.0, lo=0.0, hi=6.0, div=6.0):

@@ -8,18 +8,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from graphs import assert_matches_onnxruntime, const, hswish_nodes, model
-
-
-def conv_node(x, out, cin, cout, k=1, stride=1, group=1, bias=True, seed=0):
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32) / np.sqrt(cin * k * k / group)
-    inits = [const(f"{out}_w", w)]
-    ins = [x, f"{out}_w"]
-    if bias:
-        inits.append(const(f"{out}_b", rng.standard_normal(cout)))
-        ins.append(f"{out}_b")
-    return [helper.make_node("Conv", ins, [out], pads=[k // 2] * 4, strides=[stride] * 2, group=group)], inits
+from graphs import assert_matches_onnxruntime, const, conv, hswish_nodes, model
 
 
 def chain(*parts):
@@ -32,27 +21,27 @@ def chain(*parts):
 
 # one graph per kernel kind: (name, expected default schedule kind, graph)
 def _pointwise(hw, cin, cout, bias=True):
-    n, i = conv_node("input", "output", cin, cout, bias=bias)
+    n, i = conv("input", "output", cin, cout, k=1, bias=bias)
     return model(n, i, inputs=[("input", (1, cin, hw, hw))], output=("output", (1, cout, hw, hw)))
 
 
 def _depthwise(hw, c, k, stride):
-    n, i = chain(conv_node("input", "dw", c, c, k=k, stride=stride, group=c),
+    n, i = chain(conv("input", "dw", c, c, k=k, stride=stride, group=c),
                  hswish_nodes("dw", "output", "clip/div"))
     out = (hw + stride - 1) // stride
     return model(n, i, inputs=[("input", (1, c, hw, hw))], output=("output", (1, c, out, out)))
 
 
 def _stem():
-    n, i = chain(conv_node("input", "stem", 3, 16, k=3, stride=2), hswish_nodes("stem", "output", "onnx"))
+    n, i = chain(conv("input", "stem", 3, 16, k=3, stride=2), hswish_nodes("stem", "output", "onnx"))
     return model(n, i, inputs=[("input", (1, 3, 64, 64))], output=("output", (1, 16, 32, 32)))
 
 
 def _se(c=32, hw=14, squeeze=8):
     n, i = chain(
         ([helper.make_node("GlobalAveragePool", ["input"], ["pool"])], []),
-        conv_node("pool", "fc1", c, squeeze), ([helper.make_node("Relu", ["fc1"], ["r"])], []),
-        conv_node("r", "fc2", squeeze, c, seed=1),
+        conv("pool", "fc1", c, squeeze, k=1), ([helper.make_node("Relu", ["fc1"], ["r"])], []),
+        conv("r", "fc2", squeeze, c, k=1, seed=1),
         ([helper.make_node("HardSigmoid", ["fc2"], ["gate"], alpha=1 / 6, beta=0.5),
           helper.make_node("Mul", ["input", "gate"], ["output"])], []))
     return model(n, i, inputs=[("input", (1, c, hw, hw))], output=("output", (1, c, hw, hw)))
@@ -85,11 +74,11 @@ KERNELS = [
 
 def kernel_zoo():
     """Every kind above in one graph (for the emulated device): stem -> dw s2 -> pw -> SE."""
-    n, i = chain(conv_node("input", "stem", 3, 16, k=3, stride=2), hswish_nodes("stem", "s", "onnx"),
-                 conv_node("s", "dw", 16, 16, k=3, stride=2, group=16), conv_node("dw", "pw", 16, 32),
+    n, i = chain(conv("input", "stem", 3, 16, k=3, stride=2), hswish_nodes("stem", "s", "onnx"),
+                 conv("s", "dw", 16, 16, k=3, stride=2, group=16), conv("dw", "pw", 16, 32, k=1),
                  ([helper.make_node("GlobalAveragePool", ["pw"], ["pool"])], []),
-                 conv_node("pool", "fc1", 32, 8, seed=1), ([helper.make_node("Relu", ["fc1"], ["r"])], []),
-                 conv_node("r", "fc2", 8, 32, seed=2),
+                 conv("pool", "fc1", 32, 8, k=1, seed=1), ([helper.make_node("Relu", ["fc1"], ["r"])], []),
+                 conv("r", "fc2", 8, 32, k=1, seed=2),
                  ([helper.make_node("HardSigmoid", ["fc2"], ["gate"], alpha=1 / 6, beta=0.5),
                    helper.make_node("Mul", ["pw", "gate"], ["output"])], []))
     return model(n, i, inputs=[("input", (1, 3, 56, 56))], output=("output", (1, 32, 14, 14)))
