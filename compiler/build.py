@@ -10,11 +10,12 @@ from typing import Optional, Union
 import onnx
 
 from mobilec import __version__
+from mobilec.compiler.artifacts import check_output, write_pair
 from mobilec.compiler.importer import import_onnx
 from mobilec.compiler.pipeline import PipelineOptions, pipeline, run_until
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.targets import TargetError, export_function, resolve
-from mobilec.runtime.manifest import Manifest, elf_header, manifest_path, sha256
+from mobilec.runtime.manifest import Manifest, elf_header, sha256
 from mobilec.schedules.defaults import summarize
 
 
@@ -44,6 +45,8 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
 
     cfg = config or CompileConfig()
     start = time.perf_counter()
+    output = Path(output)
+    check_output(output, None if isinstance(model, onnx.ModelProto) else model)  # before the long work
     resolved = resolve(cfg.target, cfg.cpu, cfg.num_cores)
     fcompile = export_function(resolved.triple)  # a missing toolchain fails before the long work
     db = _tuning_database(cfg.tuning_db, resolved.triple, resolved.cpu) if cfg.tuning_db else None
@@ -51,21 +54,21 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
     target = resolved.tvm_target()
     opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules)
     ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipeline(target, opts))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    ex.export_library(str(output), fcompile=fcompile)
-    elf_class, machine = elf_header(output)
-    if (elf_class, machine) != (resolved.preset.elf_class, resolved.preset.elf_machine):
-        raise TargetError(f"{output}: built for e_machine {machine} / class {elf_class}, but {resolved.triple} "
-                          f"needs {resolved.preset.elf_machine} / {resolved.preset.elf_class}")
-    manifest = Manifest(
-        mobilec_version=__version__, triple=resolved.triple, cpu=resolved.cpu, target=resolved.target,
-        inputs=[i.to_dict() for i in imported.inputs], outputs=[o.to_dict() for o in imported.outputs],
-        library=output.name, sha256=sha256(output), source=imported.source, fusion=opts.report.to_dict(),
-        tuning_db=str(Path(db).resolve()) if db else None, tuned_kernels=opts.tuned_kernels,
-        default_schedules=summarize(opts.default_kernels),
-        task="segmentation" if len(imported.outputs[0].shape) == 4 else "classification")
-    manifest.save(manifest_path(output))
+
+    def describe(lib: Path) -> Manifest:
+        elf_class, machine = elf_header(lib)
+        if (elf_class, machine) != (resolved.preset.elf_class, resolved.preset.elf_machine):
+            raise TargetError(f"{output}: built for e_machine {machine} / class {elf_class}, but {resolved.triple} "
+                              f"needs {resolved.preset.elf_machine} / {resolved.preset.elf_class}")
+        return Manifest(
+            mobilec_version=__version__, triple=resolved.triple, cpu=resolved.cpu, target=resolved.target,
+            inputs=[i.to_dict() for i in imported.inputs], outputs=[o.to_dict() for o in imported.outputs],
+            library=output.name, sha256=sha256(lib), source=imported.source, fusion=opts.report.to_dict(),
+            tuning_db=str(Path(db).resolve()) if db else None, tuned_kernels=opts.tuned_kernels,
+            default_schedules=summarize(opts.default_kernels), cpu_needs=list(resolved.needs),
+            task="segmentation" if len(imported.outputs[0].shape) == 4 else "classification")
+
+    manifest = write_pair(output, lambda lib: ex.export_library(str(lib), fcompile=fcompile), describe)
     return CompileResult(output, manifest, opts.report, time.perf_counter() - start)
 
 

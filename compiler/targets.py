@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from mobilec.runtime.manifest import missing_cpu_flags, read_cpuinfo
+
 
 class TargetError(ValueError):
     pass
@@ -44,6 +46,14 @@ TRIPLES: dict[str, TriplePreset] = {p.triple: p for p in [
 ]}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class CpuPreset:
     name: str
@@ -51,25 +61,30 @@ class CpuPreset:
     mcpu: str
     mattr: tuple[str, ...] = ()
     num_cores: int = 4
+    needs: tuple[str, ...] = ()   # /proc/cpuinfo flags a machine must show to run the code (x86 ISA levels)
+    parts: tuple[int, ...] = ()   # ARM "CPU part" numbers in /proc/cpuinfo that this preset stands for
 
 
 CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
-    # phone and board cores (ARMv8.0 little/big, ARMv8.2 with dot product)
-    CpuPreset("cortex-a53", "aarch64", "cortex-a53", (), 4),
-    CpuPreset("cortex-a55", "aarch64", "cortex-a55", ("+dotprod", "+fullfp16"), 4),
-    CpuPreset("cortex-a72", "aarch64", "cortex-a72", (), 2),
-    CpuPreset("cortex-a73", "aarch64", "cortex-a73", (), 4),
-    CpuPreset("cortex-a75", "aarch64", "cortex-a75", ("+dotprod", "+fullfp16"), 4),
-    CpuPreset("cortex-a76", "aarch64", "cortex-a76", ("+dotprod", "+fullfp16"), 4),
-    CpuPreset("cortex-a77", "aarch64", "cortex-a77", ("+dotprod", "+fullfp16"), 4),
-    CpuPreset("cortex-a78", "aarch64", "cortex-a78", ("+dotprod", "+fullfp16"), 4),
-    CpuPreset("cortex-x1", "aarch64", "cortex-x1", ("+dotprod", "+fullfp16"), 4),
-    CpuPreset("cortex-a53", "armv7", "cortex-a53", (), 4),  # 32-bit boards and phones
-    CpuPreset("cortex-a7", "armv7", "cortex-a7", (), 4),
-    CpuPreset("cortex-a72", "armv7", "cortex-a72", (), 4),
-    CpuPreset("core-avx2", "x86_64", "core-avx2", (), os.cpu_count() or 1),
-    CpuPreset("znver3", "x86_64", "znver3", (), os.cpu_count() or 1),
-    CpuPreset("skylake-avx512", "x86_64", "skylake-avx512", (), os.cpu_count() or 1),
+    # phone and board cores (ARMv8.0 little/big, ARMv8.2 with dot product); parts: MIDR part numbers
+    CpuPreset("cortex-a53", "aarch64", "cortex-a53", (), 4, parts=(0xD03, 0xD04)),  # and A35
+    CpuPreset("cortex-a55", "aarch64", "cortex-a55", ("+dotprod", "+fullfp16"), 4, parts=(0xD05,)),
+    CpuPreset("cortex-a72", "aarch64", "cortex-a72", (), 2, parts=(0xD07, 0xD08)),  # and A57
+    CpuPreset("cortex-a73", "aarch64", "cortex-a73", (), 4, parts=(0xD09,)),
+    CpuPreset("cortex-a75", "aarch64", "cortex-a75", ("+dotprod", "+fullfp16"), 4, parts=(0xD0A,)),
+    CpuPreset("cortex-a76", "aarch64", "cortex-a76", ("+dotprod", "+fullfp16"), 4, parts=(0xD0B, 0xD0C, 0xD0E)),
+    CpuPreset("cortex-a77", "aarch64", "cortex-a77", ("+dotprod", "+fullfp16"), 4, parts=(0xD0D,)),
+    CpuPreset("cortex-a78", "aarch64", "cortex-a78", ("+dotprod", "+fullfp16"), 4, parts=(0xD41, 0xD4B)),
+    CpuPreset("cortex-x1", "aarch64", "cortex-x1", ("+dotprod", "+fullfp16"), 4, parts=(0xD44, 0xD4C)),
+    CpuPreset("cortex-a53", "armv7", "cortex-a53", (), 4, parts=(0xD03,)),  # 32-bit boards and phones
+    CpuPreset("cortex-a7", "armv7", "cortex-a7", (), 4, parts=(0xC07,)),
+    CpuPreset("cortex-a72", "armv7", "cortex-a72", (), 4, parts=(0xD08,)),
+    # x86_64 by ISA level, lowest first: host detection takes the last one whose flags the CPU shows
+    CpuPreset("x86-64", "x86_64", "x86-64", (), usable_cores()),  # SSE2 only: runs on any x86_64
+    CpuPreset("core-avx2", "x86_64", "core-avx2", (), usable_cores(), needs=("avx2", "fma")),
+    CpuPreset("znver3", "x86_64", "znver3", (), usable_cores(), needs=("avx2", "fma")),
+    CpuPreset("skylake-avx512", "x86_64", "skylake-avx512", (), usable_cores(),
+              needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd")),
 ]}
 
 
@@ -79,12 +94,35 @@ def host_triple() -> str:
             "armv7l": "armv7a-linux-gnueabihf"}.get(machine, machine)
 
 
+# `--target host` picks by what /proc/cpuinfo says the machine (with its OS or hypervisor) offers:
+# an x86 CPU without AVX2 must not get AVX2 code, one with AVX-512 should get it. Only generic ISA
+# levels are candidates, so a shipped database (named by preset) applies to every CPU of a level.
+HOST_X86 = ("x86-64", "core-avx2", "skylake-avx512")
+
+
+def host_cpu(arch: str, cpuinfo: str | Path = "/proc/cpuinfo") -> Optional[str]:
+    """The CPU preset nearest to this machine's CPU for ``arch``, or None (then the triple's default).
+    x86_64: the highest ISA level whose flags are all present. ARM: the biggest core present (the
+    runtime runs on the big cores of a big.LITTLE phone), by its MIDR part number."""
+    flags, parts = read_cpuinfo(cpuinfo)
+    if arch == "x86_64":
+        fits = [name for name in HOST_X86 if set(CPUS[(arch, name)].needs) <= flags]
+        return fits[-1] if flags and fits else None
+    present = [c.name for (a, _), c in CPUS.items() if a == arch and set(c.parts) & parts]
+    return present[-1] if present else None  # table order: little cores first
+
+
+def missing_flags(preset: CpuPreset, cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    return missing_cpu_flags(preset.needs, cpuinfo)
+
+
 @dataclass(frozen=True)
 class ResolvedTarget:
     triple: str
     cpu: str
     target: dict  # the TVM target dict (JSON-serialisable)
     preset: TriplePreset
+    needs: tuple[str, ...] = ()  # CPU flags the code needs (recorded in the manifest, checked at load)
 
     def tvm_target(self):
         import tvm
@@ -94,21 +132,31 @@ class ResolvedTarget:
 
 def resolve(triple: str = "host", cpu: Optional[str] = None, num_cores: Optional[int] = None) -> ResolvedTarget:
     """Turn a triple (or "host") and an optional CPU preset into a TVM target dict."""
-    if triple == "host":
+    host = triple == "host"
+    if host:
         triple = host_triple()
     if triple not in TRIPLES:
         raise TargetError(f"unknown target triple {triple!r}; valid: host, {', '.join(TRIPLES)}")
+    if num_cores is not None and num_cores < 1:
+        raise TargetError(f"--num-cores {num_cores}: must be 1 or more (the threads the kernels are split for)")
     p = TRIPLES[triple]
-    cpu_name = cpu or p.default_cpu
+    cpu_name = cpu or (host_cpu(p.arch) if host else None) or p.default_cpu
     preset = CPUS.get((p.arch, cpu_name))
     if preset is None:
         valid = sorted(name for arch, name in CPUS if arch == p.arch)
         raise TargetError(f"--cpu {cpu_name!r} is not a {p.arch} preset for {triple}; valid: {', '.join(valid)}")
+    if host and cpu:
+        lacking = missing_flags(preset)
+        if lacking:
+            raise TargetError(f"--cpu {cpu} needs {', '.join(lacking)}, which this machine's CPU lacks: its code "
+                              f"would stop with an illegal instruction here. Leave out --cpu to get "
+                              f"{host_cpu(p.arch) or p.default_cpu}, or build for another machine with "
+                              f"--target {triple}")
     target = {"kind": "llvm", "mtriple": p.mtriple, "mcpu": preset.mcpu,
               "mattr": list(p.mattr + preset.mattr), "num-cores": num_cores or preset.num_cores, **p.extra}
     if not target["mattr"]:
         del target["mattr"]
-    return ResolvedTarget(triple, cpu_name, target, p)
+    return ResolvedTarget(triple, cpu_name, target, p, preset.needs)
 
 
 def find_compiler(triple: str) -> str:

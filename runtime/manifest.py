@@ -37,6 +37,7 @@ class Manifest:
     tuned_kernels: int = 0
     default_schedules: dict = field(default_factory=dict)  # kind -> kernels; "unscheduled": names
     task: str = "classification"
+    cpu_needs: list[str] = field(default_factory=list)  # /proc/cpuinfo flags the code needs (x86 ISA level)
     schema: int = SCHEMA
 
     def save(self, path: str | Path) -> None:
@@ -85,3 +86,29 @@ def elf_arch(path: str | Path) -> str:
 def can_run_here(path: str | Path) -> tuple[bool, str, str]:
     arch, here = elf_arch(path), platform.machine()
     return here in RUNS_ON.get(arch, {arch}), arch, here
+
+
+def read_cpuinfo(path: str | Path = "/proc/cpuinfo") -> tuple[set[str], set[int]]:
+    """(x86 "flags", ARM "CPU part" numbers) of this machine; empty where unreadable."""
+    flags, parts = set(), set()
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return flags, parts
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features"):
+            flags |= set(value.split())
+        elif key == "cpu part":
+            try:
+                parts.add(int(value.strip(), 16))
+            except ValueError:
+                pass
+    return flags, parts
+
+
+def missing_cpu_flags(needs, cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The flags in ``needs`` this CPU lacks (none when /proc/cpuinfo cannot be read: no guessing)."""
+    flags, _ = read_cpuinfo(cpuinfo)
+    return [f for f in needs if f not in flags] if flags else []
