@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 from mobilec.rpc.local import LOOPBACK
@@ -35,11 +34,11 @@ def dispatch(args) -> int:
     if args.rpc_verb == "tracker":
         local.warn_if_exposed(args.host)
         print(f"RPC tracker on {args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-        return subprocess.call(local.tracker_command(args.host, args.port))
+        return local.run_foreground(local.tracker_command(args.host, args.port))
     if args.rpc_verb == "server":
         local.warn_if_exposed(args.host)
         print(f"RPC server for key {args.key!r}, registering at {args.tracker} (Ctrl-C stops it)", flush=True)
-        return subprocess.call(local.server_command(args.tracker, args.key, args.host, args.port))
+        return local.run_foreground(local.server_command(args.tracker, args.key, args.host, args.port))
     if args.rpc_verb == "devices":
         from mobilec.rpc.client import devices
 
@@ -60,6 +59,6 @@ def dispatch(args) -> int:
             return 0
         print(f"emulated {args.arch} device {args.key!r} registering at {args.tracker} (Ctrl-C stops it)",
               flush=True)
-        return subprocess.call(emulate.server_command(cfg, args.tracker, args.key))
+        return local.run_foreground(emulate.server_command(cfg, args.tracker, args.key))
     print(f"unknown rpc verb {args.rpc_verb}", file=sys.stderr)
     return 2

@@ -64,6 +64,60 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen, what: str, timeout:
     raise RPCError(f"{what} did not listen on {host}:{port} within {timeout:g} s")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies, even by SIGKILL
+    (Linux prctl PR_SET_PDEATHSIG), so no TVM server outlives mobilec."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def start(cmd: Sequence[str], env: Optional[dict] = None, quiet: bool = False) -> subprocess.Popen:
+    """Start a TVM RPC process in its own process group (its session workers join it), tied to
+    this process's life."""
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(list(cmd), env=None if env is None else {**os.environ, **env}, stdout=out, stderr=out,
+                            start_new_session=True, preexec_fn=_die_with_parent)
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run_foreground(cmd: Sequence[str], env: Optional[dict] = None) -> int:
+    """Run a TVM RPC process until it exits or this process is told to stop (Ctrl-C, SIGTERM,
+    SIGHUP); stopping stops it and everything it started. Returns the exit status (128 + signal
+    when stopped by one)."""
+
+    def stop(signum, _frame):
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    proc = None
+    try:
+        proc = start(cmd, env)
+        return proc.wait()
+    except _Stopped as e:
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    finally:
+        for sig in STOP_SIGNALS:  # a second signal while stopping must not leave the child behind
+            signal.signal(sig, signal.SIG_IGN)
+        if proc is not None:
+            _stop(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def tracker_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
             "--port-end", str(port + 1)]
@@ -83,8 +137,7 @@ def tracker(host: str = LOOPBACK, port: Optional[int] = None, timeout: float = 6
     """Run TVM's RPC tracker; yields ``host:port``."""
     warn_if_exposed(host)
     port = port or free_port()
-    proc = subprocess.Popen(tracker_command(host, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = start(tracker_command(host, port), quiet=True)
     try:
         _wait_port(host, port, proc, "the RPC tracker", timeout)
         yield f"{host}:{port}"
@@ -112,8 +165,7 @@ def server(tracker_addr: str, key: str, host: str = LOOPBACK, command: Optional[
     """Run TVM's RPC server registered at the tracker under ``key``; yields the process."""
     warn_if_exposed(host)
     cmd = command or server_command(tracker_addr, key, host, port=free_port())
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start(cmd, env or {}, quiet=True)
     try:
         wait_registered(tracker_addr, key, proc, timeout)
         yield proc
