@@ -275,9 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Errors a user can fix (bad file, name, shape, address...): one line, no traceback. Every mobilec
-# error class derives from one of these.
-USER_ERRORS = (FileNotFoundError, KeyError, ValueError, RuntimeError)
+# Errors a user can fix (bad file, name, shape, address...) are one line, no traceback: every
+# mobilec error class derives from UserError; OSError is the user's files or machine. Anything
+# else is a bug in mobilec and is said to be one.
+def _user_errors() -> tuple:
+    from mobilec.errors import UserError
+
+    return (UserError, OSError)
 
 
 def main(argv=None) -> int:
@@ -287,8 +291,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
+    except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below
         if os.environ.get("MOBILEC_DEBUG"):
             raise  # the full traceback, for bug reports
-        print(f"mobilec {args.verb}: error: {e}", file=sys.stderr)
-        return 2
+        if isinstance(e, _user_errors()):
+            print(f"mobilec {args.verb}: error: {e}", file=sys.stderr)
+            return 2
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"mobilec {args.verb}: internal error (a bug in mobilec): {type(e).__name__}: {first}\n"
+              f"  rerun with MOBILEC_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 3

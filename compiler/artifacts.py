@@ -15,12 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
+from mobilec.errors import UserError
 from mobilec.runtime.manifest import Manifest, manifest_path
 
 REFUSED_SUFFIXES = {".json": "the manifest's name", ".onnx": "an ONNX model's name"}
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
     pass
 
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from mobilec.errors import UserError
 from mobilec.runtime.manifest import missing_cpu_flags, read_cpuinfo
 
 
-class TargetError(ValueError):
+class TargetError(UserError, ValueError):
     pass
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilec.errors import ConfigError
+
 EXPORTERS = ("torchscript", "dynamo")
 
 
@@ -26,9 +28,9 @@ class ExportConfig:
 
     def __post_init__(self):
         if self.exporter not in EXPORTERS:
-            raise ValueError(f"unknown exporter {self.exporter!r}; valid: {', '.join(EXPORTERS)}")
+            raise ConfigError(f"unknown exporter {self.exporter!r}; valid: {', '.join(EXPORTERS)}")
         if self.input_size < 32 or self.batch < 1:
-            raise ValueError(f"input size {self.input_size} / batch {self.batch}: need size >= 32, batch >= 1")
+            raise ConfigError(f"input size {self.input_size} / batch {self.batch}: need size >= 32, batch >= 1")
 
 
 @dataclass(frozen=True)

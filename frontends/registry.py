@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from mobilec.errors import UserError
 from mobilec.frontends.lraspp import LRASPP
 from mobilec.frontends.mobilenetv3 import MobileNetV3, MobileNetV3Config
 
@@ -58,7 +59,7 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 DEFAULT_MODEL = "mobilenet_v3_large"
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(UserError, KeyError):
     def __str__(self) -> str:
         return self.args[0]
 

@@ -13,11 +13,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from mobilec.errors import UserError
 from mobilec.frontends.lraspp import LRASPP
 from mobilec.frontends.mobilenetv3 import MobileNetV3
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     pass
 
 

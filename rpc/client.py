@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
+from mobilec.errors import UserError
 
-class RPCError(RuntimeError):
+
+class RPCError(UserError, RuntimeError):
     pass
 
 

@@ -10,6 +10,8 @@ import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mobilec.errors import UserError
+
 SCHEMA = 1
 
 # e_machine -> architecture, as ``platform.machine()`` names the machines that can run it
@@ -17,7 +19,7 @@ ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm", 3: "x86"}
 RUNS_ON = {"x86_64": {"x86_64"}, "aarch64": {"aarch64", "arm64"}, "arm": {"armv7l", "armv8l", "aarch64"}}
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     pass
 
 

@@ -61,3 +61,26 @@ def test_compile_errors_are_one_line(tmp_path):
     out = run("compile", str(tmp_path / "bad.onnx"), "-o", str(tmp_path / "x.so"), ok=False)
     assert "bad.onnx" in out and "Traceback" not in out
     assert main(["compile", str(tmp_path / "bad.onnx"), "-o", str(tmp_path / "x.so"), "--target", "mips"]) == 2
+
+
+@pytest.mark.structure
+def test_internal_errors_are_not_passed_off_as_user_errors(monkeypatch, capsys):
+    import mobilec.cli as cli
+
+    def bug(args):
+        raise KeyError("tasks")  # a bug inside mobilec, not something the user can fix
+
+    monkeypatch.setattr(cli, "cmd_models", bug)
+    assert main(["models"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error" in err and "KeyError" in err and "MOBILEC_DEBUG=1" in err
+    monkeypatch.setenv("MOBILEC_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["models"])
+
+
+@pytest.mark.structure
+def test_bad_num_cores_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.so"), "--num-cores", "-3"]) == 2
+    assert "--num-cores -3: must be 1 or more" in capsys.readouterr().err
