@@ -5,6 +5,8 @@ Every user-facing failure is an ``ImportError_`` naming the file, the node or in
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -12,8 +14,22 @@ from typing import Optional, Union
 import onnx
 
 RANDOM_OPS = {"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli", "Multinomial"}
-DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64",
-          onnx.TensorProto.INT32: "int32", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}
+_T = onnx.TensorProto
+DTYPES = {_T.FLOAT: "float32", _T.FLOAT16: "float16", _T.DOUBLE: "float64", _T.BOOL: "bool",
+          _T.INT8: "int8", _T.INT16: "int16", _T.INT32: "int32", _T.INT64: "int64",
+          _T.UINT8: "uint8", _T.UINT16: "uint16", _T.UINT32: "uint32", _T.UINT64: "uint64"}
+# Operands that set a shape, an axis or a count: TVM's importer needs their values when it
+# converts the node (mobilec compiles static shapes), so they must not come from a graph input.
+STATIC_OPERANDS = {
+    "Reshape": {1: "shape"}, "Expand": {1: "shape"}, "ConstantOfShape": {0: "shape"}, "Tile": {1: "repeats"},
+    "Resize": {1: "roi", 2: "scales", 3: "sizes"}, "Upsample": {1: "scales"},
+    "Pad": {1: "pads", 2: "constant_value", 3: "axes"},
+    "Slice": {1: "starts", 2: "ends", 3: "axes", 4: "steps"}, "Split": {1: "split"},
+    "Squeeze": {1: "axes"}, "Unsqueeze": {1: "axes"}, "TopK": {1: "K"}, "OneHot": {1: "depth"},
+    "Range": {0: "start", 1: "limit", 2: "delta"}, "CenterCropPad": {1: "shape"},
+    **{op: {1: "axes"} for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                                  "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
+}
 
 
 class ModelImportError(ValueError):
@@ -70,19 +86,56 @@ def _initializer_names(g: onnx.GraphProto) -> set[str]:
     return {i.name for i in g.initializer}
 
 
+def _label(n: onnx.NodeProto) -> str:
+    """How errors name a node: ``conv1 (Conv)``, or by its first output when it has no name."""
+    return f"{n.name} ({n.op_type})" if n.name else f"{n.op_type} -> {n.output[0] if n.output else '?'}"
+
+
 def _check_eval_mode(g: onnx.GraphProto, source: str) -> None:
-    random = [f"{n.name or '?'} ({n.op_type})" for n in g.node if n.op_type in RANDOM_OPS]
+    random = [_label(n) for n in g.node if n.op_type in RANDOM_OPS]
     consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
     inits = {i.name: i for i in g.initializer}
     for n in g.node:
         if n.op_type == "Dropout" and len(n.input) > 2 and n.input[2]:
             t = inits.get(n.input[2]) or (consts[n.input[2]].attribute[0].t if n.input[2] in consts else None)
             if t is None or bool(onnx.numpy_helper.to_array(t).item()):
-                random.append(f"{n.name or '?'} (Dropout training_mode)")
+                random.append(f"{_label(n)} training_mode")
     if random:
         raise ModelImportError(
             f"{source}: the graph draws random numbers at run time, as dropout does in training mode: "
             f"{', '.join(random)}. Export the model in eval mode (model.eval() before torch.onnx.export).")
+    # BatchNormalization in training mode normalises with the batch's own statistics (opset 14+:
+    # training_mode=1; before: the running-statistics outputs are asked for). Importing it with the
+    # running statistics would give other numbers, silently.
+    training = [_label(n) for n in g.node if n.op_type == "BatchNormalization" and (
+        any(a.name == "training_mode" and a.i for a in n.attribute)
+        or sum(1 for o in n.output if o) > 1)]
+    if training:
+        raise ModelImportError(
+            f"{source}: BatchNormalization in training mode (statistics of the batch, not the running ones): "
+            f"{', '.join(training)}. Export the model in eval mode (model.eval() before torch.onnx.export).")
+
+
+def _check_static_operands(g: onnx.GraphProto, source: str) -> None:
+    """Shape, axes, pads, scales, sizes... computed from a graph input are refused here, by name,
+    instead of by TVM's importer with a message about its own types. Values derived only from
+    Shape/Size of a tensor are static (the input shapes are fixed by now) and pass."""
+    inits = _initializer_names(g)
+    runtime = {i.name for i in g.input if i.name not in inits}
+    graph_inputs = set(runtime)
+    bad = []
+    for n in g.node:
+        for idx, what in STATIC_OPERANDS.get(n.op_type, {}).items():
+            name = n.input[idx] if idx < len(n.input) else ""
+            if name in runtime:
+                origin = "graph input" if name in graph_inputs else "value computed from a graph input"
+                bad.append(f"{_label(n)} takes its {what} from the {origin} {name!r}")
+        if n.op_type not in ("Shape", "Size") and any(i in runtime for i in n.input):
+            runtime.update(o for o in n.output if o)
+    if bad:
+        raise ModelImportError(
+            f"{source}: {'; '.join(bad)}. mobilec compiles static shapes and needs these values at compile "
+            f"time: make them initializers (constants in the graph), e.g. export with constant folding on.")
 
 
 def _fix_input_shapes(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], source: str) -> list[TensorInfo]:
@@ -113,7 +166,11 @@ def _fix_input_shapes(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
             example = "x".join(str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims)
             raise ModelImportError(f"{source}: input {inp.name!r} has dynamic dims {dynamic}; fix them with "
                                    f"--input-shape {inp.name}={example} (N replaced by a number)")
-        infos.append(TensorInfo(inp.name, tuple(d.dim_value for d in dims), DTYPES.get(tt.elem_type, "float32")))
+        if tt.elem_type not in DTYPES:
+            name = onnx.TensorProto.DataType.Name(tt.elem_type) if tt.elem_type else "no tensor type"
+            raise ModelImportError(f"{source}: input {inp.name!r} has element type {name}; mobilec takes inputs of "
+                                   f"{', '.join(sorted(set(DTYPES.values())))}")
+        infos.append(TensorInfo(inp.name, tuple(d.dim_value for d in dims), DTYPES[tt.elem_type]))
     return infos
 
 
@@ -121,13 +178,34 @@ def _check_supported(g: onnx.GraphProto, source: str) -> None:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     supported = set(_get_convert_map()) | {"Constant", "If"}
-    missing = [f"{n.name or '?'} ({n.op_type})" for n in g.node if n.op_type not in supported]
+    missing = [_label(n) for n in g.node if n.op_type not in supported]
+    casts = [f"{_label(n)} to {onnx.TensorProto.DataType.Name(a.i)}" for n in g.node if n.op_type == "Cast"
+             for a in n.attribute if a.name == "to" and a.i not in DTYPES]
+    if casts:  # float8/int4/bfloat16: TVM's CPU code generation fails on them deep inside the build
+        raise ModelImportError(f"{source}: casts to element types mobilec does not compile: {', '.join(casts)}")
     if missing:
         raise ModelImportError(f"{source}: {len(missing)} nodes use operators TVM's Relax frontend does not "
                                f"support: {', '.join(missing)}")
 
 
-def _fold(proto: onnx.ModelProto) -> onnx.ModelProto:
+def _check_not_empty(g: onnx.GraphProto, source: str) -> None:
+    """Zero-sized float tensors (a dim of 0) are legal ONNX but TVM lowers them wrongly or not at all
+    (reductions over nothing, empty splits); no vision model has them, so say so."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    for v in [*g.input, *g.value_info, *g.output]:
+        tt = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if tt.elem_type in floats and 0 in dims:
+            raise ModelImportError(f"{source}: tensor {v.name!r} has shape {dims}, with no elements; mobilec does "
+                                   f"not compile zero-sized tensors")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _fold(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:
     """Fold shape computations (Shape/Gather/ConstantOfShape/... feeding Pad or Reshape, as in
     "same" padding computed at run time) to constants now that the input shapes are static.
     onnxruntime's basic graph optimisations do it (constant folding, standard ONNX ops only)."""
@@ -138,14 +216,18 @@ def _fold(proto: onnx.ModelProto) -> onnx.ModelProto:
     del proto.graph.value_info[:]  # symbolic dims left by the exporter would block folding
     for out in proto.graph.output:
         out.type.tensor_type.ClearField("shape")
-    proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.log_severity_level = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        so.optimized_model_filepath = f"{tmp}/folded.onnx"
-        ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return onnx.load(so.optimized_model_filepath)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            so.optimized_model_filepath = f"{tmp}/folded.onnx"
+            ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            return onnx.load(so.optimized_model_filepath)
+    except Exception as e:  # onnxruntime's Fail/InvalidGraph/NotImplemented, shape inference errors
+        raise ModelImportError(f"{source}: onnxruntime, which folds the graph's constant shape arithmetic, "
+                               f"cannot load it: {_first_line(e)}") from None
 
 
 def import_onnx(model: Union[str, Path, onnx.ModelProto],
@@ -161,11 +243,25 @@ def import_onnx(model: Union[str, Path, onnx.ModelProto],
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         raise ModelImportError(f"{source}: fails the ONNX checker: {str(e).splitlines()[0]}") from None
-    proto = onnx.shape_inference.infer_shapes(_fold(proto), data_prop=True)
-    from mobilec.compiler.converters import relax_friendly_converters
+    _check_static_operands(proto.graph, source)
+    proto = onnx.shape_inference.infer_shapes(_fold(proto, source), data_prop=True)
+    _check_not_empty(proto.graph, source)
+    from mobilec.compiler.converters import ConversionError, relax_friendly_converters
 
-    with relax_friendly_converters():
-        mod = from_onnx(proto, shape_dict={i.name: list(i.shape) for i in inputs}, keep_params_in_input=False)
+    labels = {}  # what a converter's failure calls its node; unnamed nodes get a name to find them by
+    for i, n in enumerate(proto.graph.node):
+        label = _label(n)
+        n.name = n.name or f"mobilec_node_{i}"
+        labels[n.name] = label
+    try:
+        # TVM prints "Error converting operator ..." before re-raising; the error below says it in one line
+        with relax_friendly_converters(), contextlib.redirect_stdout(io.StringIO()):
+            mod = from_onnx(proto, shape_dict={i.name: list(i.shape) for i in inputs}, keep_params_in_input=False)
+    except ConversionError as e:
+        node = labels.get(e.node, e.node)
+        raise ModelImportError(f"{source}: TVM cannot import node {node}: {_first_line(e.__cause__)}") from e
+    except Exception as e:
+        raise ModelImportError(f"{source}: TVM's ONNX importer failed: {type(e).__name__}: {_first_line(e)}") from e
     outputs = []
     ret = mod["main"].ret_ty  # TVM 0.27 calls struct info "ty"
     for o, si in zip(proto.graph.output, getattr(ret, "fields", [ret])):
