@@ -27,6 +27,12 @@ ALL = [
     "matplotlib==3.11.2",  # the tuning plot
     "pytest==9.2.0",
 ]
+PEERS = [  # benchmarks/compare.py's phone runtimes; litert-torch needs its own venv (benchmarks/peers.py)
+    "ai-edge-litert==2.3.0",
+    "ncnn==1.0.20261020",
+    "pnnx==20261020",  # PyTorch -> ncnn; needs torch (from .[all])
+    "mnn==3.6.1",
+]
 
 setup(
     name="mobilec",
@@ -37,6 +43,6 @@ setup(
     package_dir={"mobilec": "."} | {f"mobilec.{p}": p.replace(".", "/") for p in SUBPACKAGES},
     package_data={"mobilec.schedules": ["db/*/*.json"]},
     install_requires=RUNTIME,
-    extras_require={"all": ALL, "runtime": []},
+    extras_require={"all": ALL, "runtime": [], "peers": PEERS},
     entry_points={"console_scripts": ["mobilec=mobilec.cli:main"]},
 )
