@@ -20,7 +20,7 @@ from rich.console import Console
 from mobilec.compiler import CompileConfig, TuneConfig, compile_model, tune_model
 from mobilec.frontends import export_model
 from mobilec.runtime import load
-from mobilec.runtime.present import onnxruntime_latency
+from mobilec.present import onnxruntime_latency
 from mobilec.schedules.tuning import TuneOptions
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import numpy as np
 from mobilec.compiler import CompileConfig, compile_model
 from mobilec.frontends import export_model
 from mobilec.runtime import load
-from mobilec.runtime.present import onnxruntime_latency
+from mobilec.present import onnxruntime_latency
 
 
 def main() -> None:

@@ -1,6 +1,10 @@
 """ONNX -> TVM Relax -> one shared library for a target triple. Takes ONNX from any exporter;
 never imports ``mobilec.frontends``."""
 
+from mobilec.runtime import ensure_compiler_loadable
+
+ensure_compiler_loadable()  # one clear line, not TVM's AttributeError, when TVM was loaded runtime-only
+
 from mobilec.compiler.build import CompileConfig, CompileResult, compile_model, inspect_model
 from mobilec.compiler.importer import ModelImportError, import_onnx, parse_shape
 from mobilec.compiler.targets import CPUS, TRIPLES, TargetError, resolve

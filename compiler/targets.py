@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mobilec.errors import UserError
-from mobilec.runtime.manifest import missing_cpu_flags, read_cpuinfo
+from mobilec.runtime.manifest import article, missing_cpu_flags, read_cpuinfo
 
 
 class TargetError(UserError, ValueError):
@@ -145,7 +145,8 @@ def resolve(triple: str = "host", cpu: Optional[str] = None, num_cores: Optional
     preset = CPUS.get((p.arch, cpu_name))
     if preset is None:
         valid = sorted(name for arch, name in CPUS if arch == p.arch)
-        raise TargetError(f"--cpu {cpu_name!r} is not a {p.arch} preset for {triple}; valid: {', '.join(valid)}")
+        raise TargetError(f"--cpu {cpu_name!r} is not {article(p.arch)} {p.arch} preset for {triple}; "
+                          f"valid: {', '.join(valid)}")
     if host and cpu:
         lacking = missing_flags(preset)
         if lacking:

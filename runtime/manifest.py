@@ -114,3 +114,28 @@ def missing_cpu_flags(needs, cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]
     """The flags in ``needs`` this CPU lacks (none when /proc/cpuinfo cannot be read: no guessing)."""
     flags, _ = read_cpuinfo(cpuinfo)
     return [f for f in needs if f not in flags] if flags else []
+
+
+def elf_arch_of(data: bytes) -> str:
+    """The architecture of an ELF image held in memory (as ``elf_arch`` names it)."""
+    order = "little" if data[5:6] == b"\x01" else "big"
+    machine = int.from_bytes(data[18:20], order)
+    return ELF_MACHINES.get(machine, f"e_machine {machine}")
+
+
+def check_library_bytes(path: str | Path, data: bytes) -> None:
+    """Refuse what is not a shared library before hashing it: an ONNX model given by mistake is
+    named as one, with the command that makes a library of it."""
+    if len(data) >= 20 and data[:4] == b"\x7fELF":
+        return
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        raise ManifestError(f"{path}: an ONNX model, not a compiled library; compile it first: "
+                            f"`mobilec compile {path} -o {path.with_suffix('.so')}`")
+    raise ManifestError(f"{path}: not a compiled library (not an ELF shared library); give the .so "
+                        f"written by `mobilec compile`")
+
+
+def article(word: str) -> str:
+    """"a" or "an" before an architecture name as it is read aloud: an aarch64, an x86_64, a riscv64."""
+    return "an" if word[:1].lower() in "aeiox" else "a"

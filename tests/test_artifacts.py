@@ -7,7 +7,7 @@ import pytest
 import mobilec.runtime as mr
 from graphs import conv, model
 from mobilec.cli import main
-from mobilec.compiler import CompileConfig, compile_model
+from mobilec.compiler import compile_model, resolve
 from mobilec.compiler import build as build_module
 from mobilec.compiler.artifacts import OutputError
 
@@ -61,3 +61,14 @@ def test_interrupted_link_keeps_the_previous_good_pair(tmp_path, monkeypatch):
     assert again.manifest.sha256 != good.manifest.sha256
     assert json.loads(out.with_suffix(".json").read_text())["sha256"] == again.manifest.sha256
     mr.load(out)
+
+
+@pytest.mark.build
+def test_a_library_this_cpu_cannot_run_is_refused_at_load(tmp_path):
+    res = compile_model(tiny(), tmp_path / "m.so")
+    assert res.manifest.cpu_needs == list(resolve("host").needs)
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    manifest["cpu_needs"] = ["avx10_9"]  # as if built for a CPU this one is not
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    with pytest.raises(mr.ManifestError, match="needs avx10_9; this machine's CPU lacks it.*--target host"):
+        mr.load(tmp_path / "m.so")

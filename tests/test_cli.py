@@ -1,6 +1,7 @@
 """The CLI says what the API says: each verb end to end, and errors as one line naming the fix."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -28,6 +29,16 @@ def test_unknown_model_lists_the_valid_ones(tmp_path):
     assert "unknown model 'mobilenet_v9'" in out and "mobilenet_v3_small" in out and "Traceback" not in out
 
 
+def bench_table(out: str) -> dict[str, tuple[float, float, float, float]]:
+    """`mobilec bench`'s table: name -> (median, min, max, ratio)."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 5 and cells[4].endswith("x") and cells[1][:1].isdigit():
+            rows[cells[0]] = (float(cells[1]), float(cells[2]), float(cells[3]), float(cells[4][:-1]))
+    return rows
+
+
 @pytest.mark.build
 def test_export_compile_inspect_run_bench(tmp_path):
     onnx_path, so = tmp_path / "s.onnx", tmp_path / "s.so"
@@ -41,8 +52,20 @@ def test_export_compile_inspect_run_bench(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 96, 96), np.float32))
     out = run("run", str(so), "--input", str(tmp_path / "x.npy"))
     assert "top-5" in out
-    out = run("bench", str(so), "--vs", str(onnx_path), "--warmup", "1", "--repeat", "3")
-    assert "onnxruntime" in out and "1.00x" in out
+    out = run("run", str(onnx_path), ok=False)  # the ONNX file by mistake, an s.json beside it
+    assert f"{onnx_path}: an ONNX model, not a compiled library; compile it first: `mobilec compile" in out
+    assert "sha256" not in out and "Traceback" not in out
+    cores = len(os.sched_getaffinity(0))
+    for threads, label in ((["--threads", "1"], "1 thread"), ([], f"{cores} thread" + "s" * (cores > 1))):
+        out = run("bench", str(so), "--vs", str(onnx_path), "--warmup", "1", "--repeat", "4", *threads)
+        rows = bench_table(out)
+        assert list(rows) == [f"mobilec s.so ({label})", f"onnxruntime ({label})"], out
+        mine, theirs = rows[f"mobilec s.so ({label})"], rows[f"onnxruntime ({label})"]
+        assert mine[0] > 0 and theirs[0] > 0 and mine[1] <= mine[0] <= mine[2], out
+        # the ratio is mobilec's median over onnxruntime's, as printed (2 decimals each)
+        m, t = mine[0], theirs[0]
+        assert mine[3] == pytest.approx(m / t, abs=0.005 + 0.005 / t + 0.005 * m / t ** 2), out
+        assert theirs[3] == 1.0 and f"latency on {label}: median of 4 blocks of 1 call, engines alternating" in out
 
 
 @pytest.mark.build
@@ -53,6 +76,9 @@ def test_segmentation_run_writes_a_mask(tmp_path, compiled):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "photo.jpg")
     out = run("run", str(res.library), "--image", str(tmp_path / "photo.jpg"), "--mask", str(tmp_path / "m.png"))
     assert "wrote" in out and Image.open(tmp_path / "m.png").size == (512, 512)
+    (tmp_path / "notes.txt").write_text("not a photo")
+    out = run("run", str(res.library), "--image", str(tmp_path / "notes.txt"), ok=False)
+    assert f"--image {tmp_path / 'notes.txt'}: not an image pillow can read" in out and "Traceback" not in out
 
 
 @pytest.mark.structure

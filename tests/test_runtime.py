@@ -1,6 +1,7 @@
 """The thin runtime: load, run, benchmark, every bad input, no compiler library in the process."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -98,3 +99,127 @@ def test_remote_run_through_a_loopback_tracker(small):
         np.testing.assert_array_equal(m(x), mr.load(small.library)(x))
         b = m.benchmark(warmup=1, repeat=2)
         assert b["median_ms"] > 0
+
+
+@pytest.mark.build
+def test_loads_exactly_the_bytes_it_hashed(small, tmp_path, monkeypatch):
+    lib = tmp_path / "m.so"
+    shutil.copy(small.library, lib)
+    shutil.copy(small.library.with_suffix(".json"), lib.with_suffix(".json"))
+    real, seen = mr._load_library, {}
+
+    def swap_then_load(path):  # someone replaces the file between the check and the load
+        lib.write_bytes(b"\x7fELF" + b"\0" * 100)
+        seen.update(path=path, mode=os.stat(path).st_mode & 0o777,
+                    dir_mode=os.stat(os.path.dirname(path)).st_mode & 0o777)
+        return real(path)
+
+    monkeypatch.setattr(mr, "_load_library", swap_then_load)
+    m = mr.load(lib)
+    x = seeded_input((1, 3, 224, 224))
+    np.testing.assert_array_equal(m(x), mr.load(small.library)(x))  # the verified library runs, not the swap
+    assert seen["path"] != str(lib) and seen["mode"] == 0o600 and seen["dir_mode"] == 0o700
+    assert not os.path.exists(seen["path"])  # the private copy is gone once loaded
+    with pytest.raises(ManifestError, match="sha256"):
+        mr.load(lib)  # and the swapped file itself is refused
+
+
+@pytest.mark.build
+def test_onnx_file_given_by_mistake_is_named(small, exported, tmp_path):
+    onnx_path = tmp_path / "s.onnx"
+    shutil.copy(exported(NAME), onnx_path)
+    shutil.copy(small.library.with_suffix(".json"), tmp_path / "s.json")  # an older s.json beside it
+    with pytest.raises(ManifestError, match=r"s.onnx: an ONNX model, not a compiled library; compile it first: "
+                                            r"`mobilec compile .*s.onnx -o .*s.so`"):
+        mr.load(onnx_path)
+    (tmp_path / "notes.so").write_text("hello")
+    with pytest.raises(ManifestError, match="notes.so: not a compiled library"):
+        mr.load(tmp_path / "notes.so")
+
+
+@pytest.mark.build
+def test_nan_and_inf_inputs_are_refused_unless_asked(small):
+    x = seeded_input((1, 3, 224, 224))
+    x[0, 1, 5, 7] = np.nan
+    x[0, 2, 0, 0] = np.inf
+    x[0, 2, 0, 1] = -np.inf
+    with pytest.raises(RuntimeInputError, match=r"input 'input' holds non-finite values: 1 NaN, 2 Inf, first at "
+                                                r"index \(0, 1, 5, 7\).*check_finite=False \(results for "
+                                                r"non-finite inputs are undefined\)"):
+        mr.load(small.library)(x)
+    y = mr.load(small.library, check_finite=False)(x)  # runs; what it gives is undefined
+    assert y.shape == (1, 1000)
+    big = np.full((1, 3, 224, 224), 3e38, np.float32)  # the sum overflows, every value is finite
+    assert mr.load(small.library)(big).shape == (1, 1000)
+
+
+@pytest.mark.build
+def test_scalar_graph_inputs_keep_their_rank(tmp_path):
+    from onnx import helper
+
+    from graphs import C, HW, model
+    from mobilec.compiler import compile_model
+
+    proto = model([helper.make_node("Clip", ["input", "lo", "hi"], ["output"])], [],
+                  inputs=(("input", (1, C, HW, HW)), ("lo", ()), ("hi", ())))
+    m = mr.load(compile_model(proto, tmp_path / "clip.so").library)
+    assert [i["shape"] for i in m.inputs] == [[1, C, HW, HW], [], []]
+    feeds = {"input": seeded_input((1, C, HW, HW)), "lo": np.array(-0.5, np.float32),
+             "hi": np.array(0.7, np.float32)}
+    want = onnxruntime_outputs(proto.SerializeToString(), feeds)[0]
+    np.testing.assert_allclose(m.run(feeds)[0], want, rtol=1e-6)
+    with pytest.raises(RuntimeInputError, match=r"input 'lo': expected rank 0 shape \(\), given rank 1"):
+        m.run({**feeds, "lo": np.array([-0.5], np.float32)})
+
+
+@pytest.mark.build
+def test_benchmark_arguments_are_checked(small):
+    m = mr.load(small.library)
+    with pytest.raises(ValueError, match=r"benchmark\(repeat=0\): give a whole number >= 1"):
+        m.benchmark(repeat=0)
+    with pytest.raises(ValueError, match=r"benchmark\(warmup=-1\)"):
+        m.benchmark(warmup=-1)
+
+
+COMPILER_AFTER_LOAD = r"""
+import json, os, subprocess, sys
+import mobilec.runtime as mr
+mr.load(sys.argv[1])
+leaked = os.environ.get("TVM_USE_RUNTIME_LIB")
+child = subprocess.run([sys.executable, "-c", "import mobilec.compiler; print('compiler ok')"],
+                       capture_output=True, text=True)
+try:
+    import mobilec.compiler
+    same = "imported"
+except ImportError as e:
+    same = f"{type(e).__name__}: {e}"
+print(json.dumps({"leaked": leaked, "child": child.stdout.strip() or child.stderr.strip().splitlines()[-1],
+                  "same": same}))
+"""
+
+
+@pytest.mark.build
+def test_loading_a_model_leaves_the_compiler_to_children_and_says_why_not_here(small):
+    env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
+    out = subprocess.run([sys.executable, "-c", COMPILER_AFTER_LOAD, str(small.library)], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert facts["leaked"] is None and facts["child"] == "compiler ok", facts
+    assert facts["same"].startswith("CompilerUnavailableError: cannot import mobilec.compiler: mobilec.runtime "
+                                    "loaded a model first"), facts
+    assert "import mobilec.compiler before loading models, or compile in a separate process" in facts["same"]
+
+
+@pytest.mark.rpc
+def test_wrong_architecture_library_on_a_device_is_named(tmp_path):
+    from graphs import conv, model
+    from mobilec.compiler import CompileConfig, compile_model
+    from mobilec.rpc import local
+
+    nodes, inits = conv("input", "output")
+    arm = compile_model(model(nodes, inits), tmp_path / "arm.so", CompileConfig(target="aarch64-linux-gnu")).library
+    with local.tracker() as tracker, local.server(tracker, "x86-box"):
+        with pytest.raises(mr.RemoteError, match=r"could not load arm.so, built for aarch64 \(aarch64-linux-gnu\): "
+                                                 r"is the device an aarch64 machine\?"):
+            mr.connect(tracker=tracker, key="x86-box").load(arm)

@@ -1,0 +1,162 @@
+"""What ``mobilec run``, ``mobilec bench`` and ``mobilec demo`` show: inputs from files, top-5, masks,
+and latencies timed fairly against onnxruntime. Command-line side only: it may use pillow, rich and
+onnxruntime; the thin runtime (``mobilec.runtime``) never imports it."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from mobilec.errors import ConfigError
+from mobilec.runtime.threads import plural
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def random_feeds(module, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in module.inputs}
+
+
+def load_input(module, npy: Optional[str], image: Optional[str]) -> np.ndarray:
+    spec = module.inputs[0]
+    if npy:
+        return np.load(npy)
+    if image:
+        try:
+            from PIL import Image, UnidentifiedImageError  # only this path needs pillow
+        except ImportError:
+            raise ConfigError("--image needs pillow (pip install pillow), or pass --input x.npy") from None
+
+        n, c, h, w = spec["shape"]
+        try:
+            img = Image.open(image).convert("RGB").resize((w, h), Image.BILINEAR)
+        except UnidentifiedImageError:
+            raise ConfigError(f"--image {image}: not an image pillow can read (PNG, JPEG, ...); give a photo, "
+                             f"or an input tensor with --input x.npy") from None
+        x = (np.asarray(img, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        return np.repeat(x.transpose(2, 0, 1)[None], n, axis=0).astype(spec["dtype"])
+    print("no --input or --image: using a seeded random input")
+    return random_feeds(module)[spec["name"]]
+
+
+def top5(logits: np.ndarray) -> list[tuple[int, float]]:
+    z = logits.reshape(logits.shape[0], -1)[0].astype(np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    idx = np.argsort(-p)[:5]
+    return [(int(i), float(p[i])) for i in idx]
+
+
+def write_mask(scores: np.ndarray, path: str) -> Path:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ConfigError("writing a mask PNG needs pillow (pip install pillow)") from None
+
+    labels = scores[0].argmax(axis=0).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    palette[0] = 0
+    img = Image.fromarray(labels, mode="P")
+    img.putpalette(palette.flatten().tolist())
+    img.save(path)
+    return Path(path)
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+def blocks_for(repeat: int) -> tuple[int, int]:
+    """(rounds, calls per block) giving at least ``repeat`` timed calls per engine: blocks of up
+    to 5 calls, and as many rounds as that allows (so the engines alternate often)."""
+    if repeat < 1:
+        raise ConfigError(f"repeat={repeat}: time at least one call")
+    block = min(5, max(1, repeat // 10))
+    return math.ceil(repeat / block), block
+
+
+def interleaved(engines: dict[str, Callable[[], object]], warmup: int = 5, rounds: int = 10,
+                block: int = 5) -> dict[str, dict]:
+    """Time several engines fairly on one machine: ``warmup`` untimed calls of each, then ``rounds``
+    rounds in which every engine runs a block of ``block`` timed calls, the order rotating each
+    round. Engines alternate in blocks because a thread pool still spinning after one engine's last
+    call (TVM's and onnxruntime's both spin) steals cores from whatever runs next; the first call
+    of a block pays for it and the block's median drops it. Per engine: the median of the block
+    medians, min and max over every call (ms)."""
+    if warmup < 0 or rounds < 1 or block < 1:
+        raise ConfigError(f"warmup={warmup}, rounds={rounds}, block={block}: need warmup >= 0, rounds >= 1, block >= 1")
+    names = list(engines)
+    for i in range(warmup):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            engines[name]()
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    calls: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, ms = engines[name], []
+            for _ in range(block):
+                t = time.perf_counter()
+                fn()
+                ms.append((time.perf_counter() - t) * 1e3)
+            medians[name].append(float(np.median(ms)))
+            calls[name] += ms
+    return {n: {"median_ms": float(np.median(medians[n])), "min_ms": min(calls[n]), "max_ms": max(calls[n]),
+                "rounds": rounds, "block": block, "calls": len(calls[n])} for n in names}
+
+
+def onnxruntime_session(onnx_path: str, threads: int):
+    """An onnxruntime CPU session on ``threads`` intra-op threads (the calling thread counts, as in
+    TVM's pool), one inter-op thread, all graph optimisations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_latency(onnx_path: str, feeds: dict, warmup: int, repeat: int, threads: int) -> dict:
+    """onnxruntime alone (for scripts comparing runs made apart); ``compare`` times it fairly
+    against a mobilec module."""
+    sess = onnxruntime_session(onnx_path, threads)
+    rounds, block = blocks_for(repeat)
+    return interleaved({"onnxruntime": lambda: sess.run(None, feeds)}, warmup, rounds, block)["onnxruntime"]
+
+
+def compare(module, onnx_path: Optional[str], feeds: dict, warmup: int, repeat: int) -> list[tuple[str, dict]]:
+    """[(label, latency)] for the module and, with ``onnx_path``, onnxruntime on as many threads.
+    A local module and onnxruntime are timed interleaved by ``interleaved`` through their Python
+    calls (numpy in, numpy out for both); a remote module is timed on its device by
+    ``Module.benchmark`` and onnxruntime here, so that pair is labelled by where each ran."""
+    name = f"mobilec {module.path.name}"
+    if module._remote is None:
+        engines = {name: lambda: module.run(feeds)}
+        if onnx_path:
+            sess = onnxruntime_session(onnx_path, module.threads)
+            engines["onnxruntime"] = lambda: sess.run(None, feeds)
+        rounds, block = blocks_for(repeat)
+        timed = interleaved(engines, warmup, rounds, block)
+        return [(f"{n} ({plural(module.threads)})", timed[n]) for n in engines]
+    rows = [(f"{name} on {module._remote} ({plural(module.threads)})",
+             module.benchmark(warmup=warmup, repeat=repeat, feeds=feeds))]
+    if onnx_path:
+        import os
+
+        threads = min(module.threads, len(os.sched_getaffinity(0)))
+        sess = onnxruntime_session(onnx_path, threads)
+        rounds, block = blocks_for(repeat)
+        timed = interleaved({"onnxruntime": lambda: sess.run(None, feeds)}, warmup, rounds, block)
+        rows.append((f"onnxruntime on this host ({plural(threads)})", timed["onnxruntime"]))
+    return rows
+
+
+def bench_rows(results: list[tuple[str, dict]]) -> list[list[str]]:
+    """Table rows: name, median, min, max, ratio to the last row (onnxruntime, when compared)."""
+    base = results[-1][1]["median_ms"]
+    return [[name, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['max_ms']:.2f}",
+             f"{r['median_ms'] / base:.2f}x"] for name, r in results]

@@ -1,0 +1,71 @@
+"""The one timing function behind `mobilec demo` and `bench --vs`: engines alternate in blocks after
+a warm-up, each engine's latency is the median of its block medians; checked on a scripted clock."""
+
+import pytest
+from pytest import approx
+
+from mobilec import present
+
+
+class Clock:
+    """A fake perf_counter: each engine call advances it by what the script says."""
+
+    def __init__(self):
+        self.now, self.log = 0.0, []
+
+    def __call__(self):
+        return self.now
+
+    def engine(self, name, ms):
+        def call():
+            self.log.append(name)
+            self.now += ms(len(self.log)) / 1e3 if callable(ms) else ms / 1e3
+        return call
+
+
+@pytest.mark.structure
+def test_engines_alternate_in_blocks_after_the_warmup(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(present.time, "perf_counter", clock)
+    engines = {"a": clock.engine("a", 2.0), "b": clock.engine("b", 3.0)}
+    out = present.interleaved(engines, warmup=2, rounds=4, block=3)
+    warm, timed = clock.log[:4], clock.log[4:]
+    assert sorted(warm) == ["a", "a", "b", "b"]
+    assert timed == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    assert out["a"] == {"median_ms": approx(2.0), "min_ms": approx(2.0), "max_ms": approx(2.0), "rounds": 4,
+                        "block": 3, "calls": 12}
+    assert out["b"]["median_ms"] == approx(3.0)
+
+
+@pytest.mark.structure
+def test_a_pool_still_spinning_from_the_other_engine_does_not_set_the_median(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(present.time, "perf_counter", clock)
+
+    def slow_after_switch(i):  # the first call after the other engine pays 10 ms for its spinning pool
+        return 12.0 if i > 1 and clock.log[-2] != clock.log[-1] else 2.0
+
+    engines = {"mobilec": clock.engine("mobilec", slow_after_switch), "onnxruntime": clock.engine("onnxruntime", 1.0)}
+    out = present.interleaved(engines, warmup=0, rounds=6, block=5)
+    assert out["mobilec"]["median_ms"] == approx(2.0) and out["mobilec"]["max_ms"] == approx(12.0)
+    assert out["mobilec"]["min_ms"] == approx(2.0) and out["mobilec"]["calls"] == 30
+
+
+@pytest.mark.structure
+def test_median_of_block_medians(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(present.time, "perf_counter", clock)
+    script = [5, 1, 1, 9, 9, 2, 3, 3, 3]  # blocks of 3: medians 1, 9, 3 -> 3
+    out = present.interleaved({"x": clock.engine("x", lambda i: script[i - 1])}, warmup=0, rounds=3, block=3)
+    assert (out["x"]["median_ms"], out["x"]["min_ms"], out["x"]["max_ms"]) == approx((3.0, 1.0, 9.0))
+
+
+@pytest.mark.structure
+def test_blocks_and_bad_arguments():
+    assert present.blocks_for(50) == (10, 5)
+    assert present.blocks_for(3) == (3, 1)
+    assert present.blocks_for(101) == (21, 5)
+    with pytest.raises(ValueError, match="repeat=0: time at least one call"):
+        present.blocks_for(0)
+    with pytest.raises(ValueError, match="need warmup >= 0"):
+        present.interleaved({"x": lambda: None}, warmup=-1)
