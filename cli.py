@@ -103,18 +103,21 @@ def cmd_tune(args) -> int:
     from mobilec.compiler import TuneConfig, tune_model
     from mobilec.schedules.tuning import TuneOptions
 
+    from mobilec.errors import ConfigError
+
     if not args.local and not args.tracker:
-        raise ValueError("say where to measure: --tracker HOST:PORT --key KEY, or --local")
+        raise ConfigError("say where to measure: --tracker HOST:PORT --key KEY, or --local")
     opts = TuneOptions(trials=args.trials, per_round=args.per_round, all_tasks=args.all_tasks,
                        tracker=None if args.local else args.tracker, key=args.key, seed=args.seed)
     cfg = TuneConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores, db=args.db,
                      input_shapes=_shapes(args.input_shape), options=opts)
     res = tune_model(args.model, cfg, console=_console())
     if res.measured == 0:
-        print(f"nothing to measure: {res.database} already holds the budget of {args.trials} trials "
+        print(f"nothing to measure: {res.database} already holds the budget of {args.trials} search trials "
               f"for these tasks (raise --trials to tune further)")
         return 0
-    _table(f"tuned {res.measured} candidates in {res.seconds:.0f} s -> {res.database}",
+    seeded = f", after measuring {res.seeded} default schedules to start from" if res.seeded else ""
+    _table(f"tuned {res.measured} candidates in {res.seconds:.0f} s{seeded} -> {res.database}",
            ["task", "trials", "first round ms", "best ms", "speedup"], res.progress.summary_rows())
     if res.plot:
         print(f"plot: {res.plot}")
@@ -131,14 +134,19 @@ def cmd_tune_merge(args) -> int:
 
 def _open(args):
     import mobilec.runtime as mr
+    from mobilec.errors import ConfigError
 
     if args.tracker or args.server:
-        return mr.connect(tracker=args.tracker, key=args.key, server=args.server).load(args.library)
-    return mr.load(args.library)
+        if args.cores:
+            raise ConfigError("--cores applies to this machine; on a device over RPC mobilec runs on its big "
+                             "cores (give --threads to choose how many)")
+        return mr.connect(tracker=args.tracker, key=args.key, server=args.server).load(args.library,
+                                                                                     threads=args.threads)
+    return mr.load(args.library, threads=args.threads, cores=args.cores)
 
 
 def cmd_run(args) -> int:
-    from mobilec.runtime import present
+    from mobilec import present
 
     module = _open(args)
     x = present.load_input(module, args.input, args.image)
@@ -153,19 +161,28 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from mobilec.runtime import present
+    from mobilec import present
+    from mobilec.errors import ConfigError
+    from mobilec.runtime.threads import plural
 
+    if args.warmup < 0 or args.repeat < 1:
+        raise ConfigError(f"--warmup {args.warmup} --repeat {args.repeat}: need --warmup >= 0 and --repeat >= 1")
     module = _open(args)
-    rows = present.bench_rows(module, args.vs, args.warmup, args.repeat, args.threads)
-    _table(f"latency, {args.repeat} runs after {args.warmup} warm-up",
-           ["name", "median ms", "min ms", "max ms", "ratio"], rows)
+    results = present.compare(module, args.vs, present.random_feeds(module), args.warmup, args.repeat)
+    first = results[0][1]
+    print(f"latency on {plural(module.threads)}: " + (
+        f"median of {first['rounds']} blocks of {plural(first['block'], 'call')}, engines alternating"
+        if "rounds" in first else f"median of {args.repeat} runs timed on the device")
+        + f", after {plural(args.warmup, 'warm-up call')}")
+    _table("latency", ["name", "median ms", "min ms", "max ms", "ratio"], present.bench_rows(results))
     return 0
 
 
 def cmd_demo(args) -> int:
     from mobilec.quickstart import run
 
-    return run(args.model, Path(args.workdir), args.target)
+    return run(args.model, Path(args.workdir), args.target, threads=args.threads, cores=args.cores,
+               console=_console())
 
 
 def cmd_rpc(args) -> int:
@@ -182,6 +199,13 @@ def _remote_args(p) -> None:
     p.add_argument("--server", help="RPC server HOST:PORT (no tracker)")
 
 
+def _thread_args(p) -> None:
+    p.add_argument("--threads", type=int, help="threads for mobilec and onnxruntime alike (default: every core "
+                   "this process may run on; on ARM, every big core)")
+    p.add_argument("--cores", choices=["big", "little", "all"], help="which cores (default: big on ARM, all "
+                   "elsewhere)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mobilec import __version__
 
@@ -194,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mobilenet_v3_large")
     p.add_argument("--target", default="host")
     p.add_argument("--workdir", default="mobilec-demo")
+    _thread_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the registered models with parameters and multiply-adds")
@@ -237,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--tracker", help="RPC tracker HOST:PORT; measure on a device registered there")
     where.add_argument("--local", action="store_true", help="measure on this machine")
     p.add_argument("--key", help="device key at the tracker")
-    p.add_argument("--trials", type=int, default=64, help="budget for all tuned tasks, earlier runs included")
+    p.add_argument("--trials", type=int, default=64, help="search trials for all tuned tasks, earlier runs "
+                   "included (the default schedules measured first and failed candidates do not count)")
     p.add_argument("--per-round", type=int, default=16, help="candidates measured per round")
     p.add_argument("--db", default="tuning-db", help="database root (a subdirectory per triple and cpu)")
     p.add_argument("--all-tasks", action="store_true", help="tune every kernel, not only convolutions")
@@ -246,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("tune-merge", help="merge tuning databases (e.g. from several devices of one kind)")
-    p.add_argument("sources", nargs="+", help="database directories")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("sources", nargs="+", help="database directories (each checked before anything is written)")
+    p.add_argument("-o", "--output", required=True, help="database directory to write (or add to)")
     p.set_defaults(func=cmd_tune_merge)
 
     p = sub.add_parser("run", help="run a compiled model: top-5 classes, or a mask PNG for segmentation")
@@ -255,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help=".npy file with the input tensor")
     p.add_argument("--image", help="an image file (resized and normalised as for ImageNet)")
     p.add_argument("--mask", default="mask.png", help="where a segmentation mask goes")
+    _thread_args(p)
     _remote_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -262,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("library")
     p.add_argument("--vs", metavar="MODEL.onnx", help="also time onnxruntime on this ONNX file")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeat", type=int, default=50)
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: the library's cores)")
+    p.add_argument("--repeat", type=int, default=50, help="timed calls per engine")
+    _thread_args(p)
     _remote_args(p)
     p.set_defaults(func=cmd_bench)
 

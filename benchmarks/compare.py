@@ -22,10 +22,10 @@ Every engine takes the same numpy input and returns numpy output, so conversion 
 alike; each uses the same thread count. Outputs are checked against onnxruntime's first (max abs
 error, and relative to the output's largest magnitude); an engine past the tolerance is reported
 as disagreeing and not timed. Each thread count runs in its own process (TVM sizes its thread pool
-once per process). Timing: after a warm-up, engines alternate in blocks of calls, the order
-rotating each round, each block opening with one untimed call, so drift on a shared host hits
-all alike and a thread pool still spinning from the previous engine does not steal the cores of
-the first timed call. Prints median/min/max, each median's ratio to onnxruntime's and to the
+once per process). Timing is ``mobilec.present.interleaved``, as for `mobilec bench --vs`: after a
+warm-up, engines alternate in blocks of calls, the order rotating each round, and each engine's
+figure is the median of its block medians, so drift on a shared host hits all alike and a thread
+pool still spinning from the previous engine (which slows a block's first call) does not move it. Prints median/min/max, each median's ratio to onnxruntime's and to the
 fastest peer's; writes results.json, compare.md and compare.png under --out; --readme puts the
 table into README.md.
 """
@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 import peers  # benchmarks/peers.py, beside this file
+from mobilec.present import interleaved, onnxruntime_session
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ["mobilenet_v3_large", "mobilenet_v3_small", "lraspp_mobilenet_v3_large"]
@@ -58,7 +59,6 @@ README_BEGIN, README_END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 def _engines(entry: dict, threads: int) -> tuple[dict, dict]:
     """name -> callable(x) -> numpy for one model, and name -> reason for the peers that cannot run."""
-    import onnxruntime as ort
     import torch
 
     from mobilec.frontends.registry import create_model
@@ -67,12 +67,9 @@ def _engines(entry: dict, threads: int) -> tuple[dict, dict]:
     engines, skipped = {}, {}
     for name in OWN:
         if entry.get(name):
-            module = load(entry[name])
+            module = load(entry[name], threads=threads)
             engines[name] = lambda x, m=module: m(x)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(entry["onnx"], so, providers=["CPUExecutionProvider"])
+    sess = onnxruntime_session(entry["onnx"], threads)
     feed = sess.get_inputs()[0].name
     engines["onnxruntime"] = lambda x: sess.run(None, {feed: x})[0]
     torch.set_num_threads(threads)
@@ -124,21 +121,11 @@ def worker(plan: dict, threads: int, warmup: int, repeat: int, rounds: int) -> d
                 res[name] = {"status": "skipped", "reason": f"failed to run: {type(e).__name__}: {str(e)[:200]}"}
             if res[name]["status"] != "ok":
                 del engines[name]  # reported, not timed
-        # Alternate engines in blocks of calls, rotating the order each round; one untimed call opens
-        # each block so a pool still spinning from the previous engine does not bias the first timed one.
-        names, per_block = list(engines), max(1, repeat // rounds)
-        times = {name: [] for name in names}
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                fn = engines[name]
-                fn(x)
-                for _ in range(per_block):
-                    t = time.perf_counter()
-                    fn(x)
-                    times[name].append((time.perf_counter() - t) * 1e3)
-        for name, ms in times.items():
-            res[name].update(median_ms=float(np.median(ms)), min_ms=float(np.min(ms)), max_ms=float(np.max(ms)),
-                             runs=len(ms))
+        # the one fair timing of mobilec.present: blocks of calls, engines alternating, order rotating
+        timed = interleaved({name: (lambda fn=fn: fn(x)) for name, fn in engines.items()}, warmup=0,
+                            rounds=rounds, block=max(1, repeat // rounds))  # warmed up by _check
+        for name, t in timed.items():
+            res[name].update(median_ms=t["median_ms"], min_ms=t["min_ms"], max_ms=t["max_ms"], runs=t["calls"])
         results[entry["model"]] = res
     return results
 
@@ -302,7 +289,7 @@ def main() -> None:
         plan_path.write_text(json.dumps(plan))
         measured = {}
         for threads in args.threads:
-            env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads))  # mobilec: load(threads=)
             print(f"measuring with {threads} thread(s) ...", flush=True)
             result = Path(tmp) / f"measured_{threads}.json"
             proc = subprocess.run([sys.executable, __file__, "--worker", str(plan_path), str(result),

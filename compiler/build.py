@@ -37,6 +37,7 @@ class CompileResult:
     manifest: Manifest
     report: FusionReport
     seconds: float
+    warnings: list[str] = field(default_factory=list)  # e.g. a --tuning-db that matched no kernel
 
 
 def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, Path],
@@ -54,6 +55,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
     target = resolved.tvm_target()
     opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules)
     ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipeline(target, opts))
+    warnings = [_unmatched_database(db, opts, resolved)] if db and not opts.tuned_kernels else []
 
     def describe(lib: Path) -> Manifest:
         elf_class, machine = elf_header(lib)
@@ -69,7 +71,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
             task="segmentation" if len(imported.outputs[0].shape) == 4 else "classification")
 
     manifest = write_pair(output, lambda lib: ex.export_library(str(lib), fcompile=fcompile), describe)
-    return CompileResult(output, manifest, opts.report, time.perf_counter() - start)
+    return CompileResult(output, manifest, opts.report, time.perf_counter() - start, warnings)
 
 
 @dataclass
@@ -81,14 +83,39 @@ class Inspection:
 
 
 def _tuning_database(root: str, triple: str, cpu: str) -> str:
-    from mobilec.schedules.database import database_dir, is_database
+    """The database directory for this target under ``root``, checked line by line now, before
+    the long work (a corrupt file is one error naming the file, the line and the fix)."""
+    from mobilec.schedules.database import database_dir, is_database, validate
 
     path = database_dir(root, triple, cpu)
     if not is_database(path):
         have = sorted(p.name for p in Path(root).glob("*") if is_database(p)) if Path(root).is_dir() else []
         raise FileNotFoundError(f"--tuning-db {root}: no database for {triple}-{cpu} "
                                 f"(it has: {', '.join(have) or 'none'}); tune with `mobilec tune`")
+    validate(path)
     return str(path)
+
+
+def _unmatched_database(db: str, opts: PipelineOptions, resolved) -> str:
+    """Why a tuning database gave no kernel, logged as a warning (a build that silently ignores
+    the database it was given is slower than the user believes)."""
+    import logging
+
+    from mobilec.schedules.database import target_label, targets_of
+
+    tuned_for = targets_of(db, limit=None)
+    ours = target_label(resolved.target)
+    if not tuned_for:
+        why = "it holds no successfully measured kernel (every candidate failed when it was tuned)"
+    elif ours not in tuned_for:
+        why = f"it was tuned for {', '.join(tuned_for)}, this build is for {ours}"
+    else:
+        why = ("it was tuned for other kernels: another model or input shape, or other compile flags "
+               "(--no-fuse and --no-default-schedules change the kernels; compile with the flags it was "
+               "tuned with, or tune again with these)")
+    msg = f"--tuning-db {db}: 0 of {opts.kernels} kernels matched the database: {why}"
+    logging.getLogger("mobilec.compiler").warning("warning: %s", msg)
+    return msg
 
 
 def inspect_model(model: Union[str, Path, onnx.ModelProto],

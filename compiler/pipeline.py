@@ -22,6 +22,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from mobilec.compiler.fusions import RULES, CancelTransposes
 from mobilec.compiler.pack_weights import PackConvWeights
 from mobilec.compiler.report import FusionReport
+from mobilec.schedules.database import for_target
 from mobilec.schedules.defaults import apply_defaults, is_scheduled
 
 PIPELINE_NAME = "mobilec"
@@ -35,6 +36,7 @@ class PipelineOptions:
     default_schedules: bool = True  # False: untuned kernels left to TVM's plain lowering
     report: FusionReport = field(default_factory=FusionReport)
     tuned_kernels: int = 0  # set by phase 4: kernels whose schedule came from the database
+    kernels: int = 0  # set by phase 4: all kernels (the database could have matched any of them)
     default_kernels: dict = field(default_factory=dict)  # set by phase 4: kernel -> default schedule
 
 
@@ -61,11 +63,25 @@ def _count(report: FusionReport) -> tvm.transform.Pass:
 def _count_tuned(opts: PipelineOptions) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="mobilec.CountTunedKernels")
     def count(mod, _ctx):
-        opts.tuned_kernels = sum(1 for _, f in mod.functions.items()
-                                 if isinstance(f, tvm.tirx.PrimFunc) and is_scheduled(f))
+        kernels = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+        opts.tuned_kernels = sum(1 for f in kernels if is_scheduled(f))
+        opts.kernels = len(kernels)
         return mod
 
     return count
+
+
+def _apply_database(path: str, target: tvm.target.Target) -> tvm.transform.Pass:
+    """Kernels from the tuning database in ``path``, its records for this target only. Opened here,
+    checked line by line (a corrupt file is one error naming file, line and fix), and made current
+    for TVM's pass: given the directory instead, TVM opens it itself and prints a raw "Warning:
+    Creating JSONDatabase" line, and applies records measured on any target."""
+    @tvm.transform.module_pass(opt_level=0, name="mobilec.ApplyTuningDatabase")
+    def apply(mod, _ctx):
+        with target, for_target(path, target):
+            return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+    return apply
 
 
 def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, list]]:
@@ -84,8 +100,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
         ("fuse", [fusion if opts.fuse else tvm.transform.Sequential([]), _count(opts.report)]),
         ("lower", cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)),
         ("schedule", [
-            relax.transform.MetaScheduleApplyDatabase(opts.tuning_db) if opts.tuning_db
-            else tvm.transform.Sequential([]),
+            _apply_database(opts.tuning_db, target) if opts.tuning_db else tvm.transform.Sequential([]),
             _count_tuned(opts),  # before the defaults: they mark what they schedule the same way
             apply_defaults(target, opts.default_kernels) if opts.default_schedules
             else tvm.transform.Sequential([]),

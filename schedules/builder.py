@@ -5,13 +5,16 @@ MetaSchedule's LocalBuilder starts a fresh worker pool for every batch and each 
 imports. Building here, serially, costs only the build. The tensor intrinsics are not imported:
 safe for plain NEON/AVX2 schedules, which is what mobilec's targets use (no dotprod/i8mm
 tensorisation in fp32).
+
+Candidates are written under ``workdir``, a private directory of the tuning run that the run
+removes when it ends (also on an error or Ctrl-C); each one is removed as soon as it is measured.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import Callable
+from typing import Callable, Optional
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
@@ -19,9 +22,10 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 
 @derived_object
 class InProcessBuilder(PyBuilder):
-    def __init__(self, fcompile: Callable):
+    def __init__(self, fcompile: Callable, workdir: Optional[str] = None):
         super().__init__()
         self.fcompile = fcompile
+        self.workdir = workdir  # None: the system's temporary directory (the caller cleans up)
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         from tvm.driver import build as tvm_build
@@ -32,7 +36,7 @@ class InProcessBuilder(PyBuilder):
             try:
                 mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
                 lib = tvm_build(mod, target=item.target)
-                path = os.path.join(tempfile.mkdtemp(prefix="mobilec-cand-"), "cand.so")
+                path = os.path.join(tempfile.mkdtemp(prefix="mobilec-cand-", dir=self.workdir), "cand.so")
                 lib.export_library(path, fcompile=self.fcompile)
                 results.append(BuilderResult(path, None))
             except Exception as e:  # noqa: BLE001 - a failed candidate is a result, not a crash

@@ -1,12 +1,28 @@
 """Tuning databases: MetaSchedule's JSON database, one directory per (target triple, cpu) under a
-root, so databases from several devices and kinds live side by side and merge."""
+root, so databases from several devices and kinds live side by side and merge.
+
+Every database is checked line by line before TVM reads it: TVM's own loader parses the lines in
+parallel and reports a bad one as "parallel_for_dynamic error with Unexpected token", naming
+neither the file nor the line."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
+from mobilec.errors import UserError
+
 FILES = ("database_workload.json", "database_tuning_record.json")
+FIX = ("delete that line (a write cut short leaves one), re-tune into a fresh --db, or rebuild the "
+       "database with `mobilec tune-merge` from good sources")
+
+
+class DatabaseError(UserError, ValueError):
+    """A tuning database that cannot be read (a corrupt line, a record pointing nowhere)."""
 
 
 def database_dir(root: str | Path, triple: str, cpu: str) -> Path:
@@ -30,32 +46,169 @@ def is_database(path: str | Path) -> bool:
     return all((Path(path) / f).exists() for f in FILES)
 
 
-def open_database(path: str | Path):
+def _lines(path: Path):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                try:
+                    yield number, json.loads(raw.strip())
+                except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+                    why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+                    raise DatabaseError(f"{path}:{number}: not a JSON line ({why}): {FIX}") from None
+
+
+def validate(path: str | Path) -> int:
+    """Check that every line of the database in ``path`` parses and every record names a workload
+    the database has; returns the number of records. Missing files count as empty."""
+    path = Path(path)
+    workloads = records = 0
+    wl_file, rec_file = (path / f for f in FILES)
+    if wl_file.exists():
+        for number, line in _lines(wl_file):
+            if not (isinstance(line, list) and len(line) == 2):
+                raise DatabaseError(f"{wl_file}:{number}: not a workload entry ([hash, module]): {FIX}")
+            workloads += 1
+    if rec_file.exists():
+        for number, line in _lines(rec_file):
+            if not (isinstance(line, list) and len(line) == 2 and isinstance(line[0], int)):
+                raise DatabaseError(f"{rec_file}:{number}: not a tuning record ([workload, record]): {FIX}")
+            if not 0 <= line[0] < workloads:
+                raise DatabaseError(f"{rec_file}:{number}: names workload {line[0]}, but {wl_file.name} has "
+                                    f"{workloads}: the two files do not belong together; {FIX}")
+            records += 1
+    return records
+
+
+def open_database(path: str | Path, create: bool = True):
+    """MetaSchedule's JSON database in ``path`` (created when missing unless ``create`` is False),
+    checked first: a corrupt file is one error naming the file, the line and the fix."""
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
     path = Path(path)
+    if not create and not is_database(path):
+        raise FileNotFoundError(f"{path}: not a tuning database (needs {' and '.join(FILES)})")
+    validate(path)
     path.mkdir(parents=True, exist_ok=True)
-    return JSONDatabase(work_dir=str(path), allow_missing=True)
+    try:
+        return JSONDatabase(work_dir=str(path), allow_missing=True)
+    except Exception as e:  # noqa: BLE001 - TVM's loader: lines that parse but do not decode
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise DatabaseError(f"{path}: TVM cannot load this tuning database ({last}): {FIX}") from None
 
 
 def records_for(db, mod) -> int:
-    """How many measured candidates the database holds for this workload."""
+    """How many valid measured candidates the database holds for this workload (failed
+    candidates are stored too, with no valid time, and are not counted)."""
+    return len(valid_records(db, mod))
+
+
+def valid_records(db, mod) -> list:
     if not db.has_workload(mod):
-        return 0
-    return len(db.get_top_k(db.commit_workload(mod), 1 << 30))
+        return []
+    return list(db.get_top_k(db.commit_workload(mod), 1 << 30))
+
+
+def is_searched(record) -> bool:
+    """Whether a record came from the search: its trace samples (tile sizes, unrolling...). A seeded
+    default schedule is a fixed trace with no sampling decisions, so it is not a search trial."""
+    return len(record.trace.decisions) > 0
+
+
+def searched_for(db, mod) -> int:
+    """Search trials with a valid measurement the database holds for this workload: what counts
+    against a tuning budget (seeded defaults and failed candidates do not)."""
+    return sum(1 for r in valid_records(db, mod) if is_searched(r))
+
+
+def target_label(target) -> str:
+    """``"aarch64-linux-gnu (cpu cortex-a76)"`` for a TVM target or its JSON dict: what a record must
+    match to apply to a build (kernels' TIR is the same for every CPU; their tuned schedules are not)."""
+    attrs = target if isinstance(target, dict) else target.attrs
+    kind = target.get("kind", "?") if isinstance(target, dict) else target.kind.name
+    triple, cpu = str(attrs.get("mtriple", kind) or kind), str(attrs.get("mcpu", "") or "")
+    return f"{triple} (cpu {cpu})" if cpu else triple
+
+
+def for_target(path: str | Path, target):
+    """The database in ``path`` restricted to the records tuned for ``target`` (TVM applies a
+    record to any kernel of the same workload, whatever target it was measured on: a database of
+    another device would otherwise be applied silently)."""
+    from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
+
+    db = open_database(path, create=False)
+    ours = target_label(target)
+    if targets_of(path, limit=None) in ([], [ours]):
+        return db
+    mem = MemoryDatabase()
+    for rec in db.get_all_tuning_records():
+        if target_label(rec.target) == ours:
+            mem.commit_tuning_record(TuningRecord(rec.trace, mem.commit_workload(rec.workload.mod), rec.run_secs,
+                                                  rec.target, rec.args_info))
+    return mem
+
+
+def targets_of(path: str | Path, limit: Optional[int] = 1000) -> list[str]:
+    """The distinct targets (``mtriple``/``mcpu``) the valid records of a database (among its
+    first ``limit``) were tuned for; failed candidates (stored with a time of 1e10 s) are skipped."""
+    seen: list[str] = []
+    rec_file = Path(path) / FILES[1]
+    if not rec_file.exists():
+        return seen
+    for number, line in _lines(rec_file):
+        try:
+            _, run_secs, target = line[1][:3]  # [workload, [trace, run_secs, target, args_info]]
+            if not run_secs or min(float(t) for t in run_secs) >= 1e9:
+                continue
+            name = target_label(target)
+        except (IndexError, KeyError, TypeError, AttributeError, ValueError):
+            continue
+        if name not in seen:
+            seen.append(name)
+        if limit is not None and number >= limit:
+            break
+    return seen
 
 
 def merge(sources: Iterable[str | Path], output: str | Path) -> int:
-    """Merge databases (e.g. from several phones of one kind) into ``output``; returns records added."""
+    """Merge databases (e.g. from several phones of one kind) into ``output``; returns records added.
+    Every source (and an existing output) is checked before anything is written, and the output
+    is written beside itself and moved into place: a bad source leaves the output as it was."""
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
-    out = open_database(output)
-    added = 0
+    sources, output = [Path(s) for s in sources], Path(output)
     for src in sources:
         if not is_database(src):
             raise FileNotFoundError(f"{src}: not a tuning database (needs {' and '.join(FILES)})")
-        for rec in open_database(src).get_all_tuning_records():
-            wl = out.commit_workload(rec.workload.mod)
-            out.commit_tuning_record(TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
-            added += 1
+        validate(src)
+    existing = is_database(output)
+    if existing:
+        validate(output)
+    elif output.exists() and any((output / f).exists() for f in FILES):
+        raise DatabaseError(f"{output}: holds only one of {' and '.join(FILES)}; give another -o or remove it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.merge-", dir=output.parent))
+    try:
+        if existing:  # the staged files start as copies, so the output's lines keep their places
+            for name in FILES:
+                shutil.copyfile(output / name, staging / name)
+        out = open_database(staging)
+        added = 0
+        for src in sources:
+            for rec in open_database(src, create=False).get_all_tuning_records():
+                wl = out.commit_workload(rec.workload.mod)
+                out.commit_tuning_record(TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+                added += 1
+        del out
+        if not output.exists():
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; a database is not
+            os.replace(staging, output)  # one rename: the output appears whole or not at all
+        else:
+            # workloads first: the old records still point at the right (unmoved) workload lines
+            # until the records file is replaced too
+            for name in FILES:
+                os.replace(staging / name, output / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return added

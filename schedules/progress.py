@@ -1,12 +1,13 @@
-"""Live tuning progress (rich): per task trials, best latency; overall estimated latency, ETA.
-Also the final per-task table and the PNG plot of estimated latency against trials."""
+"""Tuning progress: on a terminal a live table (rich) of per task trials and best latency, overall
+estimated latency and ETA; off a terminal (a log, a pipe) one plain line per round instead. Also
+the final per-task table and the PNG plot of estimated latency against trials."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
@@ -14,13 +15,14 @@ from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
 @dataclass
 class TaskStats:
-    name: str
+    name: str                         # as a person reads it: "pw 56x56 24->72 +relu"
     weight: float
     budget: int
     trials: int = 0
     first_ms: Optional[float] = None  # best of the first measured round
     best_ms: Optional[float] = None
     errors: int = 0
+    task: str = ""                    # TVM's function name (the per-task logs are named by it)
 
 
 @dataclass
@@ -30,6 +32,9 @@ class Progress:
     start: float = field(default_factory=time.time)
     history: list[tuple[int, float]] = field(default_factory=list)  # (trials, estimated ms)
     lost: Optional[str] = None  # set when a whole round failed to reach the device
+    first_error: Optional[str] = None  # the first failed candidate's error (last line)
+    all_failed: bool = False    # set when every task had a round and every candidate failed
+    rounds: int = 0
     _all_measured_at: int = 0   # index into history from which every task has a measurement
 
     @property
@@ -40,8 +45,17 @@ class Progress:
         """Weighted sum of each tuned kernel's best latency (what the tuned tasks cost per inference)."""
         return sum(t.weight * t.best_ms for t in self.tasks if t.best_ms is not None)
 
+    @property
+    def errors(self) -> int:
+        return sum(t.errors for t in self.tasks)
+
+    def note_error(self, msg: Optional[str]) -> None:
+        if msg and self.first_error is None:
+            self.first_error = brief(msg)
+
     def record(self, task_id: int, latencies_ms: list[Optional[float]]) -> None:
         t = self.tasks[task_id]
+        self.rounds += 1
         ok = [v for v in latencies_ms if v is not None]
         t.trials += len(latencies_ms)
         t.errors += len(latencies_ms) - len(ok)
@@ -81,6 +95,16 @@ class Progress:
                           "-" if t.best_ms is None else f"{t.best_ms:.4f}")
         return table
 
+    def line(self, task_id: int) -> str:
+        """One plain line for the round just recorded for ``task_id`` (logs and pipes)."""
+        t = self.tasks[task_id]
+        elapsed = time.time() - self.start
+        best = "-" if t.best_ms is None else f"{t.best_ms:.4f} ms"
+        failed = f", {t.errors} failed" if t.errors else ""
+        return (f"round {self.rounds}: {t.name}: {t.trials}/{t.budget} trials, best {best}{failed}; "
+                f"all tasks {self.trials}/{self.budget} trials, estimated {self.estimate_ms():.3f} ms, "
+                f"{elapsed:.0f} s")
+
     def summary_rows(self) -> list[list[str]]:
         rows = []
         for t in self.tasks:
@@ -111,8 +135,18 @@ class Progress:
 
 
 def _is_rpc_failure(msg: str) -> bool:
+    """The device could not be reached (tracker, session, connection), as opposed to a device that
+    answered with an error of its own (e.g. it cannot load code built for another CPU)."""
+    if "Error caught from RPC call" in msg:
+        return False
     return any(k in msg for k in ("RPCError", "no device registered", "no free", "cannot reach the RPC tracker",
                                   "Connection", "connection", "Socket", "socket"))
+
+
+def brief(msg: str) -> str:
+    """The line of an error that says what went wrong (the last of a traceback), shortened."""
+    lines = [l.strip() for l in str(msg).strip().splitlines() if l.strip()]
+    return (lines[-1] if lines else str(msg))[:300]
 
 
 def _latency_ms(result) -> Optional[float]:
@@ -124,17 +158,27 @@ def _latency_ms(result) -> Optional[float]:
 
 @derived_object
 class ProgressCallback(PyMeasureCallback):
-    """Feeds every measured batch into ``Progress`` and refreshes the live display."""
+    """Feeds every measured batch into ``Progress`` and refreshes the live display, or hands one
+    plain line per round to ``echo``. Stops the search (by raising, which ends MetaSchedule's loop)
+    when the device is gone, or when every task had a round and no candidate ran at all."""
 
-    def __init__(self, progress: Progress, live=None):
+    def __init__(self, progress: Progress, live=None, echo: Optional[Callable[[str], None]] = None):
         super().__init__()
-        self.progress, self.live = progress, live
+        self.progress, self.live, self.echo = progress, live, echo
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
-        self.progress.record(task_id, [_latency_ms(r) for r in runner_results])
+        p = self.progress
+        p.record(task_id, [_latency_ms(r) for r in runner_results])
+        for b, r in zip(builder_results, runner_results):
+            p.note_error(b.error_msg or r.error_msg)
         errors = [r.error_msg for r in runner_results if r.error_msg]
         if runner_results and len(errors) == len(runner_results) and all(_is_rpc_failure(e) for e in errors):
-            self.progress.lost = errors[0].strip().splitlines()[-1][:200]
-            raise RuntimeError(f"device lost: {self.progress.lost}")  # stops the tuning loop
+            p.lost = brief(errors[0])[:200]
+            raise RuntimeError(f"device lost: {p.lost}")  # stops the tuning loop
         if self.live is not None:
-            self.live.update(self.progress.render())
+            self.live.update(p.render())
+        elif self.echo is not None:
+            self.echo(p.line(task_id))
+        if all(t.trials for t in p.tasks) and p.errors == p.trials:
+            p.all_failed = True
+            raise RuntimeError(f"every candidate failed: {p.first_error}")  # more rounds would too

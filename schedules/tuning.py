@@ -1,16 +1,25 @@
 """MetaSchedule tuning of a lowered mobilec module: task selection, budget, builder and runner,
-resumable database, live progress."""
+resumable database, live progress.
+
+The budget (``trials``) counts search trials with a valid measurement, earlier runs included: the
+default schedules measured to seed the search and the candidates that failed are stored in the
+database too, but spend nothing, so a run interrupted while seeding, or one whose candidates all
+failed, is continued by the next run rather than reported as complete."""
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from mobilec.schedules.database import open_database, records_for
+from mobilec.errors import UserError
+from mobilec.schedules.database import open_database, records_for, searched_for
+from mobilec.schedules.names import kernel_name, unique
 from mobilec.schedules.progress import Progress, ProgressCallback, TaskStats
 
 CONV_MARK = "conv2d"  # depthwise, pointwise and regular convolutions, with their fused epilogues
@@ -25,15 +34,15 @@ class TuneOptions:
     key: Optional[str] = None
     session_timeout: int = 120
     seed: int = 0
-    live: bool = True
+    live: bool = True                # show progress on ``console``: a live table, or plain lines off a terminal
 
 
 @dataclass
 class TuneResult:
     database: Path
     progress: Progress
-    measured: int                    # candidates measured in this run
-    skipped: list[str] = field(default_factory=list)  # tasks whose budget was already spent
+    measured: int                    # search candidates measured in this run (failed ones included)
+    skipped: list[str] = field(default_factory=list)  # tasks whose budget was already spent (readable names)
     plot: Optional[Path] = None
     seconds: float = 0.0
     seeded: int = 0                  # default schedules measured and stored before the search
@@ -48,8 +57,16 @@ def create_session(rpc_config):
                    timeout=60, session_timeout=rpc_config.session_timeout_sec)
 
 
-class DeviceLost(RuntimeError):
-    pass
+class DeviceLost(UserError, RuntimeError):
+    """The device stopped answering mid-run; the database holds every finished round."""
+
+
+class TuningError(UserError, ValueError):
+    """Nothing to tune as asked (no tasks, bad options)."""
+
+
+class TuningFailed(UserError, RuntimeError):
+    """Every candidate failed to build or run: nothing was learnt about this device."""
 
 
 def _runner(opts: TuneOptions):
@@ -93,11 +110,12 @@ def _quiet_metaschedule_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
-def seed_with_defaults(tasks, target, db, builder, runner) -> int:
+def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Progress] = None) -> int:
     """Measure mobilec's default schedule of every task the database has nothing for, on the same
     device and runner as the search, and commit it as a tuning record. The evolutionary search
     starts from the best measured records, so it begins at the default schedule, and the
-    database's best is never worse than what a build without it gets. Returns records added."""
+    database's best is never worse than what a build without it gets. Returns records added
+    (these are not search trials: they spend none of the budget)."""
     from tvm.s_tir import meta_schedule as ms
 
     from mobilec.schedules.defaults import CpuParams, default_schedule
@@ -116,13 +134,19 @@ def seed_with_defaults(tasks, target, db, builder, runner) -> int:
         return 0
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in todo])
     measurable = [(mod, sch, b) for (mod, sch), b in zip(todo, built) if b.error_msg is None]
+    for b in built:
+        if progress is not None:
+            progress.note_error(b.error_msg)
     futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu",  # mobilec targets are CPUs
                                                 ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]))
                           for _, sch, b in measurable])
     added = 0
-    for (mod, sch, _), future in zip(measurable, futures):
+    for (mod, sch, b), future in zip(measurable, futures):
         result = future.result()
+        shutil.rmtree(Path(b.artifact_path).parent, ignore_errors=True)  # measured: not needed again
         if result.error_msg is not None or not result.run_secs:
+            if progress is not None:
+                progress.note_error(result.error_msg)
             continue
         db.commit_tuning_record(ms.database.TuningRecord(
             sch.trace, db.commit_workload(mod), result.run_secs, target,
@@ -132,7 +156,11 @@ def seed_with_defaults(tasks, target, db, builder, runner) -> int:
 
 
 def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions, console=None) -> TuneResult:
-    """Tune the kernels of ``mod`` (a Relax module after mobilec's lowering phase) for ``target``."""
+    """Tune the kernels of ``mod`` (a Relax module after mobilec's lowering phase) for ``target``.
+
+    Candidates are built in a private temporary directory, removed when the run ends however it
+    ends. Raises ``TuningFailed`` when every search candidate failed (e.g. code this device cannot
+    run), ``DeviceLost`` when the device stopped answering."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
@@ -143,43 +171,66 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     db = open_database(db_dir)
     tasks = select_tasks(extract_tasks(mod, target), opts.all_tasks)
     if not tasks:
-        raise ValueError("no tunable tasks in this model (use all_tasks / --all-tasks to include every kernel)")
+        raise TuningError("no tunable tasks in this model (use all_tasks / --all-tasks to include every kernel)")
+    names = dict(zip((t.task_name for t in tasks),
+                     unique([kernel_name(t.dispatched[0], t.task_name) for t in tasks])))
     per_task = max(opts.per_round, math.ceil(opts.trials / len(tasks)))
-    done = {t.task_name: records_for(db, t.dispatched[0]) for t in tasks}
+    done = {t.task_name: searched_for(db, t.dispatched[0]) for t in tasks}
     todo = [t for t in tasks if done[t.task_name] < per_task]
-    skipped = [t.task_name for t in tasks if t not in todo]
+    skipped = [names[t.task_name] for t in tasks if t not in todo]
     remaining = opts.trials - sum(done.values())
-    stats = [TaskStats(t.task_name, float(t.weight), per_task - done[t.task_name]) for t in todo]
+    stats = [TaskStats(names[t.task_name], float(t.weight), per_task - done[t.task_name], task=t.task_name)
+             for t in todo]
     progress = Progress(stats, budget=max(remaining, 0))
     if remaining <= 0 or not todo:
         return TuneResult(db_dir, progress, 0, skipped, seconds=time.time() - start)
-    builder, runner = InProcessBuilder(fcompile), _runner(opts)  # the seeding measures like the search
-    seeded = seed_with_defaults(todo, target, db, builder, runner)
-    _prepare_metaschedule_logging()
-    contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), seed=opts.seed)  # logs in DB/logs
-    _quiet_metaschedule_console()
+    workdir = tempfile.mkdtemp(prefix="mobilec-tune-")  # every candidate of this run, removed at the end
     live = None
-    if opts.live and console is not None:
-        from rich.live import Live
-
-        live = Live(progress.render(), console=console, refresh_per_second=2)
-        live.start()
     try:
-        ms.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
-            max_trials_global=remaining, max_trials_per_task=per_task, num_trials_per_iter=opts.per_round,
-            builder=builder, runner=runner, database=db, cost_model="xgb",
-            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [ProgressCallback(progress, live)],
-            task_scheduler="gradient")
-    except Exception:
-        if progress.lost is None:
-            raise
-        n = len(open_database(db_dir))
-        raise DeviceLost(f"the device stopped answering after {progress.trials} trials ({progress.lost}); "
-                         f"{db_dir} is complete up to the last finished round ({n} records) and a rerun "
-                         f"continues from there") from None
+        builder, runner = InProcessBuilder(fcompile, workdir), _runner(opts)  # seeding measures like the search
+        seeded = seed_with_defaults(todo, target, db, builder, runner, progress)
+        _prepare_metaschedule_logging()
+        contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), seed=opts.seed)  # logs in DB/logs
+        _quiet_metaschedule_console()
+        echo = None
+        if opts.live and console is not None:
+            if console.is_terminal:
+                from rich.live import Live
+
+                live = Live(progress.render(), console=console, refresh_per_second=2)
+                live.start()
+            else:  # a log or a pipe: a live table would be reprinted whole on every refresh
+                echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+        try:
+            ms.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
+                max_trials_global=remaining, max_trials_per_task=per_task, num_trials_per_iter=opts.per_round,
+                builder=builder, runner=runner, database=db, cost_model="xgb",
+                measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                + [ProgressCallback(progress, live, echo)],
+                task_scheduler="gradient")
+        except Exception:
+            if progress.lost is not None:
+                n = len(open_database(db_dir))
+                raise DeviceLost(f"the device stopped answering after {progress.trials} trials ({progress.lost}); "
+                                 f"{db_dir} is complete up to the last finished round ({n} records) and a rerun "
+                                 f"continues from there") from None
+            if not progress.all_failed:
+                raise
     finally:
         if live is not None:
             live.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if progress.trials and progress.errors == progress.trials:
+        where = f"the device at {opts.tracker} (key {opts.key})" if opts.tracker else "this machine"
+        raise TuningFailed(
+            f"all {progress.trials} candidates failed to build or run on {where} for {target_name(target)}; "
+            f"the first error: {progress.first_error or 'unknown'}. Check that the device matches --target/--cpu "
+            f"(failed candidates spend none of the --trials budget: a rerun tries again)")
     plot = progress.plot(db_dir / "tuning.png")
     return TuneResult(db_dir, progress, progress.trials, skipped, plot, time.time() - start, seeded)
+
+
+def target_name(target) -> str:
+    attrs = target.attrs
+    return " ".join(str(v) for v in (attrs.get("mtriple", target.kind.name), attrs.get("mcpu", "")) if str(v))

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from graphs import C, assert_matches_onnxruntime, conv, model
-from mobilec.compiler import CompileConfig, TuneConfig, compile_model, tune_model
+from mobilec.compiler import CompileConfig, TuneConfig, compile_model, resolve, tune_model
 from mobilec.rpc import local
 from mobilec.schedules import merge, open_database
 from mobilec.schedules.tuning import DeviceLost, TuneOptions
@@ -31,6 +31,12 @@ def records(db_dir) -> int:
     return len(open_database(db_dir))
 
 
+def host_db() -> str:
+    """The database directory name for ``--target host`` on this machine (its detected CPU)."""
+    host = resolve("host")
+    return f"{host.triple}-{host.cpu}"
+
+
 def test_tune_over_rpc_then_compile_with_the_database(host_device, tmp_path):
     opts = TuneOptions(trials=8, per_round=4, tracker=host_device, key="host-cpu", live=False)
     res = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts))
@@ -38,7 +44,7 @@ def test_tune_over_rpc_then_compile_with_the_database(host_device, tmp_path):
     assert res.seeded == 2 and res.measured == 8 and records(res.database) == 10
     assert all(t.best_ms and t.best_ms > 0 for t in res.progress.tasks)
     assert res.plot and res.plot.stat().st_size > 0
-    assert res.database.name == "x86_64-linux-gnu-core-avx2"
+    assert res.database.name == host_db()
     # a resumed run with the same budget measures nothing new
     again = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts))
     assert again.measured == 0 and again.seeded == 0 and records(res.database) == 10
@@ -50,7 +56,7 @@ def test_merge_databases(host_device, tmp_path):
     for i in range(2):
         opts = TuneOptions(trials=4, per_round=2, tracker=host_device, key="host-cpu", live=False, seed=i)
         tune_model(tiny(), TuneConfig(db=str(tmp_path / f"db{i}"), options=opts))
-    sub = "x86_64-linux-gnu-core-avx2"
+    sub = host_db()
     added = merge([tmp_path / "db0" / sub, tmp_path / "db1" / sub], tmp_path / "merged")
     assert added == records(tmp_path / "merged") == 12  # 4 searched + 2 seeded, from each
 
@@ -69,7 +75,7 @@ def test_server_killed_mid_tuning_leaves_a_usable_database(tmp_path):
 
         t = threading.Thread(target=run)
         t.start()
-        sub = db / "x86_64-linux-gnu-core-avx2"
+        sub = db / host_db()
         deadline = time.time() + 300
         while time.time() < deadline and not ((sub / "database_tuning_record.json").exists() and records(sub) >= 4):
             time.sleep(0.5)

@@ -1,0 +1,199 @@
+"""`mobilec tune` and `mobilec tune-merge` from the command line (in this process, through
+``cli.main``), with tiny graphs and budgets: what a run prints, what it leaves behind, how it
+counts its budget, how it fails, and what a database it wrote does to a build."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import onnx
+import pytest
+
+from graphs import C, conv, model
+from mobilec.cli import main
+from mobilec.compiler import TRIPLES, CompileConfig, compile_model, resolve
+from mobilec.compiler.targets import host_triple
+from mobilec.schedules import open_database
+from mobilec.schedules.database import DatabaseError, FILES
+
+pytestmark = [pytest.mark.tuning]
+
+
+def pw_dw():
+    """A pointwise conv (IHWO-packed weights) then a depthwise conv: two tasks."""
+    n1, i1 = conv("input", "c1", k=1)
+    n2, i2 = conv("c1", "output", group=C, seed=1)
+    return model(n1 + n2, i1 + i2)
+
+
+def host_db() -> str:
+    host = resolve("host")
+    return f"{host.triple}-{host.cpu}"
+
+
+def searched(db_dir) -> int:
+    return sum(1 for r in open_database(db_dir).get_all_tuning_records()
+               if len(r.trace.decisions) and min(float(t) for t in r.run_secs) < 1e9)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tune") / "pw_dw.onnx"
+    onnx.save(pw_dw(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, onnx_file):
+    """A database holding only the seeded default schedules (a run interrupted while seeding),
+    then `mobilec tune --local` run on it with its candidates built in a private temporary
+    directory. Returns (database dir, stdout, private temp dir, return code)."""
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
+    from mobilec.compiler.importer import import_onnx
+    from mobilec.compiler.pipeline import PipelineOptions, run_until
+    from mobilec.compiler.targets import export_function
+    from mobilec.schedules.builder import InProcessBuilder
+    from mobilec.schedules.tuning import TuneOptions, _runner, seed_with_defaults, select_tasks
+
+    base = tmp_path_factory.mktemp("tuned")
+    private = base / "tmp"
+    private.mkdir()
+    host = resolve("host")
+    target = host.tvm_target()
+    db_dir = base / "db" / host_db()
+    mod = run_until(import_onnx(pw_dw()).mod, target, PipelineOptions(), "lower")
+    tasks = select_tasks(extract_tasks(mod, target), all_tasks=False)
+    work = tempfile.mkdtemp(dir=private)
+    seeded = seed_with_defaults(tasks, target, open_database(db_dir), InProcessBuilder(export_function(host.triple), work),
+                                _runner(TuneOptions()))
+    shutil.rmtree(work)
+    assert seeded == 2 and searched(db_dir) == 0
+
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(private)  # what the run creates in "the" temporary directory lands here
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            import io
+            import sys
+
+            out = io.StringIO()
+            mp.setattr(sys, "stdout", out)  # not a terminal: plain progress lines
+            rc = main(["tune", str(onnx_file), "--local", "--trials", "2", "--per-round", "1",
+                       "--db", str(base / "db")])
+    finally:
+        tempfile.tempdir = saved
+    return db_dir, out.getvalue(), private, rc
+
+
+def test_seeded_records_do_not_spend_the_budget(tuned, onnx_file, capsys):
+    db_dir, out, _, rc = tuned
+    # the seeds were there already; the budget of 2 search trials was still measured
+    assert rc == 0, out
+    assert "nothing to measure" not in out and "tuned 2 candidates" in out
+    assert searched(db_dir) == 2
+    # ... and now it is spent: a rerun measures nothing
+    assert main(["tune", str(onnx_file), "--local", "--trials", "2", "--per-round", "1",
+                 "--db", str(db_dir.parent)]) == 0
+    assert "nothing to measure" in capsys.readouterr().out
+
+
+def test_tune_names_kernels_readably_and_prints_plain_lines_off_a_terminal(tuned):
+    _, out, _, _ = tuned
+    assert f"pw 10x10 {C}->{C}" in out and f"dw3x3 10x10 {C}" in out
+    assert "fused_relax" not in out
+    rounds = [line for line in out.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 2, out  # one line per round, no live table reprinted into the log
+    assert "tuning:" not in out  # the live table's title
+
+
+def test_tune_leaves_no_candidates_in_the_temporary_directory(tuned):
+    _, _, private, _ = tuned
+    assert not [p.name for p in private.iterdir() if p.name.startswith("mobilec-")]
+
+
+def test_local_refuses_a_target_this_machine_cannot_run(tmp_path, onnx_file, capsys):
+    host_arch = TRIPLES[host_triple()].arch
+    other = next(t for t, p in TRIPLES.items() if p.arch != host_arch and not t.endswith("android"))
+    rc = main(["tune", str(onnx_file), "--local", "--target", other, "--db", str(tmp_path / "db")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--local" in err and f"cannot run {other} code" in err and "--tracker" in err
+    assert not (tmp_path / "db").exists()  # refused before any work
+
+
+@pytest.mark.rpc
+def test_every_candidate_failing_exits_non_zero_with_the_first_error(tmp_path, onnx_file, capsys):
+    """aarch64 code measured on an x86 device (a wrong --key): nothing can load it."""
+    from mobilec.rpc import local
+
+    other = "aarch64-linux-gnu" if host_triple() != "aarch64-linux-gnu" else "x86_64-linux-gnu"
+    one = tmp_path / "one.onnx"
+    onnx.save(model(*conv("input", "output", k=1)), one)
+    with local.tracker() as tracker, local.server(tracker, "host-cpu"):
+        rc = main(["tune", str(one), "--tracker", tracker, "--key", "host-cpu", "--target", other,
+                   "--trials", "2", "--per-round", "1", "--db", str(tmp_path / "db")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "candidates failed" in err and "Failed to load dynamic shared library" in err
+    assert "stopped answering" not in err  # the device answered: it is not lost
+
+
+def _corrupt(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("logs", "*.png"))
+    with open(dst / FILES[1], "a") as f:
+        f.write('[0, [[["GetSBlock"\n')  # a write cut short
+    return sum(1 for line in open(dst / FILES[1]) if line.strip())
+
+
+def test_tune_merge_checks_every_source_before_writing(tuned, tmp_path, capsys):
+    db_dir, _, _, _ = tuned
+    n = len(open_database(db_dir))
+    assert main(["tune-merge", str(db_dir), str(db_dir), "-o", str(tmp_path / "merged")]) == 0
+    assert f"merged {2 * n} records" in capsys.readouterr().out
+    assert len(open_database(tmp_path / "merged")) == 2 * n
+    before = {f: (tmp_path / "merged" / f).read_bytes() for f in FILES}
+
+    line = _corrupt(db_dir, tmp_path / "bad")
+    for out in (tmp_path / "new", tmp_path / "merged"):
+        rc = main(["tune-merge", str(db_dir), str(tmp_path / "bad"), "-o", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"{tmp_path / 'bad' / FILES[1]}:{line}" in err and "tune-merge" in err
+    assert not (tmp_path / "new").exists()  # no empty database left behind
+    assert {f: (tmp_path / "merged" / f).read_bytes() for f in FILES} == before  # untouched
+    assert not [p for p in tmp_path.iterdir() if ".merge-" in p.name]
+
+
+@pytest.mark.build
+def test_corrupt_tuning_db_is_one_clear_error(tuned, tmp_path):
+    db_dir, _, _, _ = tuned
+    line = _corrupt(db_dir, tmp_path / "bad")
+    with pytest.raises(DatabaseError, match=rf"{FILES[1]}:{line}: not a JSON line .*delete that line"):
+        compile_model(pw_dw(), tmp_path / "m.so", CompileConfig(tuning_db=str(tmp_path / "bad")))
+
+
+@pytest.mark.build
+def test_tuning_db_that_matches_no_kernel_warns_with_the_reason(tuned, tmp_path, caplog):
+    import json
+
+    db_dir, _, _, _ = tuned
+    pw = model(*conv("input", "output", k=1))
+    ok = compile_model(pw_dw(), tmp_path / "ok.so", CompileConfig(tuning_db=str(db_dir)))
+    assert ok.manifest.tuned_kernels == 2 and not ok.warnings
+    # other flags, other kernels: without weight packing the pointwise kernel is another workload
+    res = compile_model(pw, tmp_path / "flags.so", CompileConfig(tuning_db=str(db_dir), default_schedules=False))
+    assert res.manifest.tuned_kernels == 0
+    assert len(res.warnings) == 1 and "0 of 1 kernels matched" in res.warnings[0]
+    assert "other compile flags" in res.warnings[0] and res.warnings[0] in caplog.text
+    # the same kernels, measured on another device: never applied, and said so
+    other = tmp_path / "other"
+    shutil.copytree(db_dir, other, ignore=shutil.ignore_patterns("logs", "*.png"))
+    mine = resolve("host").target
+    lines = [json.loads(line) for line in open(other / FILES[1]) if line.strip()]
+    for rec in lines:
+        rec[1][2].update({"mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
+    (other / FILES[1]).write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    res = compile_model(pw_dw(), tmp_path / "other.so", CompileConfig(tuning_db=str(other)))
+    assert res.manifest.tuned_kernels == 0
+    assert "tuned for aarch64-linux-gnu (cpu cortex-a76)" in res.warnings[0]
+    assert f"this build is for {mine['mtriple']} (cpu {mine['mcpu']})" in res.warnings[0]
