@@ -101,9 +101,8 @@ def cmd_inspect(args) -> int:
 
 def cmd_tune(args) -> int:
     from mobilec.compiler import TuneConfig, tune_model
-    from mobilec.schedules.tuning import TuneOptions
-
     from mobilec.errors import ConfigError
+    from mobilec.schedules.tuning import TuneOptions
 
     if not args.local and not args.tracker:
         raise ConfigError("say where to measure: --tracker HOST:PORT --key KEY, or --local")

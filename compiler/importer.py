@@ -13,6 +13,8 @@ from typing import Optional, Union
 
 import onnx
 
+from mobilec.errors import UserError
+
 RANDOM_OPS = {"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli", "Multinomial"}
 _T = onnx.TensorProto
 DTYPES = {_T.FLOAT: "float32", _T.FLOAT16: "float16", _T.DOUBLE: "float64", _T.BOOL: "bool",
@@ -32,7 +34,7 @@ STATIC_OPERANDS = {
 }
 
 
-class ModelImportError(ValueError):
+class ModelImportError(UserError, ValueError):
     """A model mobilec cannot import, with the reason and the fix."""
 
 

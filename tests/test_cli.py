@@ -110,3 +110,27 @@ def test_bad_num_cores_is_a_user_error(tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(b"x")
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.so"), "--num-cores", "-3"]) == 2
     assert "--num-cores -3: must be 1 or more" in capsys.readouterr().err
+
+
+@pytest.mark.structure
+def test_every_mobilec_error_class_is_a_user_error():
+    """The CLI prints UserErrors as one line and anything else as a bug: every error class a user can
+    cause must be one."""
+    import mobilec.compiler.artifacts
+    import mobilec.compiler.importer
+    import mobilec.compiler.targets
+    import mobilec.frontends.registry
+    import mobilec.frontends.weights
+    import mobilec.rpc.emulate
+    import mobilec.runtime
+    import mobilec.schedules.database
+    import mobilec.schedules.tuning
+    from mobilec.errors import UserError
+
+    modules = [mobilec.compiler.artifacts, mobilec.compiler.importer, mobilec.compiler.targets,
+               mobilec.frontends.registry, mobilec.frontends.weights, mobilec.rpc.emulate, mobilec.runtime,
+               mobilec.runtime.manifest, mobilec.schedules.database, mobilec.schedules.tuning]
+    errors = {f"{m.__name__}.{name}": cls for m in modules for name, cls in vars(m).items()
+              if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == m.__name__}
+    assert len(errors) >= 12
+    assert [name for name, cls in errors.items() if not issubclass(cls, UserError)] == []
