@@ -69,7 +69,15 @@ def _print_report(report: dict) -> None:
                [[r["pattern"], r["node"], r["reason"]] for r in report["refused"]])
 
 
+def _model_file(path: str) -> str:
+    """A missing ONNX file is said at once, before TVM's compiler takes seconds to import."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file" if not Path(path).exists() else f"{path}: not a file")
+    return path
+
+
 def cmd_compile(args) -> int:
+    _model_file(args.model)
     from mobilec.compiler import CompileConfig, compile_model
 
     cfg = CompileConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores,
@@ -90,6 +98,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    _model_file(args.model)
     from mobilec.compiler import inspect_model
 
     ins = inspect_model(args.model, _shapes(args.input_shape))
@@ -100,6 +109,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    _model_file(args.model)
     from mobilec.compiler import TuneConfig, tune_model
     from mobilec.errors import ConfigError
     from mobilec.schedules.tuning import TuneOptions

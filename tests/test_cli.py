@@ -134,3 +134,15 @@ def test_every_mobilec_error_class_is_a_user_error():
               if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == m.__name__}
     assert len(errors) >= 12
     assert [name for name, cls in errors.items() if not issubclass(cls, UserError)] == []
+
+
+@pytest.mark.structure
+@pytest.mark.parametrize("verb", ["inspect", "compile", "tune"])
+def test_a_missing_model_is_said_before_tvm_is_imported(verb, tmp_path):
+    code = ("import sys; from mobilec.cli import main; "
+            f"rc = main([{verb!r}, 'nosuch.onnx'] + {['-o', str(tmp_path / 'x.so')] if verb == 'compile' else []!r}"
+            f" + {['--local'] if verb == 'tune' else []!r}); "
+            "print(rc, 'tvm' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr
+    assert "nosuch.onnx: no such ONNX file" in proc.stderr
