@@ -7,8 +7,9 @@ big.LITTLE system (the cores above the slowest cluster, read from ``cpu_capacity
 ``cpufreq/cpuinfo_max_freq`` in sysfs, as TVM's own kBig mode does).
 
 TVM's pool is per calling thread and its worker count is fixed when the pool is first touched
-(``runtime.config_threadpool`` can then only lower it), so ``configure`` creates it through
-``config_threadpool`` with every allowed core listed first, then narrows it to the request."""
+(``runtime.config_threadpool`` can then only lower it, and the workers left over keep spinning),
+so ``configure`` creates it through ``config_threadpool`` with exactly as many cores listed as
+threads asked for."""
 
 from __future__ import annotations
 
@@ -116,12 +117,17 @@ def configure(tvm, threads: int, cpus: Sequence[int]) -> int:
     want = (threads, tuple(cpus))
     if getattr(_state, "config", None) == want:
         return _state.got
+    # The first call on this thread creates the pool, with one worker per cpu listed; later calls
+    # can only lower the count, and a worker left over from a bigger pool keeps a core busy
+    # spinning (measured: threads=1 in a pool of 2 burned both cores). So list exactly as many
+    # cpus as threads: the first ``threads`` of the chosen ones, shared by the pool's threads.
+    # TVM also pins the calling thread to the listed cpus: give it back the cores it had, so
+    # loading a model never confines the caller's own work.
     config = tvm.get_global_func("runtime.config_threadpool")
-    if not hasattr(_state, "config"):
-        # First touch on this thread: the pool is created here, sized by the cpu list given
-        # (config_threadpool sets the thread's max concurrency first), so list every allowed core.
-        config(_SHARE_ALL_CORES, 0, [str(c) for c in allowed_cpus()])
-    config(_SHARE_ALL_CORES, threads, [str(c) for c in cpus])
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    config(_SHARE_ALL_CORES, threads, [str(c) for c in list(cpus)[:threads]])
+    if mine is not None:
+        os.sched_setaffinity(0, mine)
     got = int(tvm.get_global_func("runtime.NumThreads")())
     if got != threads:
         warnings.warn(f"TVM's thread pool on this thread was created with {plural(got, 'worker')} before mobilec "

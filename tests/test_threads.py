@@ -118,7 +118,9 @@ def test_default_is_every_core_of_the_process_and_workers_really_run(compiled):
 @pytest.mark.build
 def test_threads_argument_and_errors(compiled):
     lib = compiled(NAME).library
+    mine = os.sched_getaffinity(0)
     m = mr.load(lib, threads=1)
+    assert os.sched_getaffinity(0) == mine, "loading a model must not pin the caller to fewer cores"
     assert m.threads == 1 and "1 thread," in repr(m)
     assert m.benchmark(warmup=0, repeat=1)["threads"] == 1
     too_many = len(os.sched_getaffinity(0)) + 1
