@@ -75,12 +75,17 @@ def _die_with_parent() -> None:
         pass
 
 
+# TVM's tracker and server run their loop in a child process of their own (a PopenWorker), which
+# outlives them when they alone are killed. So each runs under a shell that, told to stop (or
+# when mobilec dies), kills the whole process group: the TVM process and everything it started.
+_GROUP_GUARD = ["sh", "-c", 'trap "kill -KILL 0" TERM INT HUP; "$@" & wait $!', "mobilec-rpc"]
+
+
 def start(cmd: Sequence[str], env: Optional[dict] = None, quiet: bool = False) -> subprocess.Popen:
-    """Start a TVM RPC process in its own process group (its session workers join it), tied to
-    this process's life."""
+    """Start a TVM RPC process in its own process group, tied to this process's life."""
     out = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen(list(cmd), env=None if env is None else {**os.environ, **env}, stdout=out, stderr=out,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+    return subprocess.Popen(_GROUP_GUARD + list(cmd), env=None if env is None else {**os.environ, **env},
+                            stdout=out, stderr=out, start_new_session=True, preexec_fn=_die_with_parent)
 
 
 class _Stopped(Exception):

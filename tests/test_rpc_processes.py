@@ -86,9 +86,12 @@ def test_server_dies_with_a_killed_parent():
     try:
         child = psutil.Process(int(parent.stdout.readline()))
         wait_for(lambda: listening(port), 60, "the tracker to listen")
+        started = [child] + child.children(recursive=True)
+        assert len(started) >= 3, "TVM's tracker runs its loop in a worker process of its own"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(10)
-        assert_all_gone([child])
+        assert_all_gone(started)
+        assert not listening(port)
     finally:
         if parent.poll() is None:
             parent.kill()
