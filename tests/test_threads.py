@@ -139,3 +139,35 @@ def test_threads_on_a_device_over_rpc(compiled):
         assert remote.load(lib, threads=1).threads == 1
         with pytest.warns(RuntimeWarning, match="running on 2 threads, not 3 .*TVM_NUM_THREADS=3"):
             assert remote.load(lib, threads=3).threads == 2
+
+
+IDLE = r"""
+import json, os, sys, time
+import numpy as np
+import mobilec.runtime as mr
+
+def cpu_ticks():
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+m = mr.load(sys.argv[1])
+x = np.zeros(m.inputs[0]["shape"], dtype="float32")
+for _ in range(5):
+    m(x)
+before = cpu_ticks()
+time.sleep(0.4)
+print(json.dumps({"idle_ticks": cpu_ticks() - before, "env": "TVM_THREAD_POOL_SPIN_COUNT" in os.environ}))
+"""
+
+
+@pytest.mark.build
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a worker thread besides the caller")
+def test_idle_pool_does_not_burn_a_core(compiled):
+    """TVM's default spin kept a worker busy ~250 ms after every call (24 clock ticks in 0.4 s)."""
+    out = subprocess.run([sys.executable, "-c", IDLE, str(compiled(NAME).library)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert facts["idle_ticks"] <= 8 and not facts["env"], facts
