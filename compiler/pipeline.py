@@ -20,7 +20,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from mobilec.compiler.fusions import RULES, CancelTransposes
-from mobilec.compiler.pack_weights import PackConvWeights
+from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
 from mobilec.compiler.report import FusionReport
 from mobilec.schedules.database import for_target
 from mobilec.schedules.defaults import apply_defaults, is_scheduled
@@ -34,6 +34,7 @@ class PipelineOptions:
     dump_ir: Optional[str] = None
     fuse: bool = True  # False: phase 2 skipped (benchmarks compare fused against unfused)
     default_schedules: bool = True  # False: untuned kernels left to TVM's plain lowering
+    layout: str = "NHWC"  # the activations' layout through the whole network ("NCHW": as imported)
     report: FusionReport = field(default_factory=FusionReport)
     tuned_kernels: int = 0  # set by phase 4: kernels whose schedule came from the database
     kernels: int = 0  # set by phase 4: all kernels (the database could have matched any of them)
@@ -49,6 +50,16 @@ def _dump(directory: Optional[str], index: int, phase: str) -> tvm.transform.Pas
         return mod
 
     return dump if directory else tvm.transform.Sequential([])
+
+
+def _convert_layout(layout: str) -> tvm.transform.Pass:
+    """Every convolution in ``layout`` (NHWC: channels innermost, so each kernel vectorises over
+    channels at any map size); the transposes this leaves around layout-agnostic ops are sunk and
+    cancelled by CancelTransposes, so the network converts once at its input and once where the
+    map is pooled to 1x1."""
+    if layout == "NCHW":
+        return tvm.transform.Sequential([])
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, "HWIO"]})
 
 
 def _count(report: FusionReport) -> tvm.transform.Pass:
@@ -92,13 +103,16 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.FoldConstant(),
+            _convert_layout(opts.layout),
             CancelTransposes(),  # before fusion: transposes would split conv from its epilogue
             relax.transform.FoldConstant(),
             PackConvWeights() if opts.default_schedules else tvm.transform.Sequential([]),
             relax.transform.DeadCodeElimination(),
         ]),
         ("fuse", [fusion if opts.fuse else tvm.transform.Sequential([]), _count(opts.report)]),
-        ("lower", cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)),
+        ("lower", cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target) + [
+            pack_kernel_weights(target) if opts.default_schedules else tvm.transform.Sequential([]),
+        ]),
         ("schedule", [
             _apply_database(opts.tuning_db, target) if opts.tuning_db else tvm.transform.Sequential([]),
             _count_tuned(opts),  # before the defaults: they mark what they schedule the same way

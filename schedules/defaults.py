@@ -133,7 +133,8 @@ def _vectorize_inner(sch: Schedule, block, lanes: int) -> None:
 # the register-tiled reduction
 
 def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None, pad=None,
-          pad_at_channel: bool = False, outer_order: Optional[list[int]] = None, parallel: bool = True) -> None:
+          pad_at_channel: bool = False, outer_order: Optional[list[int]] = None, parallel: bool = True,
+          unroll_reduction: bool = False, parallel_all: bool = False) -> None:
     """``tiles``: one register-tile size per spatial loop of ``block`` (in loop order; 1 = not
     tiled); the last spatial loop is the vectorised one. Result: parallel(leading tile loops) /
     reduction loops / register tile (unrolled, the last loop vectorised), so the accumulator tile
@@ -153,12 +154,16 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
     sch.reorder(*outer, *reduce, *inner)
     # parallel over the leading tile loops; for depthwise only over channels, so each thread
     # stages whole padded planes
-    lead = ([l for l in outer[:(2 if pad_at_channel else -1)] if _extent(sch, l) > 1]
+    lead = (outer if parallel_all else  # all tile loops, unit ones too (they sit between the others)
+            [l for l in outer[:(2 if pad_at_channel else -1)] if _extent(sch, l) > 1]
             or [l for l in outer if _extent(sch, l) > 1][-1:] or outer[:1])  # a GEMV: its one loop
+    anchor = outer[-1]
+    fused_anchor = any(l.same_as(anchor) for l in lead)
     par = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+    if fused_anchor:
+        anchor = par
     if parallel:
         sch.parallel(par)
-    anchor = outer[-1]
     if epilogue is not None:
         sch.reverse_compute_at(epilogue, anchor, preserve_unit_loops=False)
         _vectorize_inner(sch, epilogue, cpu.lanes)
@@ -173,7 +178,7 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
     for loop in inner[:-1]:
         if _extent(sch, loop) > 1:
             sch.unroll(loop)
-    if pad_at_channel:  # depthwise: unrolled taps, so each tap's weight is loaded once per plane
+    if pad_at_channel or unroll_reduction:  # unrolled taps: each tap's weight loaded once per tile
         for loop in reduce:
             if _extent(sch, loop) > 1:
                 sch.unroll(loop)
@@ -291,6 +296,82 @@ def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool
     return f"{'depthwise' if depthwise else 'direct'} {what}"
 
 
+def _pointwise_nhwc_tiles(pixels: int, f: int, k: int, cpu: CpuParams,
+                          vectors: Optional[int] = None) -> tuple[float, int, int]:
+    """(score, pixels, vectors) of the register tile of an NHWC 1x1 conv: pixels across registers
+    (one broadcast input value each), output channels vectorised (one weight load per vector),
+    scored like ``_pointwise_tiles``; accumulators, weight vectors and the broadcast must fit the
+    register file (one spilled accumulator measured 1.8x slower). ``vectors``: fixed by packed
+    weights. (0.0, 1, 0) when no whole vector of channels divides ``f``."""
+    out = []
+    for v in ([vectors] if vectors else [1, 2, 3, 4]):
+        if f % (v * cpu.lanes):
+            continue
+        for rows in _divisors(pixels, (cpu.registers - 1 - v) // v):
+            acc = rows * v
+            score = acc * cpu.lanes / (max(acc, rows + v, LATENCY) + acc / k)
+            out.append((score, rows, v))
+    return max(out) if out else (0.0, 1, 0)
+
+
+def pointwise_weight_block(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> Optional[tuple[int, int]]:
+    """For a kernel that is one NHWC 1x1 conv (plus epilogue): (index of its weight parameter,
+    output channels per packed block), the block being the vector tile its default schedule
+    will use; None for any other kernel. ``PackKernelWeights`` stores the weights [F/block, 1, 1,
+    K, block] so each tile streams its weights contiguously."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    reductions = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if _is_reduction(sch, b)]
+    if len(reductions) != 1 or sch.get(reductions[0]).name_hint != "conv2d_nhwc":
+        return None
+    conv = reductions[0]
+    loops = sch.get_loops(conv)
+    weight = sch.get(conv).reads[1].source
+    if (len(loops) != 7 or len(weight.shape) != 4 or [_extent(sch, l) for l in loops[4:6]] != [1, 1]
+            or not _unit_stride(sch, conv)):
+        return None
+    params = [i for i, v in enumerate(func.params) if v.same_as(weight)]
+    n, y, x, f = (_extent(sch, l) for l in loops[:4])
+    _, _, vectors = _pointwise_nhwc_tiles(x, f, _extent(sch, loops[6]), cpu)
+    return (params[0], vectors * cpu.lanes) if params and vectors else None
+
+
+def _pointwise_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
+    """NHWC 1x1 conv, out[p, f] = sum_c in[p, c] * W[c, f] with p the pixels of the whole map
+    (rows and columns fused, contiguous): pixels across registers, output channels vectorised
+    and stored contiguously. Each thread takes a run of channel tiles and passes every pixel tile
+    over one tile's weights (k x vector, packed contiguously by ``PackKernelWeights``) while they
+    are in L1."""
+    loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
+    n, y, x, f = (_extent(sch, l) for l in loops[:4])
+    k = _extent(sch, loops[6])
+    weight = [int(d) for d in sch.get(block).reads[1].source.shape]
+    packed = weight[-1] // cpu.lanes if len(weight) == 5 else None
+    _, rows, vectors = _pointwise_nhwc_tiles(x, f, k, cpu, packed)
+    cols = vectors * cpu.lanes if vectors else (f if f <= 4 * cpu.lanes else cpu.lanes)
+    # the bigger operand streams through once: the weights (channel tiles outside) or the map
+    # (pixel tiles outside, each writing whole lines of output)
+    order = [0, 3, 1, 2] if k * f >= y * x * k else [0, 1, 2, 3]
+    _tile(sch, block, [1, 1, rows, cols], cpu, epilogue, outer_order=order, parallel_all=True)
+    return f"pointwise {rows} pixels x {cols} channels (NHWC{', packed' if packed else ''})"
+
+
+def _direct_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool) -> str:
+    """NHWC kxk conv (depthwise or full): output channels vectorised (contiguous in the input,
+    the HWIO weights and the output at any map size, any stride), pixels of an output row across
+    registers; the taps unrolled so each tap's weight vector is loaded once per tile. The zero
+    border is a condition on the row and column only (uniform across the vector)."""
+    loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
+    n, y, x, f = (_extent(sch, l) for l in loops[:4])
+    vectors = next((v for v in (2, 1) if f % (v * cpu.lanes) == 0), 0)
+    cols = vectors * cpu.lanes if vectors else (f if f <= 2 * cpu.lanes else cpu.lanes)
+    budget = max(1, (DEPTHWISE_ACCUMULATORS if depthwise else cpu.registers - 4) // max(1, vectors))
+    rows = _row_tile(x, budget)
+    if pad is not None:
+        sch.compute_inline(pad)
+    _tile(sch, block, [1, 1, rows, cols], cpu, epilogue, outer_order=[0, 1, 3, 2], unroll_reduction=True)
+    return f"{'depthwise' if depthwise else 'direct'} {rows} pixels x {cols} channels (NHWC)"
+
+
 def _matmul(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     """Classifier: out[i, j] = sum_k x[i, k] * W[k, j], j contiguous."""
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
@@ -305,9 +386,11 @@ def _se_fc(sch: Schedule, block, cpu: CpuParams) -> None:
     """SE's 1x1 convs on a pooled [1, C, 1, 1] vector: output channels vectorised (IHWO weights),
     the input channel loop outside."""
     loops = sch.get_loops(block)
-    sch.reorder(loops[0], loops[2], loops[3], loops[1])
-    f = _extent(sch, loops[1])
-    k = _extent(sch, loops[4])
+    if _nhwc(sch.get(block).name_hint):  # already n, y, x, f / ry, rx, rc
+        f, k = _extent(sch, loops[3]), _extent(sch, loops[6])
+    else:
+        sch.reorder(loops[0], loops[2], loops[3], loops[1])
+        f, k = _extent(sch, loops[1]), _extent(sch, loops[4])
     # a small FC is not worth a fork-join; a big one streams its weights on every core
     _tile(sch, block, [1, 1, 1, _divisor_tile(f, cpu.lanes, 2)], cpu, parallel=f * k >= 1 << 15)
 
@@ -341,12 +424,35 @@ def _generic(sch: Schedule, cpu: CpuParams, done: set[str] = frozenset()) -> Non
                 sch.vectorize(inner)
             elif _extent(sch, fused) >= cpu.lanes:
                 sch.vectorize(fused)
+        elif kinds[: len(spatial)] == [0] * len(spatial) and _channels_last_reduction(sch, block, cpu):
+            # a pool over NHWC pixels: the pixel loops outside, a vector of channels accumulated
+            reduce = loops[len(spatial):]
+            sch.reorder(*reduce, spatial[-1])
+            _vectorize_inner(sch, block, cpu.lanes)
+            sch.decompose_reduction(block, reduce[0])  # the init copies the vectorised loop
         elif kinds[: len(spatial)] == [0] * len(spatial):
             busy = [l for l in spatial if _extent(sch, l) > 1]
             if busy:
                 fused = sch.fuse(*busy) if len(busy) > 1 else busy[0]
                 if _extent(sch, fused) >= 2 * cpu.cores:
                     sch.parallel(fused)
+
+
+def _nhwc(block_name: str) -> bool:
+    """Whether a conv block is TOPI's NHWC one ("conv2d_nhwc", "group_conv2d_nhwc1", ...)."""
+    return block_name.rstrip("0123456789").endswith("_nhwc")
+
+
+def _channels_last_reduction(sch: Schedule, block, cpu: CpuParams) -> bool:
+    """A reduction whose only spatial axis of more than one element is the innermost index of
+    what it reads (a global pool of an NHWC map): worth vectorising over that axis."""
+    b = sch.get(block)
+    spatial = [iv for iv in b.iter_vars if int(iv.iter_type) == 0]
+    busy = [iv for iv in spatial if int(iv.dom.extent) > 1]
+    if len(busy) != 1 or not busy[0].same_as(spatial[-1]) or int(busy[0].dom.extent) % cpu.lanes:
+        return False
+    last = b.reads[0].region[-1].min if b.reads else None
+    return last is not None and last.same_as(busy[0].var)
 
 
 def _find(sch: Schedule, prefix: str):
@@ -382,14 +488,19 @@ def default_schedule(mod: tvm.IRModule, cpu: CpuParams) -> tuple[Schedule, str]:
     if single_conv:
         conv = reductions[0]
         weight = [int(d) for d in sch.get(conv).reads[1].source.shape]
-        kernel_1x1 = weight[2:] == [1, 1] or weight[1:3] == [1, 1]
+        nhwc = _nhwc(names[0])  # then HWIO weights
+        kernel_1x1 = ([_extent(sch, l) for l in sch.get_loops(conv)[4:6]] == [1, 1] if nhwc  # ry, rx
+                      else weight[2:] == [1, 1] or weight[1:3] == [1, 1])
         depthwise = names[0].startswith("group_conv2d")
         pad = _find(sch, "pad_temp")
         keep = {sch.get(pad).name_hint} if pad is not None and not kernel_1x1 else set()
         _auto_inline(sch, keep)
         epilogue = _epilogue(sch, conv)
         pad = _find(sch, "pad_temp") if keep else None
-        if kernel_1x1 and not depthwise and _unit_stride(sch, conv):
+        if nhwc:
+            how = (_pointwise_nhwc(sch, conv, epilogue, cpu) if kernel_1x1 and not depthwise and _unit_stride(sch, conv)
+                   else _direct_nhwc(sch, conv, epilogue, pad, cpu, depthwise))
+        elif kernel_1x1 and not depthwise and _unit_stride(sch, conv):
             how = _pointwise(sch, conv, epilogue, cpu, ihwo=weight[2:] != [1, 1])
         else:
             how = _direct(sch, conv, epilogue, pad, cpu, depthwise)
@@ -411,6 +522,10 @@ def _is_se_fc(sch: Schedule, block) -> bool:
     b = sch.get(block)
     out = [int(d) for d in b.writes[0].source.shape]
     weight = [int(d) for d in b.reads[-1].source.shape]
+    if _nhwc(b.name_hint):  # HWIO weights, read after FC1's inlined bias and ReLU
+        weights = [[int(d) for d in r.source.shape] for r in b.reads]
+        return (b.name_hint.startswith("conv2d") and out[1:3] == [1, 1]
+                and any(len(w) == 4 and w[:2] == [1, 1] and w[3] == out[3] for w in weights))
     return (b.name_hint.startswith("conv2d") and out[2:] == [1, 1] and len(weight) == 4
             and weight[1:3] == [1, 1] and len(sch.get_loops(block)) == 7)
 
@@ -418,7 +533,7 @@ def _is_se_fc(sch: Schedule, block) -> bool:
 def _unit_stride(sch: Schedule, conv) -> bool:
     out = [int(d) for d in sch.get(conv).writes[0].source.shape]
     src = [int(d) for d in sch.get(conv).reads[0].source.shape]
-    return out[2:] == src[2:]
+    return out[1:3] == src[1:3] if _nhwc(sch.get(conv).name_hint) else out[2:] == src[2:]
 
 
 def summarize(kernels: dict[str, str]) -> dict:

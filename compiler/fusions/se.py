@@ -18,11 +18,14 @@ from mobilec.compiler.fusions.base import Rule, op, optional_bias
 
 
 def _maybe_reshape(y: DFPattern) -> DFPattern:
-    return y | op("reshape", y, wildcard()) | op("squeeze", y) | op("expand_dims", y)
+    # permute_dims: the NHWC convs' [1, 1, 1, C] gate moved back to an NCHW map (layout conversion)
+    return (y | op("reshape", y, wildcard()) | op("squeeze", y) | op("expand_dims", y)
+            | op("permute_dims", y))
 
 
 def _fc(y: DFPattern) -> DFPattern:
-    return optional_bias(op("nn.conv2d", y, is_const()) | op("matmul", _maybe_reshape(y), is_const()))
+    return optional_bias(op("nn.conv2d", y | op("permute_dims", y), is_const())
+                         | op("matmul", _maybe_reshape(y), is_const()))
 
 
 _x = wildcard()
