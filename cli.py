@@ -82,7 +82,7 @@ def cmd_compile(args) -> int:
 
     cfg = CompileConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores,
                         input_shapes=_shapes(args.input_shape), tuning_db=args.tuning_db, dump_ir=args.dump_ir,
-                        fuse=not args.no_fuse, default_schedules=not args.no_default_schedules)
+                        fuse=not args.no_fuse, default_schedules=not args.no_default_schedules, layout=args.layout)
     res = compile_model(args.model, args.output, cfg)
     m = res.manifest
     print(f"wrote {res.library} and {res.library.with_suffix('.json')} in {res.seconds:.1f} s: "
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-default-schedules", action="store_true",
                            help="leave kernels the tuning database lacks to TVM's plain lowering (slow; "
                                 "for comparison)")
+            p.add_argument("--layout", choices=["NHWC", "NCHW"], default="NHWC",
+                           help="the activations' layout through the network (NCHW: as imported, for comparison)")
         p.set_defaults(func=cmd_compile if verb == "compile" else cmd_inspect)
 
     p = sub.add_parser("tune", help="tune the convolution kernels with MetaSchedule, measured on the device")

@@ -10,6 +10,7 @@ from typing import Optional, Union
 import onnx
 
 from mobilec import __version__
+from mobilec.errors import ConfigError
 from mobilec.compiler.artifacts import check_output, write_pair
 from mobilec.compiler.importer import import_onnx
 from mobilec.compiler.pipeline import PipelineOptions, pipeline, run_until
@@ -29,6 +30,13 @@ class CompileConfig:
     dump_ir: Optional[str] = None
     fuse: bool = True
     default_schedules: bool = True  # False: kernels the database lacks get TVM's plain lowering
+    layout: str = "NHWC"  # the activations' layout through the network; "NCHW": as imported (for comparison)
+
+    def __post_init__(self):
+        from mobilec.compiler.pipeline import LAYOUTS
+
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
 
 
 @dataclass
@@ -53,7 +61,8 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
     db = _tuning_database(cfg.tuning_db, resolved.triple, resolved.cpu) if cfg.tuning_db else None
     imported = import_onnx(model, cfg.input_shapes)
     target = resolved.tvm_target()
-    opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules)
+    opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules,
+                           layout=cfg.layout)
     ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipeline(target, opts))
     warnings = [_unmatched_database(db, opts, resolved)] if db and not opts.tuned_kernels else []
 

@@ -1,9 +1,11 @@
 """The one mobilec Relax pipeline, used by every build. Read top to bottom; phases are named.
 
-  Phase 1 canonicalize  exporters' leftovers removed: BN decomposed, constants folded,
-                        NHWC transpose pairs cancelled, pointwise weights pre-packed
+  Phase 1 canonicalize  exporters' leftovers removed: BN decomposed, constants folded; every
+                        convolution converted to NHWC and the transposes this leaves (and those
+                        NHWC exporters leave) cancelled, so the network converts once at its input
   Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid)
-  Phase 3 lower         ops to TIR; what no rule claimed is fused by TVM's generic FuseOps
+  Phase 3 lower         ops to TIR; what no rule claimed is fused by TVM's generic FuseOps;
+                        pointwise weights packed per vector tile (folded at compile time)
   Phase 4 schedule      kernels from the tuning database where it has them, mobilec's default
                         schedules for the rest (schedules/defaults.py)
   Phase 5 finalize      TVM's CPU dataflow lowering and VM finalization
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -20,12 +23,14 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from mobilec.compiler.fusions import RULES, CancelTransposes
+from mobilec.errors import ConfigError
 from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
 from mobilec.compiler.report import FusionReport
 from mobilec.schedules.database import for_target
 from mobilec.schedules.defaults import apply_defaults, is_scheduled
 
 PIPELINE_NAME = "mobilec"
+log = logging.getLogger("mobilec.compiler")
 
 
 @dataclass
@@ -52,14 +57,44 @@ def _dump(directory: Optional[str], index: int, phase: str) -> tvm.transform.Pas
     return dump if directory else tvm.transform.Sequential([])
 
 
+LAYOUTS = ("NHWC", "NCHW")
+
+
 def _convert_layout(layout: str) -> tvm.transform.Pass:
     """Every convolution in ``layout`` (NHWC: channels innermost, so each kernel vectorises over
     channels at any map size); the transposes this leaves around layout-agnostic ops are sunk and
     cancelled by CancelTransposes, so the network converts once at its input and once where the
-    map is pooled to 1x1."""
-    if layout == "NCHW":
-        return tvm.transform.Sequential([])
-    return relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, "HWIO"]})
+    map is pooled to 1x1. A graph with no NCHW convolution is left alone, and so is one TVM's
+    layout pass cannot convert (logged): its kernels run as imported."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+
+    @tvm.transform.module_pass(opt_level=0, name="mobilec.ConvertLayout")
+    def convert(mod, _ctx):
+        if layout == "NCHW" or not _has_nchw_conv(mod):
+            return mod
+        try:
+            return relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, "HWIO"]})(mod)
+        except tvm.TVMError as e:
+            log.warning("kept the imported NCHW layout: TVM's ConvertLayout failed (%s)",
+                        str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+            return mod
+
+    return convert
+
+
+def _has_nchw_conv(mod: tvm.IRModule) -> bool:
+    found = []
+
+    def visit(expr):
+        if (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.nn.conv2d"
+                and expr.attrs.data_layout == "NCHW"):
+            found.append(expr)
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return bool(found)
 
 
 def _count(report: FusionReport) -> tvm.transform.Pass:
@@ -105,6 +140,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             relax.transform.FoldConstant(),
             _convert_layout(opts.layout),
             CancelTransposes(),  # before fusion: transposes would split conv from its epilogue
+            relax.transform.EliminateCommonSubexpr(),  # one transpose of an input read twice
             relax.transform.FoldConstant(),
             PackConvWeights() if opts.default_schedules else tvm.transform.Sequential([]),
             relax.transform.DeadCodeElimination(),

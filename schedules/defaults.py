@@ -3,22 +3,27 @@
 Every kernel a MobileNet is made of is a reduction block with an elementwise epilogue, so one
 register-tiled loop nest covers them all; what differs per kernel is which output axis is
 vectorised ("cols", contiguous in memory), which is unrolled across registers ("rows"), and where
-the padded input is staged:
+the padded input comes from. The pipeline runs the network in NHWC (channels innermost), where
+every kernel vectorises over channels at any map size:
 
-  kernel            rows x cols (vector)          reduction     padding staged
+  kernel (NHWC)     rows x cols (vector)          reduction     padding
+  pointwise         pixels of a row x out ch.     in channels   -      (weights packed [F/v, K, v])
+  depthwise kxk     pixels of a row x channels    ky, kx        a row/column condition per tap
+  stem / any conv   pixels of a row x out ch.     ky, kx, ci    a row/column condition per tap
+  classifier        batch x out features          in features   -
+  SE, pools, rest   pools: pixels outside, a vector of channels; elementwise: fused, vectorised
+
+The imported NCHW layout (``layout="NCHW"``, for comparison) keeps the earlier kernels:
+
   pointwise, big    out channels x pixels         in channels   -
   pointwise, small  pixels x out channels (IHWO)  in channels   -
   depthwise kxk     output rows x output row      ky, kx        per channel, in cache
   stem / any conv   out channels x output row     ci, ky, kx    whole input, once
   (stride 2: the staged input is stored with even and odd columns apart, so taps load contiguously)
-  classifier        batch x out features          in features   -
-  SE, pools, rest   fused spatial loops parallel and vectorised
 
-Pointwise weights are stored IHWO (``PackConvWeights``, a compile-time transpose of the constant)
-so the output-channel axis is contiguous and loads as a vector when the spatial map is too small
-to vectorise (14x14, 7x7). Tile sizes come from the target: lanes per vector register, register
-count and core count (``CpuParams``). A kernel the tuning database has a record for keeps the
-tuned schedule; these apply only where it has none.
+Tile sizes come from the target: lanes per vector register, register count and core count
+(``CpuParams``). A kernel the tuning database has a record for keeps the tuned schedule; these
+apply only where it has none.
 """
 
 from __future__ import annotations

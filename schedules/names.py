@@ -14,7 +14,7 @@ from typing import Optional
 import tvm
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.defaults import _is_reduction, _is_se_fc
+from mobilec.schedules.defaults import _is_reduction, _is_se_fc, _nhwc
 
 
 def _kind(node) -> str:
@@ -33,6 +33,11 @@ def _source(sch: Schedule, block) -> list[int]:
         if p.writes and p.writes[0].source.same_as(src) and p.reads and not _is_reduction(sch, producer):
             return _shape(p.reads[0].source)
     return _shape(src)
+
+
+def _nchw(shape: list[int]) -> list[int]:
+    n, h, w, c = shape
+    return [n, c, h, w]
 
 
 def _const(node) -> Optional[float]:
@@ -111,7 +116,8 @@ def _name(mod: tvm.IRModule) -> Optional[str]:
     names = [sch.get(b).name_hint for b in reductions]
     convs = [b for b, n in zip(reductions, names) if n.startswith(("conv2d", "group_conv2d"))]
     if convs and any(_is_se_fc(sch, b) for b in convs):
-        n, c, h, w = _shape(sch.get(reductions[0]).reads[0].source)  # the pool's input
+        pooled = _shape(sch.get(reductions[0]).reads[0].source)  # the pool's input
+        n, c, h, w = _nchw(pooled) if _nhwc(sch.get(convs[0]).name_hint) else pooled
         return f"se {h}x{w} {c}"
     if len(reductions) != 1:
         return None
@@ -127,6 +133,10 @@ def _name(mod: tvm.IRModule) -> Optional[str]:
         return None
     src = _source(sch, block)
     weight = _shape(sch.get(block).reads[1].source)
+    if _nhwc(names[0]):  # NHWC data; HWIO weights, or packed [O/b, H, W, I, b]
+        src, out = _nchw(src), _nchw(out)
+        hw = weight[1:3] if len(weight) == 5 else weight[:2]
+        weight = [out[1], weight[-2] if len(weight) == 5 else weight[2]] + hw  # as OIHW
     cin, h, w = src[1], src[2], src[3]
     cout = out[1]
     stride = max(1, round(h / out[2])) if out[2] else 1

@@ -1,15 +1,18 @@
 """Cancel the transpose pairs NHWC exporters (tf2onnx, Keras) leave around every convolution.
 
   T_q(T_p(x))              -> x            if q∘p is the identity, else T_{q∘p}(x)
+  T_id(x)                  -> x
   f(T_p(x))                -> T_p(f(x))    f elementwise unary (relu, clip, sigmoid, ...)
   g(T_p(x), c)             -> T_p(g(x, c')) g elementwise binary, c a constant (c' = c permuted back)
   g(T_p(a), T_p(b))        -> T_p(g(a, b))
+  g(a, T_p(b))             -> T_p(g(T_p^-1(a), b))   a a graph input whose T_p^-1 exists already
 Sinking runs to a fixed point, so the transposes around a chain of elementwise ops meet and cancel.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
@@ -46,7 +49,28 @@ def _constant_through(c: Constant, perm: list[int], rank: int) -> Constant | Non
     return relax.const(np.ascontiguousarray(np.transpose(full, _inverse(perm))), str(arr.dtype))
 
 
-def _rules():
+def _input_transposes(func: relax.Function) -> list:
+    """(graph input, permutation) of every transpose of a graph input in ``func``."""
+    found = []
+
+    def visit(expr):
+        if (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.permute_dims"
+                and _is_param(expr.args[0])):
+            found.append((expr.args[0], _perm(expr, _rank(expr.args[0]))))
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return found
+
+
+def _is_param(expr) -> bool:
+    """A graph input (a function parameter: a Var that no dataflow binding defines). Transposing
+    it into the layout of the other operand costs the same one transpose as transposing the
+    result back, and the convolutions reading it already carry that transpose (deduplicated by
+    common-subexpression elimination), so a residual add on the input still fuses."""
+    return isinstance(expr, relax.Var) and not isinstance(expr, relax.DataflowVar)
+
+
+def _rules(transposed=()):
     """(pattern, rewriter) pairs; rewriters read matched sub-expressions from ``m`` (call.args
     hold the bound variables, not the values)."""
     T = is_op("relax.permute_dims")
@@ -61,6 +85,11 @@ def _rules():
         return m[x] if composed == list(range(rank)) else _T(m[x], composed)
 
     yield outer, fold_pair
+
+    def drop_identity(call, m):  # T_id(x) -> x (left where a pair composed to the identity)
+        return m[x] if _perm(call, _rank(m[x])) == list(range(_rank(m[x]))) else call
+
+    yield inner, drop_identity
 
     for name in _UNARY:
         t = T(x)
@@ -97,6 +126,20 @@ def _rules():
 
         yield pat2, sink_both
 
+        a, tb2 = wildcard(), T(y)
+
+        def sink_past_input(call, m, a=a, tb=tb2):  # g(a, T_p(b)) -> T_p(g(T_p^-1(a), b)), a an input
+            if not _is_param(m[a]) or _rank(m[a]) != _rank(m[y]):
+                return call
+            perm = _perm(m[tb], _rank(m[y]))
+            if not any(v.same_as(m[a]) and p == _inverse(perm) for v, p in transposed):
+                return call  # only where that transpose of the input exists already: then it is free
+            args = [_T(m[a], _inverse(perm)), m[y]]
+            return _T(relax.Call(call.op, args if call.args[0].same_as(m[a]) else args[::-1], call.attrs), perm)
+
+        yield is_op(f"relax.{name}")(a, tb2), sink_past_input
+        yield is_op(f"relax.{name}")(tb2, a), sink_past_input
+
 
 @relax.transform.function_pass(opt_level=0, name="mobilec.CancelTransposes")
 class CancelTransposes:
@@ -113,9 +156,9 @@ class CancelTransposes:
                 return new
             return rewrite
 
-        rules = [(p, counted(r)) for p, r in _rules()]
         for _ in range(MAX_ROUNDS):
             changed = 0
+            rules = [(p, counted(r)) for p, r in _rules(_input_transposes(func))]
             for pattern, rewriter in rules:
                 func = rewrite_call(pattern, rewriter, func)
             if not changed:

@@ -1,0 +1,65 @@
+"""One layout for the whole network: convolutions converted to NHWC once, the transposes around
+layout-agnostic ops cancelled, pointwise weights packed per vector tile at compile time; the
+imported NCHW layout still builds and matches (``layout="NCHW"``)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from graphs import assert_matches_onnxruntime
+from test_default_schedules import _depthwise, _pointwise, kernel_zoo
+
+
+@pytest.mark.structure
+@pytest.mark.parametrize("lanes,registers", [(8, 16), (4, 32), (4, 16), (16, 32)])
+def test_nhwc_pointwise_tiles_fit_the_register_file_and_divide_the_axes(lanes, registers):
+    from mobilec.schedules.defaults import CpuParams, _pointwise_nhwc_tiles
+
+    cpu = CpuParams(lanes, registers, 2)
+    for f, x, k in itertools.product((16, 24, 40, 72, 120, 160, 672, 960), (7, 14, 28, 56, 112), (16, 96, 960)):
+        score, rows, vectors = _pointwise_nhwc_tiles(x, f, k, cpu)
+        if f % lanes:  # no whole vector of channels: the schedule takes the row of channels whole
+            assert (score, rows, vectors) == (0.0, 1, 0)
+            continue
+        assert vectors and f % (vectors * lanes) == 0 and x % rows == 0, (f, x, rows, vectors)
+        assert rows * vectors + vectors + 1 <= registers, (f, x, rows, vectors)  # no spilled accumulator
+        assert score > 0
+    assert _pointwise_nhwc_tiles(7, 12, 16, CpuParams(8, 16, 2)) == (0.0, 1, 0)  # no whole vector of channels
+
+
+@pytest.mark.build
+def test_network_converts_layout_once_and_packs_pointwise_weights(exported):
+    import tvm
+
+    from mobilec.compiler.importer import import_onnx
+    from mobilec.compiler.pipeline import PipelineOptions, run_until
+    from mobilec.compiler.targets import resolve
+
+    target = resolve("host", None, 2).tvm_target()
+    imp = import_onnx(exported("mobilenet_v3_small"), {})
+    fused = run_until(imp.mod, target, PipelineOptions(), "fuse")
+    # the input into NHWC, and the pooled 1x1 map back before the classifier's reshape
+    assert fused["main"].script().count("R.permute_dims(") == 2
+    lowered = run_until(imp.mod, target, PipelineOptions(), "lower")
+    kernels = [f for _, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    packed = [f for f in kernels if any(len(p.shape) == 5 for p in f.ty.params)]
+    pointwise = [f for f in kernels if "conv2d_nhwc" in f.script() and "group_conv2d" not in f.script()
+                 and "_red" not in f.script()]
+    assert packed and len(packed) >= len(pointwise) - 1, (len(packed), len(pointwise))  # the stem is 3x3
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("build", [kernel_zoo, lambda: _pointwise(7, 32, 48), lambda: _depthwise(14, 24, 5, 2)],
+                         ids=["zoo", "pointwise", "depthwise"])
+def test_imported_nchw_layout_still_builds_and_matches(build, tmp_path):
+    res = assert_matches_onnxruntime(build(), tmp_path, layout="NCHW")
+    assert "unscheduled" not in res.manifest.default_schedules
+
+
+@pytest.mark.build
+def test_unknown_layout_is_a_config_error(tmp_path):
+    from mobilec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="NHWC, NCHW"):
+        assert_matches_onnxruntime(_pointwise(7, 8, 8), tmp_path, layout="NCHW8c")
