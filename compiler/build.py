@@ -10,10 +10,9 @@ from typing import Optional, Union
 import onnx
 
 from mobilec import __version__
-from mobilec.errors import ConfigError
 from mobilec.compiler.artifacts import check_output, write_pair
 from mobilec.compiler.importer import import_onnx
-from mobilec.compiler.pipeline import PipelineOptions, pipeline, run_until
+from mobilec.compiler.pipeline import PipelineOptions, check_layout, pipeline, run_until
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.targets import TargetError, export_function, resolve
 from mobilec.runtime.manifest import Manifest, elf_header, sha256
@@ -33,10 +32,7 @@ class CompileConfig:
     layout: str = "NHWC"  # the activations' layout through the network; "NCHW": as imported (for comparison)
 
     def __post_init__(self):
-        from mobilec.compiler.pipeline import LAYOUTS
-
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
+        check_layout(self.layout)  # before the long work
 
 
 @dataclass

@@ -1,20 +1,27 @@
-"""Pre-pack pointwise convolution weights at compile time (OIHW -> IHWO).
+"""Pre-pack pointwise convolution weights at compile time.
+
+NCHW graphs (``layout="NCHW"``), at the Relax level (``PackConvWeights``):
 
   conv2d(x, W[O,I,1,1], kernel_layout=OIHW) -> conv2d(x, W'[I,1,1,O], kernel_layout=IHWO)
 
 W' is the constant transposed once, here, so the default pointwise schedule
 (``mobilec.schedules.defaults``) loads a vector of output channels with one contiguous load when
-the spatial map is too small to vectorise. The data layout stays NCHW.
+the spatial map is too small to vectorise.
+
+NHWC kernels, after lowering (``pack_kernel_weights``): HWIO -> [O/b, 1, 1, I, b], b the
+schedule's vector tile.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from mobilec.compiler.fusions.base import const_array
+from mobilec.schedules.defaults import CpuParams, is_scheduled, pointwise_weight_block
 
 _PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const())
 
@@ -41,23 +48,18 @@ class PackConvWeights:
         return rewrite_call(_PATTERN, _pack, func)
 
 
-def pack_kernel_weights(target) -> "tvm.transform.Pass":
+def pack_kernel_weights(target: tvm.target.Target) -> tvm.transform.Pass:
     """NHWC pointwise kernels read their weights packed [F/b, 1, 1, K, b], b the output channels
     of the default schedule's vector tile, so each tile streams its weights from one contiguous
     run instead of K rows of the HWIO matrix (measured: half of a 64-byte line used per row, and
     far slower with the weights cold, as they are inside a network). The kernel's weight buffer
     is re-laid out in TIR and every call site gets a ``layout_transform`` of its constant, which
     FoldConstant evaluates here, at compile time."""
-    import tvm
-    from tvm.s_tir import Schedule
-
-    from mobilec.schedules.defaults import CpuParams, is_scheduled, pointwise_weight_block
-
     cpu = CpuParams.from_target(target)
 
     def pack(func, param: int, block: int):
         index_map = tvm.tirx.IndexMap.from_func(lambda h, w, i, o: (o // block, h, w, i, o % block))
-        sch = Schedule(tvm.IRModule({"main": func}))
+        sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
         conv = sch.get_sblock("conv2d_nhwc")
         sch.transform_layout(conv, ("read", 1), index_map)
         return sch.mod["main"], index_map

@@ -60,14 +60,18 @@ def _dump(directory: Optional[str], index: int, phase: str) -> tvm.transform.Pas
 LAYOUTS = ("NHWC", "NCHW")
 
 
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+
+
 def _convert_layout(layout: str) -> tvm.transform.Pass:
     """Every convolution in ``layout`` (NHWC: channels innermost, so each kernel vectorises over
     channels at any map size); the transposes this leaves around layout-agnostic ops are sunk and
     cancelled by CancelTransposes, so the network converts once at its input and once where the
     map is pooled to 1x1. A graph with no NCHW convolution is left alone, and so is one TVM's
     layout pass cannot convert (logged): its kernels run as imported."""
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    check_layout(layout)
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.ConvertLayout")
     def convert(mod, _ctx):

@@ -301,10 +301,10 @@ def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool
     return f"{'depthwise' if depthwise else 'direct'} {what}"
 
 
-def _pointwise_nhwc_tiles(pixels: int, f: int, k: int, cpu: CpuParams,
+def _pointwise_nhwc_tiles(row: int, f: int, k: int, cpu: CpuParams,
                           vectors: Optional[int] = None) -> tuple[float, int, int]:
-    """(score, pixels, vectors) of the register tile of an NHWC 1x1 conv: pixels across registers
-    (one broadcast input value each), output channels vectorised (one weight load per vector),
+    """(score, pixels, vectors) of the register tile of an NHWC 1x1 conv: pixels of a ``row``
+    across registers (one broadcast input value each), output channels vectorised (one weight load per vector),
     scored like ``_pointwise_tiles``; accumulators, weight vectors and the broadcast must fit the
     register file (one spilled accumulator measured 1.8x slower). ``vectors``: fixed by packed
     weights. (0.0, 1, 0) when no whole vector of channels divides ``f``."""
@@ -312,7 +312,7 @@ def _pointwise_nhwc_tiles(pixels: int, f: int, k: int, cpu: CpuParams,
     for v in ([vectors] if vectors else [1, 2, 3, 4]):
         if f % (v * cpu.lanes):
             continue
-        for rows in _divisors(pixels, (cpu.registers - 1 - v) // v):
+        for rows in _divisors(row, (cpu.registers - 1 - v) // v):
             acc = rows * v
             score = acc * cpu.lanes / (max(acc, rows + v, LATENCY) + acc / k)
             out.append((score, rows, v))
@@ -322,7 +322,7 @@ def _pointwise_nhwc_tiles(pixels: int, f: int, k: int, cpu: CpuParams,
 def pointwise_weight_block(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> Optional[tuple[int, int]]:
     """For a kernel that is one NHWC 1x1 conv (plus epilogue): (index of its weight parameter,
     output channels per packed block), the block being the vector tile its default schedule
-    will use; None for any other kernel. ``PackKernelWeights`` stores the weights [F/block, 1, 1,
+    will use; None for any other kernel. ``pack_kernel_weights`` stores the weights [F/block, 1, 1,
     K, block] so each tile streams its weights contiguously."""
     sch = Schedule(tvm.IRModule({"main": func}))
     reductions = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if _is_reduction(sch, b)]
@@ -341,11 +341,11 @@ def pointwise_weight_block(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> Optional[
 
 
 def _pointwise_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
-    """NHWC 1x1 conv, out[p, f] = sum_c in[p, c] * W[c, f] with p the pixels of the whole map
-    (rows and columns fused, contiguous): pixels across registers, output channels vectorised
-    and stored contiguously. Each thread takes a run of channel tiles and passes every pixel tile
-    over one tile's weights (k x vector, packed contiguously by ``PackKernelWeights``) while they
-    are in L1."""
+    """NHWC 1x1 conv, out[y, x, f] = sum_c in[y, x, c] * W[c, f]: pixels of a row across
+    registers (row tiles: a tile over the fused pixel index costs a div/mod per tile, measured 2x
+    on 112x112), output channels vectorised and stored contiguously, the weights of a channel
+    tile packed contiguously by ``pack_kernel_weights``. Every tile is a parallel task; the
+    larger of weights and map is walked once, in the outer loop."""
     loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
     n, y, x, f = (_extent(sch, l) for l in loops[:4])
     k = _extent(sch, loops[6])
@@ -355,7 +355,7 @@ def _pointwise_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     cols = vectors * cpu.lanes if vectors else (f if f <= 4 * cpu.lanes else cpu.lanes)
     # the bigger operand streams through once: the weights (channel tiles outside) or the map
     # (pixel tiles outside, each writing whole lines of output)
-    order = [0, 3, 1, 2] if k * f >= y * x * k else [0, 1, 2, 3]
+    order = [0, 3, 1, 2] if f >= y * x else [0, 1, 2, 3]  # weights k*f against map y*x*k
     _tile(sch, block, [1, 1, rows, cols], cpu, epilogue, outer_order=order, parallel_all=True)
     return f"pointwise {rows} pixels x {cols} channels (NHWC{', packed' if packed else ''})"
 
@@ -526,11 +526,11 @@ def _is_se_fc(sch: Schedule, block) -> bool:
     """A 1x1 conv on a 1x1 map with IHWO weights (what SE's FCs are after weight packing)."""
     b = sch.get(block)
     out = [int(d) for d in b.writes[0].source.shape]
-    weight = [int(d) for d in b.reads[-1].source.shape]
     if _nhwc(b.name_hint):  # HWIO weights, read after FC1's inlined bias and ReLU
         weights = [[int(d) for d in r.source.shape] for r in b.reads]
         return (b.name_hint.startswith("conv2d") and out[1:3] == [1, 1]
                 and any(len(w) == 4 and w[:2] == [1, 1] and w[3] == out[3] for w in weights))
+    weight = [int(d) for d in b.reads[-1].source.shape]
     return (b.name_hint.startswith("conv2d") and out[2:] == [1, 1] and len(weight) == 4
             and weight[1:3] == [1, 1] and len(sch.get_loops(block)) == 7)
 
