@@ -8,8 +8,8 @@ W' is the constant transposed once, here, so the default pointwise schedule
 (``mobilec.schedules.defaults``) loads a vector of output channels with one contiguous load when
 the spatial map is too small to vectorise.
 
-NHWC kernels, after lowering (``pack_kernel_weights``): HWIO -> [O/b, 1, 1, I, b], b the
-schedule's vector tile.
+After lowering (``pack_kernel_weights``): NHWC pointwise and SE weights HWIO -> [O/b, 1, 1, I, b],
+classifier weights [K, N] -> [N/b, K, b], b the schedule's vector tile.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tvm.ir.expr import Constant
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from mobilec.compiler.fusions.base import const_array
-from mobilec.schedules.defaults import CpuParams, is_scheduled, pointwise_weight_block
+from mobilec.schedules.defaults import CpuParams, is_scheduled, weight_packing
 
 _PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const())
 
@@ -49,32 +49,35 @@ class PackConvWeights:
 
 
 def pack_kernel_weights(target: tvm.target.Target) -> tvm.transform.Pass:
-    """NHWC pointwise kernels read their weights packed [F/b, 1, 1, K, b], b the output channels
-    of the default schedule's vector tile, so each tile streams its weights from one contiguous
-    run instead of K rows of the HWIO matrix (measured: half of a 64-byte line used per row, and
-    far slower with the weights cold, as they are inside a network). The kernel's weight buffer
-    is re-laid out in TIR and every call site gets a ``layout_transform`` of its constant, which
-    FoldConstant evaluates here, at compile time."""
+    """Kernels read their weights packed as ``weight_packing`` plans (NHWC pointwise convs,
+    classifiers, SE's FCs: the output features of one vector tile contiguous, [N/b, .., K, b]),
+    so each tile streams its weights from one contiguous run instead of K rows of the weight
+    matrix (measured: half of a 64-byte line used per row, and far slower with the weights cold,
+    as they are inside a network). The kernel's weight buffers are re-laid out in TIR and every
+    call site gets a ``layout_transform`` of its constant, which FoldConstant evaluates here, at
+    compile time."""
     cpu = CpuParams.from_target(target)
 
-    def pack(func, param: int, block: int):
-        index_map = tvm.tirx.IndexMap.from_func(lambda h, w, i, o: (o // block, h, w, i, o % block))
+    def pack(func, plans):
         sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
-        conv = sch.get_sblock("conv2d_nhwc")
-        sch.transform_layout(conv, ("read", 1), index_map)
-        return sch.mod["main"], index_map
+        maps = {}
+        for plan in plans:
+            index_map = plan.index_map(len(func.ty.params[plan.param].shape))
+            sch.transform_layout(sch.get_sblock(plan.block), ("read", plan.read), index_map)
+            maps[plan.param] = index_map
+        return sch.mod["main"], maps
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.PackKernelWeights")
     def run(mod, _ctx):
         bb = relax.BlockBuilder(mod)
-        packed = {}  # old kernel -> (new kernel, weight parameter, index map)
+        packed = {}  # old kernel -> (new kernel, {weight parameter: index map})
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
                 continue
-            plan = pointwise_weight_block(func, cpu)
-            if plan is not None:
-                new_func, index_map = pack(func, *plan)
-                packed[gv] = (bb.add_func(new_func, gv.name_hint), plan[0], index_map)
+            plans = weight_packing(func, cpu)
+            if plans:
+                new_func, maps = pack(func, plans)
+                packed[gv] = (bb.add_func(new_func, gv.name_hint), maps)
         if not packed:
             return mod
         call_tir = tvm.ir.Op.get("relax.call_tir")
@@ -85,9 +88,10 @@ def pack_kernel_weights(target: tvm.target.Target) -> tvm.transform.Pass:
                 call = super().visit_call_(call)
                 if not (call.op.same_as(call_tir) and call.args[0] in packed):
                     return call
-                kernel, param, index_map = packed[call.args[0]]
+                kernel, maps = packed[call.args[0]]
                 args = list(call.args[1].fields)
-                args[param] = relax.op.layout_transform(args[param], index_map)
+                for param, index_map in maps.items():
+                    args[param] = relax.op.layout_transform(args[param], index_map)
                 return relax.Call(call_tir, [kernel, relax.Tuple(args)] + list(call.args[2:]), call.attrs,
                                   call.ty_args)
 

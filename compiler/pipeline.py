@@ -4,7 +4,8 @@
                         convolution converted to NHWC and the transposes this leaves (and those
                         NHWC exporters leave) cancelled, so the network converts once at its input
   Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid)
-  Phase 3 lower         ops to TIR; what no rule claimed is fused by TVM's generic FuseOps;
+  Phase 3 lower         ops to TIR (bilinear resizes as two 1-D passes); what no rule claimed is
+                        fused by TVM's generic FuseOps;
                         pointwise weights packed per vector tile (folded at compile time)
   Phase 4 schedule      kernels from the tuning database where it has them, mobilec's default
                         schedules for the rest (schedules/defaults.py)
@@ -26,6 +27,7 @@ from mobilec.compiler.fusions import RULES, CancelTransposes
 from mobilec.errors import ConfigError
 from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
 from mobilec.compiler.report import FusionReport
+from mobilec.compiler.resize import TransposeBeforeUpsample, legalize_resize2d
 from mobilec.schedules.database import for_target
 from mobilec.schedules.defaults import apply_defaults, is_scheduled
 
@@ -145,12 +147,15 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             _convert_layout(opts.layout),
             CancelTransposes(),  # before fusion: transposes would split conv from its epilogue
             relax.transform.EliminateCommonSubexpr(),  # one transpose of an input read twice
+            TransposeBeforeUpsample(),  # LR-ASPP's NCHW output: transposed at 64x64, not 512x512
             relax.transform.FoldConstant(),
             PackConvWeights() if opts.default_schedules else tvm.transform.Sequential([]),
             relax.transform.DeadCodeElimination(),
         ]),
         ("fuse", [fusion if opts.fuse else tvm.transform.Sequential([]), _count(opts.report)]),
-        ("lower", cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target) + [
+        ("lower", cpu_generic.library_dispatch_passes(target) + [
+            relax.transform.LegalizeOps({"relax.image.resize2d": legalize_resize2d}),  # the rest: TVM's
+        ] + cpu_generic.legalize_passes(target) + [
             pack_kernel_weights(target) if opts.default_schedules else tvm.transform.Sequential([]),
         ]),
         ("schedule", [

@@ -6,10 +6,12 @@ TVM RPC has no authentication: everything binds to 127.0.0.1 unless the caller n
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -34,7 +36,7 @@ def warn_if_exposed(host: str) -> None:
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     """Stop the process and its children (TVM's server forks one worker per session): each runs in
-    its own process group."""
+    its own process group. Then its scratch directory goes (see ``start``)."""
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
@@ -44,6 +46,13 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    _remove_scratch(proc)
+
+
+def _remove_scratch(proc: subprocess.Popen) -> None:
+    scratch = getattr(proc, "mobilec_scratch", None)
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -82,10 +91,17 @@ _GROUP_GUARD = ["sh", "-c", 'trap "kill -KILL 0" TERM INT HUP; "$@" & wait $!', 
 
 
 def start(cmd: Sequence[str], env: Optional[dict] = None, quiet: bool = False) -> subprocess.Popen:
-    """Start a TVM RPC process in its own process group, tied to this process's life."""
+    """Start a TVM RPC process in its own process group, tied to this process's life. Its
+    temporary files (TVM's server unpacks every uploaded library into a fresh temporary directory
+    and removes it only on a clean exit, which a killed server never has) go to a scratch
+    directory of its own, removed when mobilec stops it. Under a chroot, where that path does not
+    exist, Python falls back to the root's /tmp."""
     out = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen(_GROUP_GUARD + list(cmd), env=None if env is None else {**os.environ, **env},
+    scratch = tempfile.mkdtemp(prefix="mobilec-rpc-")
+    proc = subprocess.Popen(_GROUP_GUARD + list(cmd), env={**os.environ, **(env or {}), "TMPDIR": scratch},
                             stdout=out, stderr=out, start_new_session=True, preexec_fn=_die_with_parent)
+    proc.mobilec_scratch = scratch
+    return proc
 
 
 class _Stopped(Exception):
@@ -109,7 +125,9 @@ def run_foreground(cmd: Sequence[str], env: Optional[dict] = None) -> int:
     proc = None
     try:
         proc = start(cmd, env)
-        return proc.wait()
+        status = proc.wait()
+        _remove_scratch(proc)
+        return status
     except _Stopped as e:
         return 128 + e.signum
     except KeyboardInterrupt:

@@ -127,8 +127,8 @@ def _name(mod: tvm.IRModule) -> Optional[str]:
     after = [b for b in blocks[at + 1:] if not _is_reduction(sch, b)]
     acts = _activation(sch, after, local, out)
     if names[0].startswith("matmul"):
-        weight = _shape(sch.get(block).reads[1].source)
-        return " ".join([f"fc {weight[-2]}->{weight[-1]}"] + acts)
+        weight = _shape(sch.get(block).reads[1].source)  # [K, N], or packed [N/b, K, b]
+        return " ".join([f"fc {weight[-2]}->{out[-1]}"] + acts)
     if not convs:
         return None
     src = _source(sch, block)

@@ -1,6 +1,7 @@
 """RPC faults: each a clear error within bounded time, never a hang."""
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,19 @@ def test_device_lost_mid_session(compiled):
         with pytest.raises(mr.RemoteError, match="lost the RPC session to flaky"):
             m.benchmark(warmup=0, repeat=1)
         assert time.time() - start < 30
+
+
+def test_killed_server_leaves_no_uploads_behind(compiled):
+    """TVM's server unpacks each upload into a temporary directory it removes only on a clean exit;
+    mobilec's servers keep theirs in a scratch directory removed when stopped, kill or not."""
+    lib = compiled("mobilenet_v3_small_035").library
+    with local.tracker() as tracker, local.server(tracker, "scratch") as proc:
+        scratch = Path(proc.mobilec_scratch)
+        m = mr.connect(tracker=tracker, key="scratch").load(lib)
+        m.benchmark(warmup=0, repeat=1)
+        assert any(scratch.rglob("*")), "the upload did not land in the server's scratch directory"
+        local.kill(proc)
+    assert not scratch.exists()
 
 
 def test_bad_addresses():
