@@ -82,7 +82,8 @@ def cmd_compile(args) -> int:
 
     cfg = CompileConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores,
                         input_shapes=_shapes(args.input_shape), tuning_db=args.tuning_db, dump_ir=args.dump_ir,
-                        fuse=not args.no_fuse, default_schedules=not args.no_default_schedules, layout=args.layout)
+                        fuse=not args.no_fuse, default_schedules=not args.no_default_schedules, layout=args.layout,
+                        force_tuning_db=args.force_tuning_db)
     res = compile_model(args.model, args.output, cfg)
     m = res.manifest
     print(f"wrote {res.library} and {res.library.with_suffix('.json')} in {res.seconds:.1f} s: "
@@ -119,17 +120,23 @@ def cmd_tune(args) -> int:
     opts = TuneOptions(trials=args.trials, per_round=args.per_round, all_tasks=args.all_tasks,
                        tracker=None if args.local else args.tracker, key=args.key, seed=args.seed)
     cfg = TuneConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores, db=args.db,
-                     input_shapes=_shapes(args.input_shape), options=opts)
+                     input_shapes=_shapes(args.input_shape), options=opts, verify=not args.no_verify)
     res = tune_model(args.model, cfg, console=_console())
     if res.measured == 0:
         print(f"nothing to measure: {res.database} already holds the budget of {args.trials} search trials "
               f"for these tasks (raise --trials to tune further)")
-        return 0
-    seeded = f", after measuring {res.seeded} default schedules to start from" if res.seeded else ""
-    _table(f"tuned {res.measured} candidates in {res.seconds:.0f} s{seeded} -> {res.database}",
-           ["task", "trials", "first round ms", "best ms", "speedup"], res.progress.summary_rows())
-    if res.plot:
-        print(f"plot: {res.plot}")
+    else:
+        seeded = f", after measuring {res.seeded} default schedules to start from" if res.seeded else ""
+        _table(f"tuned {res.measured} candidates in {res.seconds:.0f} s{seeded} -> {res.database}",
+               ["task", "trials", "first round ms", "best ms", "speedup"], res.progress.summary_rows())
+        if res.plot:
+            print(f"plot: {res.plot}")
+    v = res.verdict
+    if v is not None:
+        print(f"whole model: {v.describe()}")
+        print("compile --tuning-db applies it" if v.faster else
+              "the database makes this model slower: compile --tuning-db will not apply it (--force-tuning-db "
+              "does); more trials may find better kernels")
     return 0
 
 
@@ -255,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--cpu", help="CPU preset, e.g. cortex-a76")
             p.add_argument("--num-cores", type=int)
             p.add_argument("--tuning-db", help="MetaSchedule database directory to take kernels from")
+            p.add_argument("--force-tuning-db", action="store_true",
+                           help="apply --tuning-db even where `mobilec tune` measured it slower for this model")
             p.add_argument("--dump-ir", help="write the IR after each pipeline phase to this directory")
             p.add_argument("--no-fuse", action="store_true", help="skip mobilec's fusion phase")
             p.add_argument("--no-default-schedules", action="store_true",
@@ -280,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-tasks", action="store_true", help="tune every kernel, not only convolutions")
     p.add_argument("--input-shape", action="append", metavar="NAME=1x3x224x224")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-verify", action="store_true", help="skip the end of the run: the whole model built with "
+                   "and without the database and timed on the device (compile --tuning-db will not know whether "
+                   "the database makes this model faster)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("tune-merge", help="merge tuning databases (e.g. from several devices of one kind)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from mobilec.compiler.importer import import_onnx
 from mobilec.compiler.pipeline import PipelineOptions, check_layout, pipeline, run_until
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.targets import TargetError, export_function, resolve
+from mobilec.compiler.verdict import lookup, model_key
 from mobilec.runtime.manifest import Manifest, elf_header, sha256
 from mobilec.schedules.defaults import summarize
 
@@ -30,6 +32,7 @@ class CompileConfig:
     fuse: bool = True
     default_schedules: bool = True  # False: kernels the database lacks get TVM's plain lowering
     layout: str = "NHWC"  # the activations' layout through the network; "NCHW": as imported (for comparison)
+    force_tuning_db: bool = False  # apply tuning_db even where tuning measured it slower for this model
 
     def __post_init__(self):
         check_layout(self.layout)  # before the long work
@@ -56,11 +59,21 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
     fcompile = export_function(resolved.triple)  # a missing toolchain fails before the long work
     db = _tuning_database(cfg.tuning_db, resolved.triple, resolved.cpu) if cfg.tuning_db else None
     imported = import_onnx(model, cfg.input_shapes)
+    warnings = []
+    if db and not cfg.force_tuning_db:
+        verdict = lookup(db, model_key(imported, cfg.layout, cfg.fuse, cfg.default_schedules))
+        if verdict is not None and not verdict.faster:
+            warnings.append(f"--tuning-db {db}: not applied: when tuning ended it made this model slower "
+                            f"({verdict.describe()}); the default schedules are used (--force-tuning-db "
+                            f"applies it anyway; more trials may find better kernels)")
+            logging.getLogger("mobilec.compiler").warning("warning: %s", warnings[-1])
+            db = None
     target = resolved.tvm_target()
     opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules,
                            layout=cfg.layout)
     ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipeline(target, opts))
-    warnings = [_unmatched_database(db, opts, resolved)] if db and not opts.tuned_kernels else []
+    if db and not opts.tuned_kernels:
+        warnings.append(_unmatched_database(db, opts, resolved))
 
     def describe(lib: Path) -> Manifest:
         elf_class, machine = elf_header(lib)
@@ -104,8 +117,6 @@ def _tuning_database(root: str, triple: str, cpu: str) -> str:
 def _unmatched_database(db: str, opts: PipelineOptions, resolved) -> str:
     """Why a tuning database gave no kernel, logged as a warning (a build that silently ignores
     the database it was given is slower than the user believes)."""
-    import logging
-
     from mobilec.schedules.database import target_label, targets_of
 
     tuned_for = targets_of(db, limit=None)

@@ -69,12 +69,15 @@ def pack_kernel_weights(target: tvm.target.Target) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.PackKernelWeights")
     def run(mod, _ctx):
+        constant = _constant_parameters(mod)
         bb = relax.BlockBuilder(mod)
         packed = {}  # old kernel -> (new kernel, {weight parameter: index map})
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
                 continue
-            plans = weight_packing(func, cpu)
+            # only weights that are constants at every call: a weight fed as a graph input would
+            # need its layout_transform at run time, after the lowering that could compile it
+            plans = [p for p in weight_packing(func, cpu) if p.param in constant.get(gv, ())]
             if plans:
                 new_func, maps = pack(func, plans)
                 packed[gv] = (bb.add_func(new_func, gv.name_hint), maps)
@@ -104,3 +107,20 @@ def pack_kernel_weights(target: tvm.target.Target) -> tvm.transform.Pass:
         return relax.transform.FoldConstant()(mod)
 
     return run
+
+
+def _constant_parameters(mod: tvm.IRModule) -> dict:
+    """Per kernel: the parameters that are a constant at every call_tir calling it."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    found: dict = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir) and isinstance(expr.args[1], relax.Tuple):
+            here = {i for i, a in enumerate(expr.args[1].fields) if isinstance(a, Constant)}
+            gv = expr.args[0]
+            found[gv] = found[gv] & here if gv in found else here
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found

@@ -3,6 +3,7 @@ are what gets tuned) and tune its kernels with MetaSchedule on the device."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -12,9 +13,12 @@ import onnx
 from mobilec.compiler.importer import import_onnx
 from mobilec.compiler.pipeline import PipelineOptions, run_until
 from mobilec.compiler.targets import TargetError, export_function, host_triple, resolve
-from mobilec.errors import ConfigError
+from mobilec.compiler.verdict import Verdict, measure, model_key, record
+from mobilec.errors import ConfigError, UserError
 from mobilec.schedules.database import database_dir
 from mobilec.schedules.tuning import TuneOptions, TuneResult, tune_module
+
+log = logging.getLogger("mobilec.compiler")
 
 
 @dataclass
@@ -25,6 +29,7 @@ class TuneConfig:
     db: str = "tuning-db"
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     options: TuneOptions = field(default_factory=TuneOptions)
+    verify: bool = True  # at the end, time the model with and without the database (compiler/verdict.py)
 
 
 def tune_model(model: Union[str, Path, onnx.ModelProto], config: Optional[TuneConfig] = None,
@@ -40,9 +45,42 @@ def tune_model(model: Union[str, Path, onnx.ModelProto], config: Optional[TuneCo
     fcompile = export_function(resolved.triple)
     imported = import_onnx(model, cfg.input_shapes)
     target = resolved.tvm_target()
-    mod = run_until(imported.mod, target, PipelineOptions(), "lower")
-    return tune_module(mod, target, database_dir(cfg.db, resolved.triple, resolved.cpu), fcompile,
-                       cfg.options, console)
+    opts = PipelineOptions()
+    mod = run_until(imported.mod, target, opts, "lower")
+    db_dir = database_dir(cfg.db, resolved.triple, resolved.cpu)
+    result = tune_module(mod, target, db_dir, fcompile, cfg.options, console)
+    if cfg.verify:
+        result.verdict = _verify(model, imported, cfg, db_dir, opts, console)
+    return result
+
+
+def _verify(model, imported, cfg: TuneConfig, db_dir: Path, opts: PipelineOptions, console) -> Optional[Verdict]:
+    """The whole model built with the database and without, timed on the tuning device
+    (``compiler/verdict.py``); None, with a warning, when that cannot be done (the database is
+    complete either way)."""
+    import mobilec.runtime as mr
+    from mobilec.compiler.build import CompileConfig, compile_model
+
+    def build(output: Path, tuning_db: Optional[str]) -> Path:
+        return compile_model(model, output, CompileConfig(
+            target=cfg.target, cpu=cfg.cpu, num_cores=cfg.num_cores, input_shapes=cfg.input_shapes,
+            tuning_db=tuning_db, force_tuning_db=True)).library
+
+    remote = cfg.options.tracker
+    device = f"the {cfg.options.key!r} device at {remote}" if remote else "this machine"
+    if console is not None:
+        console.print(f"timing the whole model with and without the database on {device} ...")
+    key = model_key(imported, opts.layout, opts.fuse, opts.default_schedules)
+    try:
+        verdict = measure(imported.source, key, cfg.db, build,
+                          (lambda: mr.connect(tracker=remote, key=cfg.options.key)) if remote else (lambda: mr),
+                          device)
+    except UserError as e:
+        log.warning("warning: could not time the whole model with and without %s (%s); `compile --tuning-db` "
+                    "applies it unmeasured", db_dir, e)
+        return None
+    record(db_dir, verdict)
+    return verdict
 
 
 def check_local(resolved) -> None:

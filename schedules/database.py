@@ -108,16 +108,17 @@ def valid_records(db, mod) -> list:
     return list(db.get_top_k(db.commit_workload(mod), 1 << 30))
 
 
-def is_searched(record) -> bool:
-    """Whether a record came from the search: its trace samples (tile sizes, unrolling...). A seeded
-    default schedule is a fixed trace with no sampling decisions, so it is not a search trial."""
-    return len(record.trace.decisions) > 0
-
-
-def searched_for(db, mod) -> int:
+def searched_for(db, mod, seed: list) -> int:
     """Search trials with a valid measurement the database holds for this workload: what counts
-    against a tuning budget (seeded defaults and failed candidates do not)."""
-    return sum(1 for r in valid_records(db, mod) if is_searched(r))
+    against a tuning budget (the seeded default schedule and failed candidates do not). Seeding
+    stores one record per workload, with the heuristic's sampling decisions (``seed``, from
+    ``defaults.decisions``); the search may sample those decisions again (small kernels have
+    small spaces), so one record with them is the seed and any other is a trial."""
+    from mobilec.schedules.defaults import decisions
+
+    records = valid_records(db, mod)
+    seeded = any(decisions(r.trace) == seed for r in records)
+    return len(records) - int(seeded)
 
 
 def target_label(target) -> str:

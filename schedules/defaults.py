@@ -28,6 +28,7 @@ apply only where it has none.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -96,10 +97,23 @@ def _extent(sch: Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def _split(sch: Schedule, loop, inner: int):
-    if inner >= _extent(sch, loop):
-        return sch.split(loop, [1, None])
-    return sch.split(loop, [None, inner])
+def _split(sch: Schedule, loop, inner: int, most: int):
+    """(outer, inner) loops with ``inner`` iterations inside. A tile that divides the loop is a
+    MetaSchedule tile-size sample (``sample_perfect_tile``) whose decision is the heuristic's, so
+    the default schedule is a trace the search can mutate; in the search space (``search_space``)
+    the size is sampled, up to ``most`` (or the heuristic's, if larger). A tile with a tail is a
+    fixed split."""
+    extent = _extent(sch, loop)
+    inner = min(inner, extent)
+    if extent % inner:
+        return sch.split(loop, [None, inner])
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(inner, most),
+                                      decision=None if _SEARCHING.get() else [extent // inner, inner])
+    return sch.split(loop, factors)
+
+
+# inside ``search_space``: tile sizes are sampled by MetaSchedule instead of decided here
+_SEARCHING: contextvars.ContextVar[bool] = contextvars.ContextVar("mobilec_searching", default=False)
 
 
 def _divisor_tile(extent: int, lanes: int, max_vectors: int) -> int:
@@ -150,8 +164,9 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
     spatial = [l for l, k in zip(loops, kinds) if k == 0]
     reduce = [l for l, k in zip(loops, kinds) if k != 0]
     outer, inner = [], []
-    for loop, tile in zip(spatial, tiles):
-        o, i = _split(sch, loop, tile)
+    for n, (loop, tile) in enumerate(zip(spatial, tiles)):
+        vector = n == len(tiles) - 1
+        o, i = _split(sch, loop, tile, 4 * cpu.lanes if vector else MAX_ROW_TILE)
         outer.append(o)
         inner.append(i)
     if outer_order:
@@ -170,7 +185,7 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
     if parallel:
         sch.parallel(par)
     if epilogue is not None:
-        sch.reverse_compute_at(epilogue, anchor, preserve_unit_loops=False)
+        sch.reverse_compute_at(epilogue, anchor, preserve_unit_loops=True)
         _vectorize_inner(sch, epilogue, cpu.lanes)
     if pad is not None:
         if pad_at_channel:  # depthwise: one channel's padded plane, staged while it is in cache
@@ -218,6 +233,7 @@ def _row_tile_for(extent: int, vectors: int, cpu: CpuParams) -> int:
     return _row_tile(extent, max(1, (cpu.registers - 4) // vectors))
 
 
+MAX_ROW_TILE = 16  # the search's largest register tile along a non-vector axis
 LATENCY = 10  # independent FMAs in flight needed to keep two FMA pipes busy (4-5 cycle latency)
 DEPTHWISE_ACCUMULATORS = 8  # measured (AVX2, Large): 1 -> 4 -> 8 took its depthwise kernels 0.90 -> 0.82 -> 0.75 ms
 
@@ -551,8 +567,31 @@ def schedule_kernel(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> tuple[tvm.tirx.P
 
 def default_schedule(mod: tvm.IRModule, cpu: CpuParams) -> tuple[Schedule, str]:
     """The default schedule of the kernel ``mod["main"]`` as a Schedule, whose trace MetaSchedule
-    can store and replay (how tuning is seeded with it)."""
+    can store, replay and mutate (how tuning is seeded with it)."""
     sch = Schedule(mod)
+    return sch, _schedule(sch, cpu)
+
+
+def search_space(sch: Schedule, cpu: CpuParams) -> Schedule:
+    """The same schedule as a MetaSchedule design space (``ScheduleFn``): the same loop structure,
+    with every tile size sampled instead of decided. One code path for "default" and "searched"."""
+    token = _SEARCHING.set(True)
+    try:
+        _schedule(sch, cpu)
+    finally:
+        _SEARCHING.reset(token)
+    return sch
+
+
+def decisions(trace) -> list:
+    """A trace's sampling decisions in instruction order (what tells a seeded default schedule,
+    whose decisions are the heuristic's, from the search's candidates)."""
+    made = trace.decisions
+    return [[int(d) for d in made[inst]] if isinstance(made[inst], (list, tvm.ir.Array)) else int(made[inst])
+            for inst in trace.insts if inst in made]
+
+
+def _schedule(sch: Schedule, cpu: CpuParams) -> str:
     reductions = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if _is_reduction(sch, b)]
     names = [sch.get(b).name_hint for b in reductions]
     single_conv = len(reductions) == 1 and (names[0].startswith("conv2d") or names[0].startswith("group_conv2d"))
@@ -587,7 +626,7 @@ def default_schedule(mod: tvm.IRModule, cpu: CpuParams) -> tuple[Schedule, str]:
             _se_fc(sch, sch.get_sblock(name), cpu)
         _generic(sch, cpu, fcs)
         how = "squeeze-excite" if fcs else "generic"
-    return sch, how
+    return how
 
 
 def _is_se_fc(sch: Schedule, block) -> bool:

@@ -46,6 +46,7 @@ class TuneResult:
     plot: Optional[Path] = None
     seconds: float = 0.0
     seeded: int = 0                  # default schedules measured and stored before the search
+    verdict: Optional[object] = None  # the whole model with and without the database (compiler.verdict.Verdict)
 
 
 def create_session(rpc_config):
@@ -110,15 +111,57 @@ def _quiet_metaschedule_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
+def _heuristic(task, cpu):
+    """The task's default schedule (a Schedule), or None where it has none."""
+    from mobilec.schedules.defaults import default_schedule
+
+    try:
+        return default_schedule(task.dispatched[0], cpu)[0]
+    except Exception as e:  # noqa: BLE001 - an unschedulable kernel is searched from scratch
+        logging.getLogger(__name__).info("no default schedule for %s: %s", task.task_name, e)
+        return None
+
+
+def seed_decisions(tasks, target) -> dict[str, list]:
+    """Per task, the sampling decisions of its default schedule ([] where it samples nothing):
+    what tells a seeded record from a searched one."""
+    from mobilec.schedules.defaults import CpuParams, decisions
+
+    cpu = CpuParams.from_target(target)
+    return {t.task_name: decisions(sch.trace) if (sch := _heuristic(t, cpu)) is not None else [] for t in tasks}
+
+
+def tune_contexts(tasks, target, work_dir: str, seeds: dict[str, list], seed: int):
+    """MetaSchedule tuning contexts: a kernel whose default schedule samples its tile sizes is
+    searched in exactly that schedule's space (``defaults.search_space``: the same loop structure,
+    tile sizes sampled and mutated); any other kernel in MetaSchedule's generic space."""
+    from functools import partial
+
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    from mobilec.schedules.defaults import CpuParams, search_space
+
+    cpu = CpuParams.from_target(target)
+    contexts, weights = [], []
+    for i, task in enumerate(tasks):
+        space = (ms.space_generator.ScheduleFn(partial(search_space, cpu=cpu), sch_rules=[])
+                 if seeds.get(task.task_name) else "post-order-apply")
+        c, w = extracted_tasks_to_tune_contexts([task], work_dir, space=space, seed=seed + i)
+        contexts += c
+        weights += w
+    return contexts, weights
+
+
 def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Progress] = None) -> int:
     """Measure mobilec's default schedule of every task the database has nothing for, on the same
     device and runner as the search, and commit it as a tuning record. The evolutionary search
-    starts from the best measured records, so it begins at the default schedule, and the
-    database's best is never worse than what a build without it gets. Returns records added
-    (these are not search trials: they spend none of the budget)."""
+    starts from the best measured records, so it begins at the default schedule (whose tile sizes
+    are samples it can mutate), and the database's best is never worse than what a build without
+    it gets. Returns records added (these are not search trials: they spend none of the budget)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from mobilec.schedules.defaults import CpuParams, default_schedule
+    from mobilec.schedules.defaults import CpuParams
 
     cpu = CpuParams.from_target(target)
     todo = []
@@ -126,10 +169,9 @@ def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Pr
         mod = task.dispatched[0]
         if records_for(db, mod):
             continue
-        try:
-            todo.append((mod, default_schedule(mod, cpu)[0]))
-        except Exception as e:  # noqa: BLE001 - an unschedulable kernel is searched from scratch
-            logging.getLogger(__name__).info("no default schedule to seed %s: %s", task.task_name, e)
+        sch = _heuristic(task, cpu)
+        if sch is not None:
+            todo.append((mod, sch))
     if not todo:
         return 0
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in todo])
@@ -162,7 +204,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     ends. Raises ``TuningFailed`` when every search candidate failed (e.g. code this device cannot
     run), ``DeviceLost`` when the device stopped answering."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     from mobilec.schedules.builder import InProcessBuilder
 
@@ -175,7 +217,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     names = dict(zip((t.task_name for t in tasks),
                      unique([kernel_name(t.dispatched[0], t.task_name) for t in tasks])))
     per_task = max(opts.per_round, math.ceil(opts.trials / len(tasks)))
-    done = {t.task_name: searched_for(db, t.dispatched[0]) for t in tasks}
+    seeds = seed_decisions(tasks, target)
+    done = {t.task_name: searched_for(db, t.dispatched[0], seeds[t.task_name]) for t in tasks}
     todo = [t for t in tasks if done[t.task_name] < per_task]
     skipped = [names[t.task_name] for t in tasks if t not in todo]
     remaining = opts.trials - sum(done.values())
@@ -190,7 +233,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         builder, runner = InProcessBuilder(fcompile, workdir), _runner(opts)  # seeding measures like the search
         seeded = seed_with_defaults(todo, target, db, builder, runner, progress)
         _prepare_metaschedule_logging()
-        contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), seed=opts.seed)  # logs in DB/logs
+        contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed)  # logs in DB/logs
         _quiet_metaschedule_console()
         echo = None
         if opts.live and console is not None:

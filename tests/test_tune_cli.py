@@ -9,11 +9,13 @@ import tempfile
 
 import onnx
 import pytest
+import tvm_ffi
 
 from graphs import C, conv, model
 from mobilec.cli import main
 from mobilec.compiler import TRIPLES, CompileConfig, compile_model, resolve
 from mobilec.compiler.targets import host_triple
+from mobilec.compiler.verdict import VERDICTS, Verdict, model_key, record
 from mobilec.schedules import open_database
 from mobilec.schedules.database import DatabaseError, FILES
 
@@ -32,9 +34,28 @@ def host_db() -> str:
     return f"{host.triple}-{host.cpu}"
 
 
+def seed_of(record) -> list:
+    """The sampling decisions of the default schedule of the record's kernel."""
+    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule
+
+    return decisions(default_schedule(record.workload.mod, CpuParams.from_target(record.target))[0].trace)
+
+
+def searched_records(db_dir) -> list:
+    """Valid records the search made: decisions other than the default schedule's."""
+    from mobilec.schedules.defaults import decisions
+
+    return [r for r in open_database(db_dir).get_all_tuning_records()
+            if min(float(t) for t in r.run_secs) < 1e9 and decisions(r.trace) != seed_of(r)]
+
+
 def searched(db_dir) -> int:
-    return sum(1 for r in open_database(db_dir).get_all_tuning_records()
-               if len(r.trace.decisions) and min(float(t) for t in r.run_secs) < 1e9)
+    """Search trials: valid records, less the one seeded default schedule per kernel."""
+    from mobilec.schedules.defaults import decisions
+
+    valid = [r for r in open_database(db_dir).get_all_tuning_records() if min(float(t) for t in r.run_secs) < 1e9]
+    seeded = {tvm_ffi.structural_hash(r.workload.mod) for r in valid if decisions(r.trace) == seed_of(r)}
+    return len(valid) - len(seeded)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +129,66 @@ def test_tune_names_kernels_readably_and_prints_plain_lines_off_a_terminal(tuned
     assert "tuning:" not in out  # the live table's title
 
 
+@pytest.mark.build
+def test_search_mutates_the_default_schedules_tiles_and_its_schedules_match(tuned, tmp_path):
+    """The search explores the default schedule's own space: its records make the same sampling
+    instructions with other decisions (tile sizes), and a build from them alone (through
+    MetaSchedule's postprocessors, replayed by the database) matches onnxruntime."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from graphs import assert_matches_onnxruntime
+    from mobilec.schedules.defaults import decisions
+
+    db_dir, _, _, _ = tuned
+    found = searched_records(db_dir)
+    assert found, "no record from the search"
+    for r in found:
+        seed = seed_of(r)
+        mine = decisions(r.trace)
+        assert seed and len(mine) == len(seed) and mine != seed, (mine, seed)
+        assert all(isinstance(d, list) and len(d) == 2 for d in mine)  # tile sizes: (outer, inner)
+    only = tmp_path / "searched" / host_db()
+    db = open_database(only)
+    for r in found:
+        db.commit_tuning_record(ms.database.TuningRecord(r.trace, db.commit_workload(r.workload.mod), r.run_secs,
+                                                         r.target, r.args_info))
+    res = assert_matches_onnxruntime(pw_dw(), tmp_path, tuning_db=str(tmp_path / "searched"), force_tuning_db=True)
+    assert res.manifest.tuned_kernels == len({tvm_ffi.structural_hash(r.workload.mod) for r in found})
+
+
+def test_tune_ends_timing_the_model_with_and_without_the_database(tuned):
+    db_dir, out, _, _ = tuned
+    line = next(line for line in out.splitlines() if line.startswith("whole model: "))
+    assert "this machine" in line and "with the database" in line and "without" in line, out
+    assert "compile --tuning-db applies it" in out or "will not apply it" in out
+    assert (db_dir / VERDICTS).exists()
+
+
+@pytest.mark.build
+def test_database_measured_slower_is_not_applied_unless_forced(tuned, tmp_path, caplog):
+    from mobilec.compiler.importer import import_onnx
+
+    db_dir, _, _, _ = tuned
+    db = tmp_path / "db"
+    shutil.copytree(db_dir, db, ignore=shutil.ignore_patterns("logs", "*.png"))
+    key = model_key(import_onnx(pw_dw()), "NHWC", True, True)
+    record(db, Verdict("pw_dw.onnx", key, untuned_ms=1.0, tuned_ms=1.5, device="this machine", threads=1,
+                       measured_at="now"))
+    res = compile_model(pw_dw(), tmp_path / "slow.so", CompileConfig(tuning_db=str(db)))
+    assert res.manifest.tuned_kernels == 0 and res.manifest.tuning_db is None
+    assert len(res.warnings) == 1 and "not applied" in res.warnings[0] and "1.50x" in res.warnings[0]
+    assert "--force-tuning-db" in res.warnings[0] and res.warnings[0] in caplog.text
+    forced = compile_model(pw_dw(), tmp_path / "forced.so", CompileConfig(tuning_db=str(db), force_tuning_db=True))
+    assert forced.manifest.tuned_kernels == 2 and not forced.warnings
+    # another model, or the same one built with other flags, has no verdict: applied as before
+    other = compile_model(pw_dw(), tmp_path / "nchw.so", CompileConfig(tuning_db=str(db), layout="NCHW"))
+    assert not any("not applied" in w for w in other.warnings)
+    # a faster (or tied) verdict applies it
+    record(db, Verdict("pw_dw.onnx", key, untuned_ms=1.0, tuned_ms=1.01, device="this machine", threads=1,
+                       measured_at="now"))
+    assert compile_model(pw_dw(), tmp_path / "tie.so", CompileConfig(tuning_db=str(db))).manifest.tuned_kernels == 2
+
+
 def test_tune_leaves_no_candidates_in_the_temporary_directory(tuned):
     _, _, private, _ = tuned
     assert not [p.name for p in private.iterdir() if p.name.startswith("mobilec-")]
@@ -178,7 +259,7 @@ def test_tuning_db_that_matches_no_kernel_warns_with_the_reason(tuned, tmp_path,
 
     db_dir, _, _, _ = tuned
     pw = model(*conv("input", "output", k=1))
-    ok = compile_model(pw_dw(), tmp_path / "ok.so", CompileConfig(tuning_db=str(db_dir)))
+    ok = compile_model(pw_dw(), tmp_path / "ok.so", CompileConfig(tuning_db=str(db_dir), force_tuning_db=True))
     assert ok.manifest.tuned_kernels == 2 and not ok.warnings
     # other flags, other kernels: without weight packing the pointwise kernel is another workload
     res = compile_model(pw, tmp_path / "flags.so", CompileConfig(tuning_db=str(db_dir), default_schedules=False))
@@ -187,7 +268,7 @@ def test_tuning_db_that_matches_no_kernel_warns_with_the_reason(tuned, tmp_path,
     assert "other compile flags" in res.warnings[0] and res.warnings[0] in caplog.text
     # the same kernels, measured on another device: never applied, and said so
     other = tmp_path / "other"
-    shutil.copytree(db_dir, other, ignore=shutil.ignore_patterns("logs", "*.png"))
+    shutil.copytree(db_dir, other, ignore=shutil.ignore_patterns("logs", "*.png", VERDICTS))
     mine = resolve("host").target
     lines = [json.loads(line) for line in open(other / FILES[1]) if line.strip()]
     for rec in lines:

@@ -3,10 +3,16 @@
 import threading
 import time
 
+import numpy as np
 import pytest
+import tvm_ffi
+
+import mobilec.runtime as mr
+from conftest import onnxruntime_outputs, seeded_input
 
 from graphs import C, assert_matches_onnxruntime, conv, model
 from mobilec.compiler import CompileConfig, TuneConfig, compile_model, resolve, tune_model
+from mobilec.compiler.verdict import lookup
 from mobilec.rpc import local
 from mobilec.schedules import merge, open_database
 from mobilec.schedules.tuning import DeviceLost, TuneOptions
@@ -45,17 +51,21 @@ def test_tune_over_rpc_then_compile_with_the_database(host_device, tmp_path):
     assert all(t.best_ms and t.best_ms > 0 for t in res.progress.tasks)
     assert res.plot and res.plot.stat().st_size > 0
     assert res.database.name == host_db()
+    # the whole model built with and without the database, timed on the same device, kept beside it
+    v = res.verdict
+    assert v is not None and v.tuned_ms > 0 and v.untuned_ms > 0 and "host-cpu" in v.device
+    assert lookup(res.database, v.key) == v
     # a resumed run with the same budget measures nothing new
-    again = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts))
+    again = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts, verify=False))
     assert again.measured == 0 and again.seeded == 0 and records(res.database) == 10
-    compiled = assert_matches_onnxruntime(tiny(), tmp_path, tuning_db=str(tmp_path / "db"))
+    compiled = assert_matches_onnxruntime(tiny(), tmp_path, tuning_db=str(tmp_path / "db"), force_tuning_db=True)
     assert compiled.manifest.tuned_kernels == 2 and compiled.manifest.tuning_db == str(res.database)
 
 
 def test_merge_databases(host_device, tmp_path):
     for i in range(2):
         opts = TuneOptions(trials=4, per_round=2, tracker=host_device, key="host-cpu", live=False, seed=i)
-        tune_model(tiny(), TuneConfig(db=str(tmp_path / f"db{i}"), options=opts))
+        tune_model(tiny(), TuneConfig(db=str(tmp_path / f"db{i}"), options=opts, verify=False))
     sub = host_db()
     added = merge([tmp_path / "db0" / sub, tmp_path / "db1" / sub], tmp_path / "merged")
     assert added == records(tmp_path / "merged") == 12  # 4 searched + 2 seeded, from each
@@ -98,8 +108,29 @@ def test_tune_on_the_emulated_aarch64_device(tmp_path):
         opts = TuneOptions(trials=4, per_round=2, tracker=tracker, key="emu-aarch64", live=False)
         res = tune_model(tiny(), TuneConfig(target="aarch64-linux-gnu", cpu="cortex-a76", db=str(tmp_path / "db"),
                                             options=opts))
-    assert res.measured == 4 and res.database.name == "aarch64-linux-gnu-cortex-a76"
-    assert all(t.best_ms for t in res.progress.tasks if t.trials)
-    lib = compile_model(tiny(), tmp_path / "arm.so",
-                        CompileConfig(target="aarch64-linux-gnu", cpu="cortex-a76", tuning_db=str(tmp_path / "db")))
-    assert lib.manifest.tuned_kernels >= 1
+        assert res.measured == 4 and res.database.name == "aarch64-linux-gnu-cortex-a76"
+        assert all(t.best_ms for t in res.progress.tasks if t.trials)
+        assert res.verdict is not None and "emu-aarch64" in res.verdict.device  # timed on the device
+        # the search moved away from the seed (same space: the default schedule's tile samples) in
+        # at least half the tasks it touched
+        touched = [t for t in res.progress.tasks if t.trials]
+        moved = {tvm_ffi.structural_hash(r.workload.mod) for r in open_database(res.database).get_all_tuning_records()
+                 if _moved(r)}
+        assert touched and 2 * len(moved) >= len(touched), (len(moved), len(touched))
+        # and a build from the database runs on the device and matches onnxruntime
+        lib = compile_model(tiny(), tmp_path / "arm.so", CompileConfig(
+            target="aarch64-linux-gnu", cpu="cortex-a76", tuning_db=str(tmp_path / "db"), force_tuning_db=True))
+        assert lib.manifest.tuned_kernels >= 1
+        m = mr.connect(tracker=tracker, key="emu-aarch64", timeout=120).load(lib.library)
+        x = seeded_input((1, C, 10, 10))
+        want = onnxruntime_outputs(tiny().SerializeToString(), {"input": x})[0]
+        assert float(np.abs(m(x) - want).max()) <= 1e-4 * float(np.abs(want).max())
+
+
+def _moved(record) -> bool:
+    """A valid record whose tile decisions differ from the default schedule's, in the same space."""
+    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule
+
+    seed = decisions(default_schedule(record.workload.mod, CpuParams.from_target(record.target))[0].trace)
+    mine = decisions(record.trace)
+    return min(float(t) for t in record.run_secs) < 1e9 and len(mine) == len(seed) > 0 and mine != seed
