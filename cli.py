@@ -127,7 +127,8 @@ def cmd_tune(args) -> int:
               f"for these tasks (raise --trials to tune further)")
     else:
         seeded = f", after measuring {res.seeded} default schedules to start from" if res.seeded else ""
-        _table(f"tuned {res.measured} candidates in {res.seconds:.0f} s{seeded} -> {res.database}",
+        rate = f" ({res.measured / res.seconds:.2f} candidates/s on {res.devices} device{'s' * (res.devices > 1)})"
+        _table(f"tuned {res.measured} candidates in {res.seconds:.0f} s{rate}{seeded} -> {res.database}",
                ["task", "trials", "first round ms", "best ms", "speedup"], res.progress.summary_rows())
         if res.plot:
             print(f"plot: {res.plot}")

@@ -168,16 +168,23 @@ def tracker(host: str = LOOPBACK, port: Optional[int] = None, timeout: float = 6
         _stop(proc)
 
 
-def wait_registered(tracker_addr: str, key: str, proc: subprocess.Popen, timeout: float) -> None:
+def _registered(tracker_addr: str, key: str) -> int:
+    try:
+        known = devices(tracker_addr).get(key, {})
+    except RPCError:
+        return 0
+    return max(len(known.get("servers", [])), known.get("free", 0))
+
+
+def wait_registered(tracker_addr: str, key: str, proc: subprocess.Popen, timeout: float, before: int = 0) -> None:
+    """Until more than ``before`` servers are registered under ``key`` (another device of a farm
+    joins a key that has some already)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RPCError(f"RPC server for key {key!r} exited with code {proc.returncode} before registering")
-        try:
-            if devices(tracker_addr).get(key, {}).get("free", 0) > 0:
-                return
-        except RPCError:
-            pass
+        if _registered(tracker_addr, key) > before:
+            return
         time.sleep(0.5)
     raise RPCError(f"RPC server for key {key!r} did not register at {tracker_addr} within {timeout:g} s")
 
@@ -188,9 +195,10 @@ def server(tracker_addr: str, key: str, host: str = LOOPBACK, command: Optional[
     """Run TVM's RPC server registered at the tracker under ``key``; yields the process."""
     warn_if_exposed(host)
     cmd = command or server_command(tracker_addr, key, host, port=free_port())
+    before = _registered(tracker_addr, key)
     proc = start(cmd, env or {}, quiet=True)
     try:
-        wait_registered(tracker_addr, key, proc, timeout)
+        wait_registered(tracker_addr, key, proc, timeout, before)
         yield proc
     finally:
         _stop(proc)

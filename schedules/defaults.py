@@ -24,6 +24,11 @@ The imported NCHW layout (``layout="NCHW"``, for comparison) keeps the earlier k
 Tile sizes come from the target: lanes per vector register, register count and core count
 (``CpuParams``). A kernel the tuning database has a record for keeps the tuned schedule; these
 apply only where it has none.
+
+Each schedule is also a MetaSchedule template: every register-tile size that divides its loop is
+a ``sample_perfect_tile`` whose decision is the heuristic's, so the default schedule's trace is a
+point of a search space the evolutionary search can mutate, and ``search_space`` is that space
+(the same function, tile sizes left to MetaSchedule's sampler) for ``mobilec tune``.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ class TuneResult:
     plot: Optional[Path] = None
     seconds: float = 0.0
     seeded: int = 0                  # default schedules measured and stored before the search
+    devices: int = 1                 # devices measuring at once (every server under the key)
     verdict: Optional[object] = None  # the whole model with and without the database (compiler.verdict.Verdict)
 
 
@@ -70,7 +71,7 @@ class TuningFailed(UserError, RuntimeError):
     """Every candidate failed to build or run: nothing was learnt about this device."""
 
 
-def _runner(opts: TuneOptions):
+def _runner(opts: TuneOptions, workers: int = 1):
     from tvm.s_tir import meta_schedule as ms
 
     # caches flushed before each measurement: in a network a kernel finds its weights cold, and
@@ -83,8 +84,20 @@ def _runner(opts: TuneOptions):
         return ms.runner.RPCRunner(
             rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=opts.key,
                                            session_priority=1, session_timeout_sec=opts.session_timeout),
-            evaluator_config=evaluator, max_workers=1, f_create_session=create_session)
+            evaluator_config=evaluator, max_workers=workers, f_create_session=create_session)
     return ms.runner.LocalRunner(evaluator_config=evaluator)
+
+
+def farm_size(opts: TuneOptions) -> int:
+    """How many devices measure at once: every server registered under the key when the run
+    starts (the tracker hands each runner worker a session on a free one), at least one."""
+    from mobilec.rpc.client import RPCError, devices
+
+    try:
+        known = devices(opts.tracker).get(opts.key, {})
+    except RPCError:
+        return 1  # the first measurement reports the tracker
+    return max(1, len(known.get("servers", [])), known.get("free", 0))
 
 
 def select_tasks(extracted, all_tasks: bool):
@@ -230,7 +243,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     workdir = tempfile.mkdtemp(prefix="mobilec-tune-")  # every candidate of this run, removed at the end
     live = None
     try:
-        builder, runner = InProcessBuilder(fcompile, workdir), _runner(opts)  # seeding measures like the search
+        farm = farm_size(opts) if opts.tracker else 1
+        builder, runner = InProcessBuilder(fcompile, workdir), _runner(opts, farm)  # seeding measures like the search
         seeded = seed_with_defaults(todo, target, db, builder, runner, progress)
         _prepare_metaschedule_logging()
         contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed)  # logs in DB/logs
@@ -271,7 +285,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
             f"the first error: {progress.first_error or 'unknown'}. Check that the device matches --target/--cpu "
             f"(failed candidates spend none of the --trials budget: a rerun tries again)")
     plot = progress.plot(db_dir / "tuning.png")
-    return TuneResult(db_dir, progress, progress.trials, skipped, plot, time.time() - start, seeded)
+    return TuneResult(db_dir, progress, progress.trials, skipped, plot, time.time() - start, seeded, farm)
 
 
 def target_name(target) -> str:

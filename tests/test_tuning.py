@@ -71,6 +71,13 @@ def test_merge_databases(host_device, tmp_path):
     assert added == records(tmp_path / "merged") == 12  # 4 searched + 2 seeded, from each
 
 
+def test_two_devices_under_one_key_measure_in_parallel(tmp_path):
+    with local.tracker() as tracker, local.server(tracker, "farm"), local.server(tracker, "farm"):
+        opts = TuneOptions(trials=4, per_round=4, tracker=tracker, key="farm", live=False)
+        res = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts, verify=False))
+    assert res.devices == 2 and res.measured == 4 and records(res.database) == 6
+
+
 def test_server_killed_mid_tuning_leaves_a_usable_database(tmp_path):
     db = tmp_path / "db"
     with local.tracker() as tracker, local.server(tracker, "doomed") as proc:
@@ -104,10 +111,12 @@ def test_server_killed_mid_tuning_leaves_a_usable_database(tmp_path):
 def test_tune_on_the_emulated_aarch64_device(tmp_path):
     from mobilec.rpc import emulate
 
-    with local.tracker() as tracker, emulate.device(tracker, "emu-aarch64"):
+    # two emulated devices under one key: a farm, measuring candidates in parallel
+    with local.tracker() as tracker, emulate.device(tracker, "emu-aarch64"), emulate.device(tracker, "emu-aarch64"):
         opts = TuneOptions(trials=4, per_round=2, tracker=tracker, key="emu-aarch64", live=False)
         res = tune_model(tiny(), TuneConfig(target="aarch64-linux-gnu", cpu="cortex-a76", db=str(tmp_path / "db"),
                                             options=opts))
+        assert res.devices == 2
         assert res.measured == 4 and res.database.name == "aarch64-linux-gnu-cortex-a76"
         assert all(t.best_ms for t in res.progress.tasks if t.trials)
         assert res.verdict is not None and "emu-aarch64" in res.verdict.device  # timed on the device
