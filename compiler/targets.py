@@ -64,6 +64,8 @@ class CpuPreset:
     num_cores: int = 4
     needs: tuple[str, ...] = ()   # /proc/cpuinfo flags a machine must show to run the code (x86 ISA levels)
     parts: tuple[int, ...] = ()   # ARM "CPU part" numbers in /proc/cpuinfo that this preset stands for
+    vector_bits: int = 128        # SIMD register width the kernels vectorise for (NEON, SSE: 128)
+    vector_registers: int = 32    # SIMD registers the register tiles may fill (AArch64: 32, ARMv7: 16 q)
 
 
 CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
@@ -77,16 +79,30 @@ CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
     CpuPreset("cortex-a77", "aarch64", "cortex-a77", ("+dotprod", "+fullfp16"), 4, parts=(0xD0D,)),
     CpuPreset("cortex-a78", "aarch64", "cortex-a78", ("+dotprod", "+fullfp16"), 4, parts=(0xD41, 0xD4B)),
     CpuPreset("cortex-x1", "aarch64", "cortex-x1", ("+dotprod", "+fullfp16"), 4, parts=(0xD44, 0xD4C)),
-    CpuPreset("cortex-a53", "armv7", "cortex-a53", (), 4, parts=(0xD03,)),  # 32-bit boards and phones
-    CpuPreset("cortex-a7", "armv7", "cortex-a7", (), 4, parts=(0xC07,)),
-    CpuPreset("cortex-a72", "armv7", "cortex-a72", (), 4, parts=(0xD08,)),
+    CpuPreset("cortex-a53", "armv7", "cortex-a53", (), 4, parts=(0xD03,), vector_registers=16),  # 32-bit
+    CpuPreset("cortex-a7", "armv7", "cortex-a7", (), 4, parts=(0xC07,), vector_registers=16),
+    CpuPreset("cortex-a72", "armv7", "cortex-a72", (), 4, parts=(0xD08,), vector_registers=16),
     # x86_64 by ISA level, lowest first: host detection takes the last one whose flags the CPU shows
-    CpuPreset("x86-64", "x86_64", "x86-64", (), usable_cores()),  # SSE2 only: runs on any x86_64
-    CpuPreset("core-avx2", "x86_64", "core-avx2", (), usable_cores(), needs=("avx2", "fma")),
-    CpuPreset("znver3", "x86_64", "znver3", (), usable_cores(), needs=("avx2", "fma")),
+    CpuPreset("x86-64", "x86_64", "x86-64", (), usable_cores(), vector_registers=16),  # SSE2: any x86_64
+    CpuPreset("core-avx2", "x86_64", "core-avx2", (), usable_cores(), needs=("avx2", "fma"),
+              vector_bits=256, vector_registers=16),
+    CpuPreset("znver3", "x86_64", "znver3", (), usable_cores(), needs=("avx2", "fma"),
+              vector_bits=256, vector_registers=16),
     CpuPreset("skylake-avx512", "x86_64", "skylake-avx512", (), usable_cores(),
-              needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd")),
+              needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"),
+              vector_bits=512, vector_registers=32),
 ]}
+
+
+def preset_of(target) -> Optional[CpuPreset]:
+    """The CPU preset a TVM target (or its dict) was made from: its triple's arch and its mcpu
+    (the triple's default CPU when mcpu names no preset); None for a triple mobilec does not know."""
+    attrs = target if isinstance(target, dict) else target.attrs
+    mtriple, mcpu = str(attrs.get("mtriple", "")), str(attrs.get("mcpu", ""))
+    triple = next((p for p in TRIPLES.values() if p.mtriple == mtriple), None)
+    if triple is None:
+        return None
+    return CPUS.get((triple.arch, mcpu)) or CPUS[(triple.arch, triple.default_cpu)]
 
 
 def host_triple() -> str:

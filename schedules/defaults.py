@@ -56,20 +56,15 @@ class CpuParams:
 
     @classmethod
     def from_target(cls, target: tvm.target.Target) -> "CpuParams":
-        attrs = target.attrs
-        triple = str(attrs.get("mtriple", ""))
-        mcpu = str(attrs.get("mcpu", ""))
-        mattr = " ".join(str(a) for a in attrs.get("mattr", []))
-        cores = int(attrs.get("num-cores", 1))
-        if triple.startswith("aarch64"):
-            return cls(4, 32, cores)  # NEON: 32 x 128-bit
-        if triple.startswith("arm"):
-            return cls(4, 16, cores)  # ARMv7 NEON: 16 q registers
-        if "avx512" in mcpu or "avx512f" in mattr:
-            return cls(16, 32, cores)
-        if "avx2" in mcpu or "+avx2" in mattr or mcpu in ("znver2", "znver3", "haswell", "skylake"):
-            return cls(8, 16, cores)
-        return cls(4, 16, cores)  # SSE
+        """From the CPU preset the target was made from (``compiler/targets.py``: vector width and
+        register count per preset); a target no preset made gets 128-bit vectors, 16 registers."""
+        from mobilec.compiler.targets import preset_of  # here: the compiler package imports this module
+
+        preset = preset_of(target)
+        cores = int(target.attrs.get("num-cores", 1))
+        if preset is None:
+            return cls(4, 16, cores)
+        return cls(preset.vector_bits // 32, preset.vector_registers, cores)
 
 
 # ---------------------------------------------------------------------------------------------
