@@ -101,12 +101,13 @@ def _split(sch: Schedule, loop, inner: int, most: int):
     """(outer, inner) loops with ``inner`` iterations inside. A tile that divides the loop is a
     MetaSchedule tile-size sample (``sample_perfect_tile``) whose decision is the heuristic's, so
     the default schedule is a trace the search can mutate; in the search space (``search_space``)
-    the size is sampled, up to ``most`` (or the heuristic's, if larger). A tile with a tail is a
-    fixed split."""
+    the size is sampled, up to ``most`` (or the heuristic's, if larger). A tile with a tail, and
+    an axis the heuristic leaves untiled, is a fixed split (sampling those too let the search
+    unroll tiles of tens of thousands of instructions, which LLVM takes minutes to compile)."""
     extent = _extent(sch, loop)
     inner = min(inner, extent)
-    if extent % inner:
-        return sch.split(loop, [None, inner])
+    if extent % inner or inner == 1:  # an axis the heuristic does not tile stays untiled: the
+        return sch.split(loop, [None, inner])  # register tile is unrolled, a product of every axis
     factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(inner, most),
                                       decision=None if _SEARCHING.get() else [extent // inner, inner])
     return sch.split(loop, factors)

@@ -151,19 +151,21 @@ def tune_contexts(tasks, target, work_dir: str, seeds: dict[str, list], seed: in
     from functools import partial
 
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+    from tvm.s_tir.meta_schedule.utils import fork_seed
 
     from mobilec.schedules.defaults import CpuParams, search_space
 
     cpu = CpuParams.from_target(target)
-    contexts, weights = [], []
-    for i, task in enumerate(tasks):
+    contexts = []
+    loggers = get_loggers_from_work_dir(work_dir, [t.task_name for t in tasks])  # one log file per task
+    for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks))):
         space = (ms.space_generator.ScheduleFn(partial(search_space, cpu=cpu), sch_rules=[])
                  if seeds.get(task.task_name) else "post-order-apply")
-        c, w = extracted_tasks_to_tune_contexts([task], work_dir, space=space, seed=seed + i)
-        contexts += c
-        weights += w
-    return contexts, weights
+        contexts.append(ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
+                                       search_strategy="evolutionary", task_name=task.task_name, logger=logger,
+                                       rand_state=rand_state, num_threads="physical").clone())
+    return contexts, [float(t.weight) for t in tasks]
 
 
 def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Progress] = None) -> int:

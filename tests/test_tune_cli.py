@@ -189,6 +189,35 @@ def test_database_measured_slower_is_not_applied_unless_forced(tuned, tmp_path, 
     assert compile_model(pw_dw(), tmp_path / "tie.so", CompileConfig(tuning_db=str(db))).manifest.tuned_kernels == 2
 
 
+def test_sigterm_mid_run_cleans_up_and_keeps_the_database(tmp_path, onnx_file):
+    """SIGTERM is Ctrl-C: the run unwinds, its private folder goes, the database stays whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    private = tmp_path / "tmp"
+    private.mkdir()
+    db = tmp_path / "db"
+    proc = subprocess.Popen([sys.executable, "-m", "mobilec", "tune", str(onnx_file), "--local", "--trials", "400",
+                             "--per-round", "4", "--db", str(db)], env={**os.environ, "TMPDIR": str(private)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = db / host_db() / FILES[1]
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if records.exists() and sum(1 for _ in open(records)) >= 6:  # seeded, and searching
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "stopped by signal" in err
+    assert not [p.name for p in private.iterdir() if p.name.startswith("mobilec-")]
+    assert len(open_database(db / host_db())) >= 6  # every finished round kept, and readable
+
+
 def test_tune_leaves_no_candidates_in_the_temporary_directory(tuned):
     _, _, private, _ = tuned
     assert not [p.name for p in private.iterdir() if p.name.startswith("mobilec-")]
