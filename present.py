@@ -28,21 +28,27 @@ def load_input(module, npy: Optional[str], image: Optional[str]) -> np.ndarray:
     if npy:
         return np.load(npy)
     if image:
-        try:
-            from PIL import Image, UnidentifiedImageError  # only this path needs pillow
-        except ImportError:
-            raise ConfigError("--image needs pillow (pip install pillow), or pass --input x.npy") from None
-
-        n, c, h, w = spec["shape"]
-        try:
-            img = Image.open(image).convert("RGB").resize((w, h), Image.BILINEAR)
-        except UnidentifiedImageError:
-            raise ConfigError(f"--image {image}: not an image pillow can read (PNG, JPEG, ...); give a photo, "
-                             f"or an input tensor with --input x.npy") from None
-        x = (np.asarray(img, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        return np.repeat(x.transpose(2, 0, 1)[None], n, axis=0).astype(spec["dtype"])
+        return image_tensor(image, spec["shape"], spec["dtype"], "--image")
     print("no --input or --image: using a seeded random input")
     return random_feeds(module)[spec["name"]]
+
+
+def image_tensor(image: str, shape, dtype: str = "float32", flag: str = "--image") -> np.ndarray:
+    """One image file as the registry models' input: RGB resized to the input's size, scaled to [0, 1],
+    normalised with ImageNet's mean and deviation, NCHW, repeated over the batch."""
+    try:
+        from PIL import Image, UnidentifiedImageError  # only this path needs pillow
+    except ImportError:
+        raise ConfigError(f"{flag} needs pillow (pip install pillow), or pass --input x.npy") from None
+
+    n, c, h, w = shape
+    try:
+        img = Image.open(image).convert("RGB").resize((w, h), Image.BILINEAR)
+    except UnidentifiedImageError:
+        raise ConfigError(f"{flag} {image}: not an image pillow can read (PNG, JPEG, ...); give a photo, "
+                         f"or an input tensor with --input x.npy") from None
+    x = (np.asarray(img, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.repeat(x.transpose(2, 0, 1)[None], n, axis=0).astype(dtype)
 
 
 def top5(logits: np.ndarray) -> list[tuple[int, float]]:

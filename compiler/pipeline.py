@@ -1,6 +1,7 @@
 """The one mobilec Relax pipeline, used by every build. Read top to bottom; phases are named.
 
-  Phase 1 canonicalize  exporters' leftovers removed: BN decomposed, constants folded; every
+  Phase 1 canonicalize  quantised (QDQ) convolutions and matrix products made integer kernels;
+                        exporters' leftovers removed: BN decomposed, constants folded; every
                         convolution converted to NHWC and the transposes this leaves (and those
                         NHWC exporters leave) cancelled, so the network converts once at its input
   Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid)
@@ -26,6 +27,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from mobilec.compiler.fusions import RULES, CancelTransposes
 from mobilec.errors import ConfigError
 from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
+from mobilec.compiler.quantized import integer_kernels
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.resize import TransposeBeforeUpsample, legalize_resize2d
 from mobilec.schedules.database import for_target
@@ -42,6 +44,7 @@ class PipelineOptions:
     fuse: bool = True  # False: phase 2 skipped (benchmarks compare fused against unfused)
     default_schedules: bool = True  # False: untuned kernels left to TVM's plain lowering
     layout: str = "NHWC"  # the activations' layout through the whole network ("NCHW": as imported)
+    integer: bool = True  # False: a quantised (QDQ) model runs in float, dequantising as the file says
     report: FusionReport = field(default_factory=FusionReport)
     tuned_kernels: int = 0  # set by phase 4: kernels whose schedule came from the database
     kernels: int = 0  # set by phase 4: all kernels (the database could have matched any of them)
@@ -141,6 +144,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
         [r.fusion_pattern(opts.report.refuse) for r in RULES], bind_constants=False, annotate_codegen=False)
     return [
         ("canonicalize", [
+            integer_kernels(opts.report) if opts.integer else tvm.transform.Sequential([]),  # before folding DQ(W)
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.FoldConstant(),

@@ -13,6 +13,8 @@ from tvm import relax
 class FusionReport:
     matched: dict[str, int] = field(default_factory=dict)
     refused: list[dict] = field(default_factory=list)  # {"pattern", "node", "reason"}
+    int8: dict[str, int] = field(default_factory=dict)  # quantised ops compiled as integer kernels, by op
+    float_quantized: list[dict] = field(default_factory=list)  # {"op", "reason"}: quantised ops left float
 
     def refuse(self, pattern: str, ctx, reason: str) -> None:
         node = str(ctx.value_to_bound_var.get(ctx.matched_expr, "")) or type(ctx.matched_expr).__name__
@@ -48,4 +50,5 @@ class FusionReport:
         return dict(t)
 
     def to_dict(self) -> dict:
-        return {"matched": self.matched, "totals": self.totals, "refused": self.refused}
+        return {"matched": self.matched, "totals": self.totals, "refused": self.refused, "int8": self.int8,
+                "float_quantized": self.float_quantized}

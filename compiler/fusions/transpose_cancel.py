@@ -2,7 +2,8 @@
 
   T_q(T_p(x))              -> x            if q∘p is the identity, else T_{q∘p}(x)
   T_id(x)                  -> x
-  f(T_p(x))                -> T_p(f(x))    f elementwise unary (relu, clip, sigmoid, ...)
+  f(T_p(x))                -> T_p(f(x))    f elementwise unary (relu, clip, sigmoid, ..., and a
+                                           per-tensor quantize / dequantize)
   g(T_p(x), c)             -> T_p(g(x, c')) g elementwise binary, c a constant (c' = c permuted back)
   g(T_p(a), T_p(b))        -> T_p(g(a, b))
   g(a, T_p(b))             -> T_p(g(T_p^-1(a), b))   a a graph input whose T_p^-1 exists already
@@ -19,7 +20,8 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from mobilec.compiler.fusions.base import const_array
 
-_UNARY = ("nn.relu", "clip", "sigmoid", "tanh", "nn.silu", "exp", "negative")
+_UNARY = ("nn.relu", "clip", "sigmoid", "tanh", "nn.silu", "exp", "negative", "round", "floor", "astype")
+_PER_TENSOR = ("quantize", "dequantize")  # unary when scale and zero point are single values
 _BINARY = ("add", "subtract", "multiply", "divide", "minimum", "maximum")
 MAX_ROUNDS = 64
 
@@ -99,6 +101,17 @@ def _rules(transposed=()):
             return _T(relax.Call(call.op, [m[x]] + list(call.args[1:]), call.attrs), _perm(m[t], _rank(m[x])))
 
         yield pat, sink_unary
+
+    for name in _PER_TENSOR:
+        t = T(x)
+        pat = is_op(f"relax.{name}")(t, is_const(), is_const())
+
+        def sink_per_tensor(call, m, t=t):  # q(T_p(x), s, z) -> T_p(q(x, s, z)) for scalar s and z
+            if any(const_array(a).size != 1 for a in call.args[1:]):
+                return call  # per channel: the axis moves with the transpose; left alone
+            return _T(relax.Call(call.op, [m[x]] + list(call.args[1:]), call.attrs), _perm(m[t], _rank(m[x])))
+
+        yield pat, sink_per_tensor
 
     for name in _BINARY:
         t, c = T(x), is_const()

@@ -1,0 +1,209 @@
+"""Quantised ONNX (the QDQ form) compiled as integer kernels.
+
+A QDQ model says "this convolution is int8" by surrounding a float op with DequantizeLinear on
+its inputs and QuantizeLinear on its output. ``IntegerKernels`` finds each
+
+    QuantizeLinear( [Relu | Clip]( Conv | MatMul | Gemm ( DQ(x), DQ(W) ) [+ DQ(bias)] ) )
+
+and replaces it with an integer kernel: (x - x_zero_point) as int16 times the int8 weights
+accumulated in int32, the int32 bias added, and the requantisation epilogue onnxruntime's
+QLinearConv uses (MLAS): ``round_half_even(float(acc) * (x_scale * w_scale[c] / y_scale)) + y_zp``,
+clamped to the output type (a Relu or ReLU6 before the QuantizeLinear is that clamp). The int8 data
+then flows between kernels as uint8/int8, not float.
+
+What cannot be integer stays float between its DequantizeLinear and QuantizeLinear, exactly as the
+file says, and the fusion report lists it with the reason (asymmetric or 16-bit weights, a bias
+with another scale, a non-constant weight, ...).
+
+Runs first in phase 1: FoldConstant would otherwise turn DQ(W) into float weights.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir.expr import Constant
+
+from mobilec.compiler.report import FusionReport
+
+_INT8 = ("int8", "uint8")
+_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+_FLOAT_EXACT = 2 ** 24  # integers below this are exact in float32
+
+
+def _op(call, name: str) -> bool:
+    return isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == f"relax.{name}"
+
+
+def _const(expr) -> Optional[np.ndarray]:
+    return expr.value.numpy() if isinstance(expr, Constant) and hasattr(expr.value, "numpy") else None
+
+
+def _scalar(expr) -> Optional[float]:
+    v = _const(expr)
+    return None if v is None or v.size != 1 or len(np.unique(v)) != 1 else v.reshape(-1)[0].item()
+
+
+def _describe(call) -> str:
+    shape = "x".join(str(d) for d in call.ty.shape) if hasattr(call.ty, "shape") else "?"
+    return f"{call.op.name.removeprefix('relax.')} -> {shape}"
+
+
+class _Refused(Exception):
+    pass
+
+
+@relax.expr_functor.mutator
+class _Rewrite(relax.PyExprMutator):
+    def __init__(self, mod, report: FusionReport):
+        super().__init__(mod)
+        self.report = report
+
+    def _binding(self, expr):
+        while isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            if bound is None:
+                return expr
+            expr = bound
+        return expr
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not _op(call, "quantize"):
+            return call
+        try:
+            return self._integer(call)
+        except _Refused as e:
+            kernel = self._kernel_below(call)
+            if kernel is not None:
+                self.report.float_quantized.append({"op": _describe(kernel), "reason": str(e)})
+            return call
+
+    def _kernel_below(self, quantize):
+        v = self._binding(quantize.args[0])
+        while isinstance(v, relax.Call) and (_op(v, "nn.relu") or _op(v, "clip") or _op(v, "add")):
+            v = self._binding(v.args[0])
+        return v if _op(v, "nn.conv2d") or _op(v, "matmul") else None
+
+    def _dequantized(self, expr, what: str):
+        dq = self._binding(expr)
+        if not _op(dq, "dequantize"):
+            raise _Refused(f"its {what} is not the output of a DequantizeLinear")
+        return dq
+
+    def _integer(self, q):
+        """The integer replacement of one QuantizeLinear and the kernel below it, or _Refused."""
+        out_dtype = str(q.ty.dtype)
+        y_scale, y_zp = _scalar(q.args[1]), _scalar(q.args[2])
+        v = self._binding(q.args[0])
+        lo, hi = _RANGE.get(out_dtype, (None, None))
+        if _op(v, "nn.relu") or _op(v, "clip"):
+            a_lo, a_hi = (0.0, None) if _op(v, "nn.relu") else (float(v.args[1].value), float(v.args[2].value))
+            v = self._binding(v.args[0])
+        else:
+            a_lo = a_hi = None
+        bias = None
+        if _op(v, "add"):
+            left, right = self._binding(v.args[0]), self._binding(v.args[1])
+            kernel, bias = (left, right) if _op(left, "nn.conv2d") or _op(left, "matmul") else (right, left)
+        else:
+            kernel = v
+        if not (_op(kernel, "nn.conv2d") or _op(kernel, "matmul")):
+            raise _Refused("no convolution or matrix product under it")
+        if out_dtype not in _INT8:
+            raise _Refused(f"its output is quantised to {out_dtype}; integer kernels produce int8/uint8")
+        if y_scale is None or y_zp is None:
+            raise _Refused("the output scale or zero point is not one constant (per-tensor)")
+        x_dq = self._dequantized(kernel.args[0], "input")
+        w_arg = self._binding(kernel.args[1])
+        transposed = _op(w_arg, "permute_dims")
+        w_dq = self._dequantized(w_arg.args[0] if transposed else w_arg, "weight")
+        xq, x_scale, x_zp = x_dq.args[0], _scalar(x_dq.args[1]), _scalar(x_dq.args[2])
+        if str(xq.ty.dtype) not in _INT8:
+            raise _Refused(f"its input is {xq.ty.dtype}; integer kernels take int8/uint8 activations")
+        if x_scale is None or x_zp is None:
+            raise _Refused("the input is not quantised per tensor (one constant scale and zero point)")
+        w, w_scale, w_zp = _const(w_dq.args[0]), _const(w_dq.args[1]), _const(w_dq.args[2])
+        if w is None or w_scale is None or w_zp is None:
+            raise _Refused("its weights are not constants")
+        if w.dtype != np.int8:
+            raise _Refused(f"its weights are {w.dtype}; integer kernels take int8 weights")
+        if np.any(w_zp != 0):
+            raise _Refused("asymmetric weights (a weight zero point is not 0); quantise weights symmetrically")
+        channels = w.shape[0] if not transposed and _op(kernel, "nn.conv2d") else (
+            w.shape[0] if transposed else w.shape[-1])
+        w_scale = np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (channels,))
+        bias_q = None
+        if bias is not None:
+            if _op(bias, "reshape"):
+                bias = self._binding(bias.args[0])
+            b_dq = self._dequantized(bias, "bias")
+            b, b_scale = _const(b_dq.args[0]), _const(b_dq.args[1])
+            if b is None or b.dtype != np.int32 or np.any(_const(b_dq.args[2]) != 0):
+                raise _Refused("its bias is not a constant int32 with zero point 0")
+            expected = np.float32(x_scale) * w_scale
+            if not np.allclose(np.broadcast_to(b_scale.reshape(-1), (channels,)), expected, rtol=1e-5):
+                raise _Refused("its bias scale is not input scale x weight scale")
+            bias_q = b.reshape(-1)
+        if _op(kernel, "nn.conv2d") and (kernel.attrs.data_layout != "NCHW" or kernel.attrs.kernel_layout != "OIHW"):
+            raise _Refused(f"layout {kernel.attrs.data_layout}/{kernel.attrs.kernel_layout}; expected NCHW/OIHW")
+
+        emit = self.builder_.emit
+        lo_x, hi_x = _RANGE[str(xq.ty.dtype)]
+        w_rows = (w if _op(kernel, "nn.conv2d") or transposed else w.T).reshape(channels, -1)
+        # |any partial sum| <= max|x - x_zp| * sum_k |w[c, k]| (+ |bias|): when that is below 2**24
+        # every product and partial sum is an integer float32 holds exactly, so the float kernels
+        # (FMA: twice AVX2's int32 multiply rate) give exactly the int32 result
+        bound = max(x_zp - lo_x, hi_x - x_zp) * int(np.abs(w_rows.astype(np.int64)).sum(axis=1).max(initial=0))
+        bound += int(np.abs(bias_q.astype(np.int64)).max(initial=0)) if bias_q is not None else 0
+        acc_dtype = "float32" if bound < _FLOAT_EXACT else "int32"
+        narrow = "float32" if acc_dtype == "float32" else "int16"
+        xi = emit(relax.op.astype(xq, narrow))
+        if x_zp:
+            xi = emit(relax.op.subtract(xi, relax.const(x_zp, narrow)))
+        if _op(kernel, "nn.conv2d"):
+            a = kernel.attrs
+            acc = emit(relax.op.nn.conv2d(xi, relax.const(w.astype(narrow)), a.strides, a.padding, a.dilation,
+                                          a.groups, "NCHW", "OIHW", "NCHW", acc_dtype))
+            per_channel = (1, channels, 1, 1)
+        else:
+            weight = relax.const((w.T if transposed else w).astype(narrow))
+            acc = emit(relax.op.matmul(xi, weight, out_dtype=acc_dtype))
+            per_channel = (channels,)
+        if bias_q is not None:
+            acc = emit(relax.op.add(acc, relax.const(bias_q.reshape(per_channel).astype(acc_dtype))))
+        # onnxruntime's requantisation, in its order: scales multiplied and divided in float32
+        multiplier = (np.float32(x_scale) * w_scale / np.float32(y_scale)).astype(np.float32)
+        f = emit(relax.op.astype(acc, "float32")) if acc_dtype == "int32" else acc
+        f = emit(relax.op.multiply(f, relax.const(multiplier.reshape(per_channel))))
+        f = emit(relax.op.add(emit(relax.op.round(f)), relax.const(float(y_zp), "float32")))
+        if a_lo is not None:  # the activation before the QuantizeLinear, as a clamp in its output range
+            lo = max(lo, int(np.round(np.float32(a_lo) / np.float32(y_scale))) + int(y_zp))
+        if a_hi is not None:
+            hi = min(hi, int(np.round(np.float32(a_hi) / np.float32(y_scale))) + int(y_zp))
+        kind = ("conv2d" if _op(kernel, "nn.conv2d") else "matmul") + f" ({acc_dtype}-exact)"
+        self.report.int8[kind] = self.report.int8.get(kind, 0) + 1
+        return relax.op.astype(emit(relax.op.clip(f, float(lo), float(hi))), out_dtype)
+
+
+def integer_kernels(report: FusionReport) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="mobilec.IntegerKernels")
+    def run(mod, _ctx):
+        if not any(_has_quantize(f) for _, f in mod.functions.items() if isinstance(f, relax.Function)):
+            return mod
+        rewrite = _Rewrite(mod, report)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = rewrite.visit_expr(func)
+        return relax.transform.DeadCodeElimination()(mod)
+
+    return run
+
+
+def _has_quantize(func) -> bool:
+    found = []
+    relax.analysis.post_order_visit(func, lambda e: found.append(1) if _op(e, "quantize") else None)
+    return bool(found)

@@ -1,0 +1,218 @@
+"""``mobilec quantize``: static post-training quantisation of an fp32 ONNX model into the standard
+QDQ form, with onnxruntime's quantisation tooling doing calibration and QuantizeLinear /
+DequantizeLinear insertion.
+
+What is quantised, and how:
+- Conv, Gemm and MatMul: weights int8, symmetric, per output channel; activations per tensor
+  (uint8 by default, asymmetric); biases int32 at the input scale times the weight scale.
+- Adds of two activations (the residual adds), in the quantised domain.
+- ReLU and ReLU6 (Clip) after a convolution: they share its output quantisation, so they become
+  its output range.
+- Nothing else: h-swish, h-sigmoid and the SE gate stay float between a DequantizeLinear and a
+  QuantizeLinear, in the form the exporter wrote them, so mobilec's fusion passes still find them
+  (an ``Add`` with a constant operand, such as h-swish's ``x + 3``, is left float for that reason).
+
+The agreement report runs the fp32 and the int8 model in onnxruntime on held-out inputs that
+calibration did not see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import onnx
+
+from mobilec.errors import ConfigError, UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+QUANTISED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Relu", "Clip")  # ReLU/ReLU6 fold into the output range
+
+
+class QuantizeError(UserError, ValueError):
+    """A model or calibration set mobilec cannot quantise, with the reason and the fix."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    images: Optional[str] = None  # a folder of calibration images (the registry models' preprocessing)
+    random: int = 16  # seeded random calibration inputs, used when no images are given
+    held_out: int = 8  # inputs calibration does not see, for the agreement report
+    activation_type: str = "uint8"  # or "int8"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.activation_type not in ("uint8", "int8"):
+            raise ConfigError(f"activation type {self.activation_type!r}: valid: uint8, int8")
+        if self.random < 1 or self.held_out < 1:
+            raise ConfigError(f"--random {self.random} --held-out {self.held_out}: need at least 1 of each")
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    calibration: str  # where the calibration inputs came from, in words
+    calibration_inputs: int
+    held_out: int
+    top1_agreement: float  # int8 vs fp32 on held-out inputs (per pixel for segmentation maps)
+    cosine: float  # mean over held-out inputs of the outputs' cosine similarity
+    quantized: Counter = field(default_factory=Counter)  # op type -> nodes quantised
+    seconds: float = 0.0
+
+
+def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy onnxruntime's quantiser takes whole: every node named (nodes are chosen by name), and an
+    ``Identity`` of an initializer (PyTorch's exporter shares equal biases that way) replaced by a copy
+    of it, so such a bias is quantised with its convolution instead of leaving it float."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    keep = []
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in {
+                o.name for o in graph.output}:
+            copy = onnx.TensorProto.FromString(inits[node.input[0]].SerializeToString())
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+            inits[copy.name] = copy
+            continue
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+        keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return model
+
+
+def _constant_operand_adds(model: onnx.ModelProto) -> list[str]:
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "Add" and any(i in constants for i in n.input)]
+
+
+def _input_spec(model: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise QuantizeError(f"{len(inputs)} graph inputs ({', '.join(i.name for i in inputs)}): calibration "
+                            f"feeds one image tensor; quantise a single-input model")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
+    if len(shape) != 4 or 0 in shape:
+        raise QuantizeError(f"input {inputs[0].name!r} has shape {shape}: calibration needs a static NCHW shape; "
+                            f"fix it when exporting (mobilec export --batch/--input-size)")
+    return inputs[0].name, shape
+
+
+def _calibration_sets(cfg: QuantizeConfig, shape) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    if cfg.images:
+        from mobilec.present import image_tensor
+
+        folder = Path(cfg.images)
+        if not folder.is_dir():
+            raise QuantizeError(f"--images {folder}: not a folder; give a folder of JPEG/PNG images")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(files) < 2:
+            raise QuantizeError(f"--images {folder}: {len(files)} image(s) found; give at least 2 (some are "
+                                f"held out for the agreement report), or use --random N")
+        held = min(cfg.held_out, max(1, len(files) // 4))
+        tensors = [image_tensor(str(p), shape, "float32", "--images") for p in files]
+        return tensors[:-held], tensors[-held:], f"{len(files) - held} images from {folder}"
+    rng = np.random.default_rng(cfg.seed)
+    tensors = [rng.standard_normal(shape).astype(np.float32) for _ in range(cfg.random + cfg.held_out)]
+    return tensors[:cfg.random], tensors[cfg.random:], (
+        f"{cfg.random} seeded random inputs (no --images given: the activation ranges are those of noise, "
+        f"not of photos)")
+
+
+def agreement(fp32: np.ndarray, int8: np.ndarray) -> tuple[float, float]:
+    """(top-1 agreement, cosine similarity) of one output pair: top-1 over the class axis (axis 1:
+    logits, or each pixel of a segmentation map)."""
+    a, b = fp32.astype(np.float64), int8.astype(np.float64)
+    top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))) if a.ndim >= 2 else float(a.argmax() == b.argmax())
+    cos = float((a * b).sum() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return top1, cos
+
+
+def quantize_model(model: Union[str, Path], output: Union[str, Path],
+                   config: Optional[QuantizeConfig] = None) -> QuantizeResult:
+    """Quantise ``model`` (an fp32 ONNX file) into ``output`` (QDQ ONNX) and report its agreement
+    with the fp32 model on held-out inputs."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    cfg = config or QuantizeConfig()
+    start = time.perf_counter()
+    model, output = Path(model), Path(output)
+    if output.resolve() == model.resolve():
+        raise QuantizeError(f"-o {output}: the same file as the input; write the int8 model elsewhere")
+    try:
+        proto = onnx.load(str(model))
+        onnx.checker.check_model(proto)
+    except (OSError, onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as e:
+        raise QuantizeError(f"{model}: not a valid ONNX model ({str(e).splitlines()[0]})") from None
+    name, shape = _input_spec(proto)
+    calib, held, described = _calibration_sets(cfg, shape)
+    prepared = _prepared(proto)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(calib)
+
+        def get_next(self):
+            x = next(self._it, None)
+            return None if x is None else {name: x}
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mobilec-quantize-") as tmp:
+        src = os.path.join(tmp, "prepared.onnx")
+        onnx.save(prepared, src)
+        partial = output.with_name(output.name + ".partial")
+        try:
+            with _quiet():  # its advice to pre-process is printed through the root logger
+                quantize_static(
+                    src, str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=_constant_operand_adds(prepared),
+                    activation_type=QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+            quantized = onnx.load(str(partial))
+            onnx.checker.check_model(quantized)
+            os.replace(partial, output)
+        finally:
+            partial.unlink(missing_ok=True)
+    counts = _quantized_ops(quantized)
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    fp32 = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(output), options, providers=["CPUExecutionProvider"])
+    scores = [agreement(fp32.run(None, {name: x})[0], int8.run(None, {name: x})[0]) for x in held]
+    return QuantizeResult(output, described, len(calib), len(held), float(np.mean([s[0] for s in scores])),
+                          float(np.mean([s[1] for s in scores])), counts, time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _quiet():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantized_ops(model: onnx.ModelProto) -> Counter:
+    """Op type -> nodes of the quantised kinds whose inputs all come from DequantizeLinear."""
+    produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    return Counter(n.op_type for n in model.graph.node if n.op_type in QUANTISED_OPS
+                   and all(produced_by.get(i) == "DequantizeLinear" for i in n.input if i))
