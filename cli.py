@@ -83,6 +83,11 @@ def _print_report(report: dict) -> None:
     if report["refused"]:
         _table("near misses (not fused)", ["pattern", "node", "reason"],
                [[r["pattern"], r["node"], r["reason"]] for r in report["refused"]])
+    if report.get("int8"):
+        print("int8 kernels: " + ", ".join(f"{k} {v}" for k, v in report["int8"].items()))
+    if report.get("float_quantized"):
+        _table("quantised ops left in float (dequantised as the file says)", ["op", "reason"],
+               [[r["op"], r["reason"]] for r in report["float_quantized"]])
 
 
 def _model_file(path: str) -> str:
@@ -99,7 +104,7 @@ def cmd_compile(args) -> int:
     cfg = CompileConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores,
                         input_shapes=_shapes(args.input_shape), tuning_db=args.tuning_db, dump_ir=args.dump_ir,
                         fuse=not args.no_fuse, default_schedules=not args.no_default_schedules, layout=args.layout,
-                        force_tuning_db=args.force_tuning_db)
+                        force_tuning_db=args.force_tuning_db, integer=not args.no_integer)
     res = compile_model(args.model, args.output, cfg)
     m = res.manifest
     print(f"wrote {res.library} and {res.library.with_suffix('.json')} in {res.seconds:.1f} s: "
@@ -292,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="apply --tuning-db even where `mobilec tune` measured it slower for this model")
             p.add_argument("--dump-ir", help="write the IR after each pipeline phase to this directory")
             p.add_argument("--no-fuse", action="store_true", help="skip mobilec's fusion phase")
+            p.add_argument("--no-integer", action="store_true",
+                           help="run a quantised (QDQ) model in float, dequantising as the file says")
             p.add_argument("--no-default-schedules", action="store_true",
                            help="leave kernels the tuning database lacks to TVM's plain lowering (slow; "
                                 "for comparison)")

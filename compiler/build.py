@@ -33,6 +33,7 @@ class CompileConfig:
     default_schedules: bool = True  # False: kernels the database lacks get TVM's plain lowering
     layout: str = "NHWC"  # the activations' layout through the network; "NCHW": as imported (for comparison)
     force_tuning_db: bool = False  # apply tuning_db even where tuning measured it slower for this model
+    integer: bool = True  # False: a quantised (QDQ) model runs in float, dequantising as the file says
 
     def __post_init__(self):
         check_layout(self.layout)  # before the long work
@@ -70,7 +71,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
             db = None
     target = resolved.tvm_target()
     opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules,
-                           layout=cfg.layout)
+                           layout=cfg.layout, integer=cfg.integer)
     ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipeline(target, opts))
     if db and not opts.tuned_kernels:
         warnings.append(_unmatched_database(db, opts, resolved))

@@ -48,7 +48,8 @@ def _scalar(expr) -> Optional[float]:
 
 
 def _describe(call) -> str:
-    shape = "x".join(str(d) for d in call.ty.shape) if hasattr(call.ty, "shape") else "?"
+    shape = "x".join(str(int(d)) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in call.ty.shape) \
+        if hasattr(call.ty, "shape") else "?"
     return f"{call.op.name.removeprefix('relax.')} -> {shape}"
 
 
@@ -72,6 +73,8 @@ class _Rewrite(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
+        if _op(call, "add"):  # its own copy of a shared DequantizeLinear, so a kernel can take it in
+            return relax.Call(call.op, [self._own_dequantize(a) for a in call.args], call.attrs)
         if not _op(call, "quantize"):
             return call
         try:
@@ -81,6 +84,12 @@ class _Rewrite(relax.PyExprMutator):
             if kernel is not None:
                 self.report.float_quantized.append({"op": _describe(kernel), "reason": str(e)})
             return call
+
+    def _own_dequantize(self, arg):
+        bound = self._binding(arg) if isinstance(arg, relax.Var) else None
+        if not _op(bound, "dequantize"):
+            return arg
+        return self.builder_.emit(relax.Call(bound.op, list(bound.args), bound.attrs))
 
     def _kernel_below(self, quantize):
         v = self._binding(quantize.args[0])
@@ -129,12 +138,16 @@ class _Rewrite(relax.PyExprMutator):
         w, w_scale, w_zp = _const(w_dq.args[0]), _const(w_dq.args[1]), _const(w_dq.args[2])
         if w is None or w_scale is None or w_zp is None:
             raise _Refused("its weights are not constants")
-        if w.dtype != np.int8:
-            raise _Refused(f"its weights are {w.dtype}; integer kernels take int8 weights")
-        if np.any(w_zp != 0):
-            raise _Refused("asymmetric weights (a weight zero point is not 0); quantise weights symmetrically")
-        channels = w.shape[0] if not transposed and _op(kernel, "nn.conv2d") else (
-            w.shape[0] if transposed else w.shape[-1])
+        if w.dtype not in (np.int8, np.uint8):
+            raise _Refused(f"its weights are {w.dtype}; integer kernels take 8-bit weights")
+        out_axis = 0 if _op(kernel, "nn.conv2d") or transposed else w.ndim - 1
+        channels = w.shape[out_axis]
+        for what, arr in (("scale", w_scale), ("zero point", w_zp)):
+            if arr.size not in (1, channels) or (arr.size > 1 and int(w_dq.attrs.axis) % w.ndim != out_axis):
+                raise _Refused(f"its weight {what} varies along axis {int(w_dq.attrs.axis)}, not per output channel")
+        along = [channels if i == out_axis else 1 for i in range(w.ndim)]
+        # asymmetric weights: the zero point is subtracted here, at compile time (|w - zp| <= 255)
+        w = w.astype(np.int32) - np.broadcast_to(w_zp.astype(np.int32).reshape(-1), (channels,)).reshape(along)
         w_scale = np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (channels,))
         bias_q = None
         if bias is not None:

@@ -13,7 +13,7 @@ What is quantised, and how:
   (an ``Add`` with a constant operand, such as h-swish's ``x + 3``, is left float for that reason).
 
 The agreement report runs the fp32 and the int8 model in onnxruntime on held-out inputs that
-calibration did not see.
+calibration did not see (the int8 one exactly as written: ``reference_session``).
 """
 
 from __future__ import annotations
@@ -194,10 +194,35 @@ def quantize_model(model: Union[str, Path], output: Union[str, Path],
     options = ort.SessionOptions()
     options.log_severity_level = 3
     fp32 = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    int8 = ort.InferenceSession(str(output), options, providers=["CPUExecutionProvider"])
+    int8 = reference_session(output)  # the file's own semantics, which mobilec compiles
     scores = [agreement(fp32.run(None, {name: x})[0], int8.run(None, {name: x})[0]) for x in held]
     return QuantizeResult(output, described, len(calib), len(held), float(np.mean([s[0] for s in scores])),
                           float(np.mean([s[1] for s in scores])), counts, time.perf_counter() - start)
+
+
+def output_step(model: Union[str, Path, onnx.ModelProto]) -> float:
+    """The quantisation step of a QDQ model's output: the scale of its last QuantizeLinear."""
+    from onnx import numpy_helper
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    scales = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    last = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    if not last or last[-1].input[1] not in scales:
+        raise QuantizeError("no QuantizeLinear with a constant scale: not a quantised (QDQ) model")
+    return float(scales[last[-1].input[1]].reshape(-1)[0])
+
+
+def reference_session(model: Union[str, Path]):
+    """onnxruntime running a QDQ file exactly as it is written (graph optimisations off): every
+    DequantizeLinear, float op and QuantizeLinear in turn, no fused integer kernels. The reference
+    for mobilec's int8 output; onnxruntime's optimised kernels differ from it (on AVX2 without VNNI
+    its u8 x s8 products saturate 16-bit pair sums)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 @contextlib.contextmanager

@@ -1,12 +1,19 @@
-"""An integer convolution (or matrix product) and its requantisation epilogue, one kernel.
+"""An integer convolution (or matrix product), its requantisation and what the quantised model
+computes in float right after it, one kernel.
 
-  astype(clip(round(astype(conv2d(x, W) [+ b], f32) * m) + z, lo, hi), int8|uint8)
-                                      -> mobilec.conv2d_requantize
-  the same with matmul(x, W)          -> mobilec.dense_requantize
+  conv2d(x, W) [+ b]                                               the accumulation (int32, or
+                                                                   float32 where that is exact)
+  astype(clip(round([astype] acc * m) + z, lo, hi), int8|uint8)    -> mobilec.conv2d_requantize
+  ... then quantize(h-swish(dequantize(.)))                        -> mobilec.conv2d_requantize_hswish
+  ... then quantize(dequantize(.) + dequantize(shortcut))          -> mobilec.conv2d_requantize_residual
+  the same with matmul(x, W)                                       -> mobilec.dense_requantize[_...]
 
-The chain is the one ``compiler/quantized.py`` writes for a quantised (QDQ) convolution: int32
-accumulation, int32 bias, then the float multiplier per output channel, rounding half to even,
-the output zero point and the clamp to the output type (with ReLU/ReLU6 folded into the clamp).
+The chain is the one ``compiler/quantized.py`` writes for a quantised (QDQ) convolution: the
+accumulation, the int32 bias, then the float multiplier per
+output channel, rounding half to even, the output zero point and the clamp to the output type
+(ReLU/ReLU6 folded into the clamp). The input's cast and zero point stay outside: converted
+inside the kernel, they are redone for every tile of output channels (measured 2x slower). The float h-swish or residual add of a QDQ graph, between a
+DequantizeLinear and a QuantizeLinear, joins the kernel as its epilogue, as it does in fp32.
 """
 
 from __future__ import annotations
@@ -15,11 +22,20 @@ from typing import Callable, Optional
 
 from tvm.relax.dpl import DFPattern, is_const, wildcard
 
+from mobilec.compiler.fusions import hswish
 from mobilec.compiler.fusions.base import Rule, op
 
 
-def pattern(accumulator: DFPattern) -> DFPattern:
-    acc = accumulator | op("add", accumulator, is_const())
+def _dq(x: DFPattern) -> DFPattern:
+    return op("dequantize", x, is_const(), is_const())
+
+
+def _q(x: DFPattern) -> DFPattern:
+    return op("quantize", x, is_const(), is_const())
+
+
+def requantized(core: DFPattern) -> DFPattern:
+    acc = core | op("add", core, is_const())
     scaled = op("multiply", op("astype", acc) | acc, is_const())
     return op("astype", op("clip", op("add", op("round", scaled), is_const()), wildcard(), wildcard()))
 
@@ -31,10 +47,26 @@ def _integer_check(ctx) -> Optional[str]:
     return None
 
 
-def _rule(kind: str, producer: Callable[[DFPattern], DFPattern]) -> Rule:
+def _hswish_check(ctx) -> Optional[str]:
+    a = ctx.annotated_expr
+    return _integer_check(ctx) or hswish.check_chain(ctx, a["act"], a["dq"])
+
+
+def _rules(kind: str, producer: Callable[[DFPattern], DFPattern]) -> list[Rule]:
     core = producer(wildcard())
-    return Rule(f"mobilec.{kind}_requantize", pattern(core), {"core": core}, _integer_check)
+    r = requantized(core)
+    dq = _dq(r)
+    act = hswish.pattern(dq)
+    shortcut = _dq(wildcard())
+    named = {"core": core, "dq": dq}
+    # Both operands of a residual add may be ours; the matcher takes the left one first, and the
+    # mirrored rule catches the case where the left one's output is also read elsewhere.
+    residuals = [Rule(f"mobilec.{kind}_requantize_residual", _q(add), named, _integer_check)
+                 for add in (op("add", dq, shortcut), op("add", shortcut, dq))]
+    return [Rule(f"mobilec.{kind}_requantize_hswish", _q(act), named | {"act": act}, _hswish_check),
+            *residuals,
+            Rule(f"mobilec.{kind}_requantize", r, {"core": core}, _integer_check)]
 
 
-RULES = [_rule("conv2d", lambda x: op("nn.conv2d", x, is_const())),
-         _rule("dense", lambda x: op("matmul", x, is_const()))]
+RULES = (_rules("conv2d", lambda x: op("nn.conv2d", x, is_const()))
+         + _rules("dense", lambda x: op("matmul", x, is_const())))

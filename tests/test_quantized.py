@@ -1,0 +1,169 @@
+"""Quantised (QDQ) ONNX compiled as integer kernels: each kernel kind against the QDQ file's own
+semantics (onnxruntime with graph optimisations off), the forms other tools write, and what stays
+float and why."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+import mobilec.runtime as mr
+from conftest import seeded_input
+from graphs import C, HW, const, conv, hswish_nodes, model
+from mobilec.compiler import CompileConfig, compile_model, inspect_model
+from mobilec.frontends.quantize import QuantizeConfig, output_step, quantize_model, reference_session
+
+
+def kernel(kind: str) -> onnx.ModelProto:
+    """One fp32 layer (or two) of each kind an int8 MobileNet has."""
+    if kind == "stem":
+        n, i = conv("input", "output", cin=3, cout=16, stride=2)
+        return model(n, i, inputs=(("input", (1, 3, 16, 16)),), output=("output", (1, 16, 8, 8)))
+    if kind == "classifier":
+        w = np.random.default_rng(3).standard_normal((10, C)).astype(np.float32)
+        nodes = [helper.make_node("GlobalAveragePool", ["input"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+                 helper.make_node("Gemm", ["f", "w", "b"], ["output"], transB=1)]
+        return model(nodes, [const("w", w), const("b", np.arange(10) / 10)], output=("output", (1, 10)))
+    if kind == "wide":  # sum |w| x |x - zp| past 2**24: float32 is not exact for it, the int32 kernel is
+        n, i = conv("input", "output", cin=2048, cout=8, k=1)
+        signs = np.sign(np.random.default_rng(5).standard_normal((8, 2048, 1, 1)))
+        i[0] = const("output_w", np.where(signs == 0, 1, signs) / 40)  # every weight quantised to +-127
+        return model(n, i, inputs=(("input", (1, 2048, 2, 2)),), output=("output", (1, 8, 2, 2)))
+    if kind == "residual":  # inside the network, as in an inverted-residual block
+        a, ai = conv("input", "a", k=1)
+        n, i = conv("a", "c", k=1, seed=1)
+        return model(a + n + [helper.make_node("Add", ["a", "c"], ["output"])], ai + i)
+    if kind == "hswish":  # followed by a convolution, which quantises the h-swish output
+        n, i = conv("input", "c", k=1)
+        h, hi = hswish_nodes("c", "h", "onnx")
+        n2, i2 = conv("h", "output", k=1, seed=2)
+        return model(n + h + n2, i + hi + i2)
+    k, stride, group = {"pointwise": (1, 1, 1), "full3x3": (3, 1, 1), "depthwise3x3": (3, 1, C),
+                        "depthwise3x3s2": (3, 2, C), "depthwise5x5": (5, 1, C)}[kind]
+    n, i = conv("input", "c", k=k, stride=stride, group=group)
+    out = (HW + stride - 1) // stride
+    return model(n + [helper.make_node("Relu", ["c"], ["output"])], i, output=("output", (1, C, out, out)))
+
+
+KINDS = ["pointwise", "full3x3", "depthwise3x3", "depthwise3x3s2", "depthwise5x5", "stem", "classifier",
+         "residual", "hswish", "wide"]
+
+
+def quantized(tmp_path, proto: onnx.ModelProto, name: str = "m") -> str:
+    src, dst = tmp_path / f"{name}.onnx", tmp_path / f"{name}-int8.onnx"
+    onnx.save(proto, src)
+    quantize_model(src, dst, QuantizeConfig(random=4, held_out=1))
+    return str(dst)
+
+
+def assert_within_one_step(library, qdq: str, seed: int = 0):
+    sess = reference_session(qdq)
+    spec = sess.get_inputs()[0]
+    x = seeded_input(spec.shape, seed)
+    want = sess.run(None, {spec.name: x})[0]
+    got = mr.load(library)(x)
+    step = output_step(qdq)
+    # the integer kernels compute exactly; a float op rounding on the other side of a tie moves one step
+    assert float(np.abs(got - want).max()) <= step * 1.001, f"max error {np.abs(got - want).max()} step {step}"
+    return got, want
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kernel_kind_matches_the_qdq_reference(kind, tmp_path):
+    qdq = quantized(tmp_path, kernel(kind))
+    res = compile_model(qdq, tmp_path / "k.so")
+    assert res.report.float_quantized == []
+    accumulator = "int32" if kind == "wide" else "float32"
+    op = "matmul" if kind == "classifier" else "conv2d"
+    assert res.report.int8 == {f"{op} ({accumulator}-exact)": 2 if kind in ("hswish", "residual") else 1}
+    assert_within_one_step(res.library, qdq)
+
+
+@pytest.mark.build
+def test_float_epilogues_join_the_integer_kernel(tmp_path):
+    report = inspect_model(quantized(tmp_path, kernel("hswish"))).report
+    assert report.matched == {"mobilec.conv2d_requantize_hswish": 1, "mobilec.conv2d_requantize": 1}, \
+        report.to_dict()
+    report = inspect_model(quantized(tmp_path, kernel("residual"), "r")).report
+    assert report.matched == {"mobilec.conv2d_requantize_residual": 1, "mobilec.conv2d_requantize": 1}, \
+        report.to_dict()
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, shape):
+        self._it = iter([{"input": seeded_input(shape, s)} for s in range(4)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def ort_quantized(tmp_path, proto, **options) -> str:
+    """The file onnxruntime's own tool writes (its defaults, or the options given)."""
+    src, dst = tmp_path / "src.onnx", tmp_path / "ort-int8.onnx"
+    onnx.save(proto, src)
+    quantize_static(str(src), str(dst), _Reader((1, C, HW, HW)), quant_format=QuantFormat.QDQ, **options)
+    return str(dst)
+
+
+def two_layers() -> onnx.ModelProto:
+    """pointwise, then depthwise, then h-swish"""
+    a, ai = conv("input", "a", k=1)
+    b, bi = conv("a", "b", group=C, seed=1)
+    h, hi = hswish_nodes("b", "output", "onnx")
+    return model(a + b + h, ai + bi + hi)
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("form", ["ort-default", "per-tensor", "asymmetric-weights"])
+def test_other_quantisers_files(form, tmp_path):
+    options = {"ort-default": {}, "per-tensor": {"per_channel": False},
+               "asymmetric-weights": {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QUInt8,
+                                      "per_channel": True, "extra_options": {"WeightSymmetric": False}}}[form]
+    qdq = ort_quantized(tmp_path, two_layers(), **options)
+    res = compile_model(qdq, tmp_path / "o.so")
+    assert sum(res.report.int8.values()) == 2 and res.report.float_quantized == []
+    assert_within_one_step(res.library, qdq)
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("form, reason", [("uint16-activations", "quantised to uint16"),
+                                          ("int16-weights", "weights are int16")])
+def test_16_bit_runs_in_float_and_says_why(form, reason, tmp_path):
+    options = {"uint16-activations": {"activation_type": QuantType.QUInt16, "per_channel": True},
+               "int16-weights": {"weight_type": QuantType.QInt16, "per_channel": True}}[form]
+    qdq = ort_quantized(tmp_path, two_layers(), **options)
+    res = compile_model(qdq, tmp_path / "f.so")
+    assert res.report.int8 == {}
+    assert len(res.report.float_quantized) == 2
+    assert all(reason in r["reason"] and r["op"].startswith("nn.conv2d") for r in res.report.float_quantized)
+    assert_within_one_step(res.library, qdq)
+
+
+@pytest.mark.build
+def test_registry_model_int8(exported, tmp_path):
+    """MobileNetV3-Small quantised by mobilec: every convolution and the classifier integer. With the
+    registry's random weights one rounding tie in a float op (h-swish, pooling) can move later
+    layers, so the whole network is compared by agreement, not per element."""
+    qdq = tmp_path / "small-int8.onnx"
+    quantize_model(exported("mobilenet_v3_small"), qdq, QuantizeConfig(random=4, held_out=2))
+    res = compile_model(qdq, tmp_path / "small-int8.so")
+    assert res.report.float_quantized == []
+    assert sum(res.report.int8.values()) == 54  # 52 convolutions, 2 classifier layers
+    assert res.report.matched.get("mobilec.conv2d_requantize_hswish", 0) > 0
+    sess = reference_session(str(qdq))
+    x = seeded_input((1, 3, 224, 224))
+    want = sess.run(None, {"input": x})[0]
+    got = mr.load(res.library)(x)
+    cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cos > 0.99, cos  # (the random weights' logits are too flat for a stable top-1)
+    assert np.mean(np.abs(got - want) <= output_step(qdq) * 1.001) > 0.5
+
+
+@pytest.mark.build
+def test_no_integer_flag_keeps_the_file_in_float(tmp_path):
+    qdq = quantized(tmp_path, kernel("pointwise"))
+    res = compile_model(qdq, tmp_path / "f.so", CompileConfig(integer=False))
+    assert res.report.int8 == {}
+    assert_within_one_step(res.library, qdq)
