@@ -154,11 +154,18 @@ def quantize_model(model: Union[str, Path], output: Union[str, Path],
     model, output = Path(model), Path(output)
     if output.resolve() == model.resolve():
         raise QuantizeError(f"-o {output}: the same file as the input; write the int8 model elsewhere")
+    if not model.is_file():
+        raise QuantizeError(f"{model}: no such file")
     try:
         proto = onnx.load(str(model))
         onnx.checker.check_model(proto)
-    except (OSError, onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as e:
-        raise QuantizeError(f"{model}: not a valid ONNX model ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # protobuf's DecodeError, the checker's ValidationError and friends
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QuantizeError(f"{model}: not a valid ONNX model ({first}); give an fp32 model from "
+                            f"`mobilec export` or another exporter") from None
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in proto.graph.node):
+        raise QuantizeError(f"{model}: already quantised (it has QuantizeLinear/DequantizeLinear nodes); "
+                            f"compile it as it is, or quantise the fp32 model it came from")
     name, shape = _input_spec(proto)
     calib, held, described = _calibration_sets(cfg, shape)
     prepared = _prepared(proto)

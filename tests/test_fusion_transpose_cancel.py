@@ -49,3 +49,34 @@ def test_unmatched_transpose_survives():
 @pytest.mark.parametrize("break_perm", [False, True])
 def test_numerics(break_perm, tmp_path):
     assert_matches_onnxruntime(nhwc_graph(break_perm=break_perm), tmp_path)
+
+
+def squeeze_excite_gate(quantized: bool):
+    """conv, then a gate from the channel means (GlobalAveragePool, conv, sigmoid, multiply), with
+    a per-tensor QuantizeLinear/DequantizeLinear pair after the conv when ``quantized``: the mean and
+    the pair must not pin the network to NCHW."""
+    n, i = conv("input", "c")
+    x = "c"
+    if quantized:
+        i += [const("s", 0.05), helper.make_tensor("z", 2, [], [128])]  # 2: UINT8
+        n += [helper.make_node("QuantizeLinear", ["c", "s", "z"], ["q"]),
+              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"])]
+        x = "dq"
+    g, gi = conv("p", "g", k=1, seed=3)
+    n += [helper.make_node("GlobalAveragePool", [x], ["p"])] + g + [
+        helper.make_node("Sigmoid", ["g"], ["gs"]), helper.make_node("Mul", [x, "gs"], ["m"])]
+    o, oi = conv("m", "output", seed=4)
+    return model(n + o, i + gi + oi)
+
+
+@pytest.mark.structure
+@pytest.mark.parametrize("quantized", [False, True])
+def test_transposes_sink_through_mean_and_per_tensor_qdq(quantized):
+    # NCHW in and out: one transpose at the input, one at the output, none inside
+    assert permutes(inspect_model(squeeze_excite_gate(quantized)).mod) == 2
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("quantized", [False, True])
+def test_squeeze_excite_gate_numerics(quantized, tmp_path):
+    assert_matches_onnxruntime(squeeze_excite_gate(quantized), tmp_path)

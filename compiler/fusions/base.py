@@ -27,13 +27,14 @@ class Rule:
     pattern: DFPattern
     annotations: dict = field(default_factory=dict)
     check: Optional[Check] = None  # None: always accept
+    near_misses: bool = True  # False: the check states a choice between rules, not a near miss; unreported
 
     def fusion_pattern(self, on_refusal: Callable[[str, PatternCheckContext, str], None]) -> FusionPattern:
         def check(ctx: PatternCheckContext) -> bool:
             if escaping_intermediate(ctx):
                 return False  # a legality limit, not a near miss: not reported
             reason = self.check(ctx) if self.check else None
-            if reason is not None:
+            if reason is not None and self.near_misses:
                 on_refusal(self.name, ctx, reason)
             return reason is None
 

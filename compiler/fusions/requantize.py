@@ -11,8 +11,9 @@ computes in float right after it, one kernel.
 The chain is the one ``compiler/quantized.py`` writes for a quantised (QDQ) convolution: the
 accumulation, the int32 bias, then the float multiplier per
 output channel, rounding half to even, the output zero point and the clamp to the output type
-(ReLU/ReLU6 folded into the clamp). The input's cast and zero point stay outside: converted
-inside the kernel, they are redone for every tile of output channels (measured 2x slower). The float h-swish or residual add of a QDQ graph, between a
+(ReLU/ReLU6 folded into the clamp). A spatial convolution (depthwise, stem) also takes in its
+input's cast and zero point, converted once per tile as it stages the padded input; a 1x1 one
+leaves them outside, where they are not redone for every tile of output channels. The float h-swish or residual add of a QDQ graph, between a
 DequantizeLinear and a QuantizeLinear, joins the kernel as its epilogue, as it does in fp32.
 """
 
@@ -47,26 +48,39 @@ def _integer_check(ctx) -> Optional[str]:
     return None
 
 
-def _hswish_check(ctx) -> Optional[str]:
-    a = ctx.annotated_expr
-    return _integer_check(ctx) or hswish.check_chain(ctx, a["act"], a["dq"])
+def _padded_check(ctx) -> Optional[str]:
+    """The input's cast joins a kernel that stages its padded input once per tile (a k x k window);
+    a 1x1 kernel would redo it for every tile of output channels (measured 2x slower)."""
+    weight = ctx.annotated_expr["core"].args[1]
+    if [int(d) for d in weight.ty.shape][:2] == [1, 1]:
+        return "a 1x1 convolution converts its input outside the kernel"
+    return _integer_check(ctx)
 
 
-def _rules(kind: str, producer: Callable[[DFPattern], DFPattern]) -> list[Rule]:
-    core = producer(wildcard())
+def _rules(kind: str, producer: Callable[[DFPattern], DFPattern], cast_input: bool = False) -> list[Rule]:
+    x = wildcard()
+    core = producer(op("subtract", op("astype", x), is_const()) | op("astype", x) if cast_input else x)
     r = requantized(core)
     dq = _dq(r)
     act = hswish.pattern(dq)
     shortcut = _dq(wildcard())
     named = {"core": core, "dq": dq}
+    check = _padded_check if cast_input else _integer_check
     # Both operands of a residual add may be ours; the matcher takes the left one first, and the
     # mirrored rule catches the case where the left one's output is also read elsewhere.
-    residuals = [Rule(f"mobilec.{kind}_requantize_residual", _q(add), named, _integer_check)
+    residuals = [Rule(f"mobilec.{kind}_requantize_residual", _q(add), named, check, not cast_input)
                  for add in (op("add", dq, shortcut), op("add", shortcut, dq))]
-    return [Rule(f"mobilec.{kind}_requantize_hswish", _q(act), named | {"act": act}, _hswish_check),
+    return [Rule(f"mobilec.{kind}_requantize_hswish", _q(act), named | {"act": act},
+                 lambda ctx: check(ctx) or hswish.check_chain(ctx, ctx.annotated_expr["act"], ctx.annotated_expr["dq"]),
+                 not cast_input),  # the same rule without the cast reports the near misses
             *residuals,
-            Rule(f"mobilec.{kind}_requantize", r, {"core": core}, _integer_check)]
+            Rule(f"mobilec.{kind}_requantize", r, {"core": core}, check, not cast_input)]
 
 
-RULES = (_rules("conv2d", lambda x: op("nn.conv2d", x, is_const()))
+def _conv(x: DFPattern) -> DFPattern:
+    return op("nn.conv2d", x, is_const())
+
+
+# spatial convolutions (depthwise, stem) first: they take their input's cast in
+RULES = (_rules("conv2d", _conv, cast_input=True) + _rules("conv2d", _conv)
          + _rules("dense", lambda x: op("matmul", x, is_const())))

@@ -4,6 +4,7 @@
   T_id(x)                  -> x
   f(T_p(x))                -> T_p(f(x))    f elementwise unary (relu, clip, sigmoid, ..., and a
                                            per-tensor quantize / dequantize)
+  r(T_p(x), axes)          -> T_p(r(x, p[axes]))  r a reduction keeping its dims (the SE pooling)
   g(T_p(x), c)             -> T_p(g(x, c')) g elementwise binary, c a constant (c' = c permuted back)
   g(T_p(a), T_p(b))        -> T_p(g(a, b))
   g(a, T_p(b))             -> T_p(g(T_p^-1(a), b))   a a graph input whose T_p^-1 exists already
@@ -22,6 +23,7 @@ from mobilec.compiler.fusions.base import const_array
 
 _UNARY = ("nn.relu", "clip", "sigmoid", "tanh", "nn.silu", "exp", "negative", "round", "floor", "astype")
 _PER_TENSOR = ("quantize", "dequantize")  # unary when scale and zero point are single values
+_REDUCE = ("mean", "sum")  # with keepdims: the permutation carries over, the axes map
 _BINARY = ("add", "subtract", "multiply", "divide", "minimum", "maximum")
 MAX_ROUNDS = 64
 
@@ -112,6 +114,19 @@ def _rules(transposed=()):
             return _T(relax.Call(call.op, [m[x]] + list(call.args[1:]), call.attrs), _perm(m[t], _rank(m[x])))
 
         yield pat, sink_per_tensor
+
+    for name in _REDUCE:
+        t = T(x)
+
+        def sink_reduce(call, m, t=t, name=name):  # r(T_p(x), axes) -> T_p(r(x, p[axes])), dims kept
+            rank = _rank(m[x])
+            if not call.attrs.keepdims or call.attrs.axis is None:
+                return call
+            perm = _perm(m[t], rank)
+            axes = sorted(perm[int(a) % rank] for a in call.attrs.axis)
+            return _T(getattr(relax.op, name)(m[x], axes, keepdims=True), perm)
+
+        yield is_op(f"relax.{name}")(t), sink_reduce
 
     for name in _BINARY:
         t, c = T(x), is_const()
