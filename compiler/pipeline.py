@@ -144,7 +144,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
         [r.fusion_pattern(opts.report.refuse) for r in RULES], bind_constants=False, annotate_codegen=False)
     return [
         ("canonicalize", [
-            integer_kernels(opts.report) if opts.integer else tvm.transform.Sequential([]),  # before folding DQ(W)
+            integer_kernels(opts.report, target) if opts.integer else tvm.transform.Sequential([]),  # before folding DQ(W)
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.FoldConstant(),

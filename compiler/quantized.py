@@ -59,9 +59,10 @@ class _Refused(Exception):
 
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
-    def __init__(self, mod, report: FusionReport):
+    def __init__(self, mod, report: FusionReport, pairs: bool):
         super().__init__(mod)
         self.report = report
+        self.pairs = pairs  # the CPU multiplies 16-bit pairs into int32 lanes (schedules/integer.py)
 
     def _binding(self, expr):
         while isinstance(expr, relax.Var):
@@ -90,6 +91,16 @@ class _Rewrite(relax.PyExprMutator):
         if not _op(bound, "dequantize"):
             return arg
         return self.builder_.emit(relax.Call(bound.op, list(bound.args), bound.attrs))
+
+    @staticmethod
+    def _pointwise(kernel) -> bool:
+        """A matrix product, or a 1x1 convolution of stride 1 without groups or padding."""
+        if _op(kernel, "matmul"):
+            return True
+        a = kernel.attrs
+        weight = [int(d) for d in kernel.args[1].ty.shape]
+        return (a.groups == 1 and weight[2:] == [1, 1] and all(int(v) == 1 for v in a.strides)
+                and all(int(v) == 0 for v in a.padding))
 
     def _kernel_below(self, quantize):
         v = self._binding(quantize.args[0])
@@ -172,7 +183,12 @@ class _Rewrite(relax.PyExprMutator):
         # (FMA: twice AVX2's int32 multiply rate) give exactly the int32 result
         bound = max(x_zp - lo_x, hi_x - x_zp) * int(np.abs(w_rows.astype(np.int64)).sum(axis=1).max(initial=0))
         bound += int(np.abs(bias_q.astype(np.int64)).max(initial=0)) if bias_q is not None else 0
-        acc_dtype = "float32" if bound < _FLOAT_EXACT else "int32"
+        if self.pairs and self._pointwise(kernel) and w_rows.shape[1] % 2 == 0 and channels % 8 == 0:
+            acc_dtype, how = "int32", "int16 pairs"  # the integer instruction, twice an FMA's multiply-adds
+        elif bound < _FLOAT_EXACT:
+            acc_dtype, how = "float32", "exact in float32"
+        else:
+            acc_dtype, how = "int32", "int32"
         narrow = "float32" if acc_dtype == "float32" else "int16"
         xi = emit(relax.op.astype(xq, narrow))
         if x_zp:
@@ -197,17 +213,21 @@ class _Rewrite(relax.PyExprMutator):
             lo = max(lo, int(np.round(np.float32(a_lo) / np.float32(y_scale))) + int(y_zp))
         if a_hi is not None:
             hi = min(hi, int(np.round(np.float32(a_hi) / np.float32(y_scale))) + int(y_zp))
-        kind = ("conv2d" if _op(kernel, "nn.conv2d") else "matmul") + f" ({acc_dtype}-exact)"
+        kind = ("conv2d" if _op(kernel, "nn.conv2d") else "matmul") + f" ({how})"
         self.report.int8[kind] = self.report.int8.get(kind, 0) + 1
         return relax.op.astype(emit(relax.op.clip(f, float(lo), float(hi))), out_dtype)
 
 
-def integer_kernels(report: FusionReport) -> tvm.transform.Pass:
+def integer_kernels(report: FusionReport, target: tvm.target.Target) -> tvm.transform.Pass:
+    from mobilec.schedules.defaults import CpuParams
+
+    pairs = bool(CpuParams.from_target(target).int16_dot)
+
     @tvm.transform.module_pass(opt_level=0, name="mobilec.IntegerKernels")
     def run(mod, _ctx):
         if not any(_has_quantize(f) for _, f in mod.functions.items() if isinstance(f, relax.Function)):
             return mod
-        rewrite = _Rewrite(mod, report)
+        rewrite = _Rewrite(mod, report, pairs)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 mod[gv] = rewrite.visit_expr(func)

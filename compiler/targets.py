@@ -66,7 +66,10 @@ class CpuPreset:
     parts: tuple[int, ...] = ()   # ARM "CPU part" numbers in /proc/cpuinfo that this preset stands for
     vector_bits: int = 128        # SIMD register width the kernels vectorise for (NEON, SSE: 128)
     vector_registers: int = 32    # SIMD registers the register tiles may fill (AArch64: 32, ARMv7: 16 q)
+    int16_dot: str = ""           # LLVM intrinsic multiplying 16-bit pairs into int32 lanes (AVX2 vpmaddwd)
 
+
+PMADDWD = "llvm.x86.avx2.pmadd.wd"  # 8 int32 lanes, each the sum of two 16-bit products
 
 CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
     # phone and board cores (ARMv8.0 little/big, ARMv8.2 with dot product); parts: MIDR part numbers
@@ -85,12 +88,12 @@ CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
     # x86_64 by ISA level, lowest first: host detection takes the last one whose flags the CPU shows
     CpuPreset("x86-64", "x86_64", "x86-64", (), usable_cores(), vector_registers=16),  # SSE2: any x86_64
     CpuPreset("core-avx2", "x86_64", "core-avx2", (), usable_cores(), needs=("avx2", "fma"),
-              vector_bits=256, vector_registers=16),
+              vector_bits=256, vector_registers=16, int16_dot=PMADDWD),
     CpuPreset("znver3", "x86_64", "znver3", (), usable_cores(), needs=("avx2", "fma"),
-              vector_bits=256, vector_registers=16),
+              vector_bits=256, vector_registers=16, int16_dot=PMADDWD),
     CpuPreset("skylake-avx512", "x86_64", "skylake-avx512", (), usable_cores(),
               needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"),
-              vector_bits=512, vector_registers=32),
+              vector_bits=512, vector_registers=32, int16_dot=PMADDWD),
 ]}
 
 

@@ -41,6 +41,8 @@ from typing import Optional
 import tvm
 from tvm.s_tir import Schedule
 
+from mobilec.schedules import integer
+
 log = logging.getLogger("mobilec.schedules")
 
 _ERRORS = (tvm.s_tir.ScheduleError, RuntimeError, ValueError, AssertionError, IndexError)
@@ -53,6 +55,7 @@ class CpuParams:
     lanes: int       # fp32 lanes in one vector register
     registers: int   # vector registers
     cores: int
+    int16_dot: str = ""  # LLVM intrinsic for 16-bit pair products into int32 lanes ("": none)
 
     @classmethod
     def from_target(cls, target: tvm.target.Target) -> "CpuParams":
@@ -64,7 +67,7 @@ class CpuParams:
         cores = int(target.attrs.get("num-cores", 1))
         if preset is None:
             return cls(4, 16, cores)
-        return cls(preset.vector_bits // 32, preset.vector_registers, cores)
+        return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int16_dot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,8 +349,11 @@ class WeightPacking:
     read: int
     param: int
     features: int
+    pairs: bool = False  # int16 weights of an integer kernel: input channels in pairs (schedules/integer.py)
 
     def index_map(self, ndim: int) -> tvm.tirx.IndexMap:
+        if self.pairs:
+            return integer.pairs_layout(ndim)
         b = self.features
         return tvm.tirx.IndexMap.from_func(lambda *ax: (ax[-1] // b, *ax[:-1], ax[-1] % b), ndim=ndim)
 
@@ -364,13 +370,17 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
     names = [sch.get(b).name_hint for b in reductions]
     plans = []
 
-    def plan(block, read: int, features: int, tile: int) -> None:
+    def plan(block, read: int, features: int, tile: int, pairs: bool = False) -> None:
         weight = sch.get(block).reads[read].source
         params = [i for i, v in enumerate(func.params) if v.same_as(weight)]
         if params and tile and features % tile == 0:
-            plans.append(WeightPacking(sch.get(block).name_hint, read, params[0], tile))
+            plans.append(WeightPacking(sch.get(block).name_hint, read, params[0], tile, pairs))
 
-    if len(reductions) == 1 and names[0] == "conv2d_nhwc":  # pointwise
+    if len(reductions) == 1 and integer.takes_pairs(sch, reductions[0], cpu) and (
+            names[0].startswith("matmul") or _pointwise_1x1(sch, reductions[0])):
+        block = reductions[0]
+        plan(block, 1, int(sch.get(block).writes[0].source.shape[-1]), integer.LANES, pairs=True)
+    elif len(reductions) == 1 and names[0] == "conv2d_nhwc":  # pointwise
         conv = reductions[0]
         loops = sch.get_loops(conv)
         if (len(loops) == 7 and len(sch.get(conv).reads[1].source.shape) == 4
@@ -608,7 +618,9 @@ def _schedule(sch: Schedule, cpu: CpuParams) -> str:
         _auto_inline(sch, keep)
         epilogue = _epilogue(sch, conv)
         pad = _find(sch, "pad_temp") if keep else None
-        if nhwc:
+        if nhwc and _packed_pairs(sch, conv):
+            how = integer.schedule_pairs(sch, conv, epilogue, cpu, _split)
+        elif nhwc:
             how = (_pointwise_nhwc(sch, conv, epilogue, cpu) if kernel_1x1 and not depthwise and _unit_stride(sch, conv)
                    else _direct_nhwc(sch, conv, epilogue, pad, cpu, depthwise))
         elif kernel_1x1 and not depthwise and _unit_stride(sch, conv):
@@ -619,7 +631,9 @@ def _schedule(sch: Schedule, cpu: CpuParams) -> str:
         how = _separable_resize(sch, cpu)
     elif len(reductions) == 1 and names[0].startswith("matmul"):
         _auto_inline(sch, set())
-        how = _matmul(sch, reductions[0], _epilogue(sch, reductions[0]), cpu)
+        block = reductions[0]
+        how = (integer.schedule_pairs(sch, block, _epilogue(sch, block), cpu, _split) if _packed_pairs(sch, block)
+               else _matmul(sch, block, _epilogue(sch, block), cpu))
     else:
         _auto_inline(sch, set())
         fcs = {sch.get(b).name_hint for b in reductions if _is_se_fc(sch, b)}
@@ -643,6 +657,20 @@ def _is_se_fc(sch: Schedule, block) -> bool:
     weight = [int(d) for d in b.reads[-1].source.shape]
     return (b.name_hint.startswith("conv2d") and out[2:] == [1, 1] and len(weight) == 4
             and weight[1:3] == [1, 1] and len(sch.get_loops(block)) == 7)
+
+
+def _pointwise_1x1(sch: Schedule, conv) -> bool:
+    """An NHWC 1x1 convolution of stride 1 (n, y, x, f, ry, rx, rc) with 4-D HWIO weights."""
+    loops = sch.get_loops(conv)
+    return (sch.get(conv).name_hint == "conv2d_nhwc" and len(loops) == 7
+            and len(sch.get(conv).reads[1].source.shape) == 4
+            and [_extent(sch, l) for l in loops[4:6]] == [1, 1] and _unit_stride(sch, conv))
+
+
+def _packed_pairs(sch: Schedule, block) -> bool:
+    """Weights packed by ``integer.pairs_layout`` (int16, a trailing 8 x 2 block)."""
+    weight = sch.get(block).reads[1].source
+    return str(weight.dtype) == "int16" and [int(d) for d in weight.shape[-2:]] == [integer.LANES, integer.PAIR]
 
 
 def _unit_stride(sch: Schedule, conv) -> bool:

@@ -48,3 +48,23 @@ def test_default_schedules_on_the_emulated_device_match_onnxruntime(emulated, tm
 def test_missing_rootfs_is_a_clear_error(tmp_path):
     with pytest.raises(emulate.EmulatorError, match="mobilec rpc emulate --build-only"):
         emulate.server_command(emulate.EmulatorConfig(cache=str(tmp_path)), "127.0.0.1:9190", "k")
+
+
+def test_int8_kernels_on_the_emulated_device_match_the_qdq_reference(emulated, tmp_path):
+    """Every int8 kernel kind (test_quantized.KINDS), built for Cortex-A76 and Cortex-A55 presets,
+    run on the device, against the QDQ file's own semantics within one output step."""
+    from test_quantized import KINDS, kernel, quantized
+    from mobilec.frontends.quantize import output_step, reference_session
+
+    remote = mr.connect(tracker=emulated, key="emu-aarch64", timeout=120)
+    for i, kind in enumerate(KINDS):
+        qdq = quantized(tmp_path, kernel(kind), kind)
+        cpu = ("cortex-a76", "cortex-a55")[i % 2]
+        res = compile_model(qdq, tmp_path / f"{kind}.so", CompileConfig(target="aarch64-linux-gnu", cpu=cpu))
+        assert res.report.float_quantized == [] and res.report.int8, kind
+        sess = reference_session(qdq)
+        spec = sess.get_inputs()[0]
+        x = seeded_input(spec.shape)
+        want = sess.run(None, {spec.name: x})[0]
+        got = remote.load(res.library)(x)
+        assert float(np.abs(got - want).max()) <= output_step(qdq) * 1.001, (kind, cpu)

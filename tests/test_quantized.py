@@ -75,9 +75,22 @@ def test_every_kernel_kind_matches_the_qdq_reference(kind, tmp_path):
     qdq = quantized(tmp_path, kernel(kind))
     res = compile_model(qdq, tmp_path / "k.so")
     assert res.report.float_quantized == []
-    accumulator = "int32" if kind == "wide" else "float32"
     op = "matmul" if kind == "classifier" else "conv2d"
-    assert res.report.int8 == {f"{op} ({accumulator}-exact)": 2 if kind in ("hswish", "residual") else 1}
+    # 1x1 convolutions and matrix products: AVX2's 16-bit pair instruction; kxk: exact float32 FMAs
+    how = "int16 pairs" if kind in ("pointwise", "residual", "hswish", "wide") else "exact in float32"  # 10 classes: not 8k
+    assert res.report.int8 == {f"{op} ({how})": 2 if kind in ("hswish", "residual") else 1}
+    assert "unscheduled" not in res.manifest.default_schedules, res.manifest.default_schedules
+    assert_within_one_step(res.library, qdq)
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("kind, how", [("wide", "int32"), ("pointwise", "exact in float32")])
+def test_without_the_pair_instruction(kind, how, tmp_path):
+    """An x86-64 (SSE2) build has no 16-bit pair instruction: a reduction float32 cannot hold
+    exactly runs in int32, the rest in float32."""
+    qdq = quantized(tmp_path, kernel(kind))
+    res = compile_model(qdq, tmp_path / "k.so", CompileConfig(target="x86_64-linux-gnu", cpu="x86-64"))
+    assert res.report.int8 == {f"conv2d ({how})": 1}
     assert_within_one_step(res.library, qdq)
 
 
