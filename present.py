@@ -100,19 +100,34 @@ def interleaved(engines: dict[str, Callable[[], object]], warmup: int = 5, round
     for i in range(warmup):
         for name in names[i % len(names):] + names[:i % len(names)]:
             engines[name]()
-    medians: dict[str, list[float]] = {n: [] for n in names}
-    calls: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fn, ms = engines[name], []
+
+    def timed(fn):
+        def run_block() -> list[float]:
+            ms = []
             for _ in range(block):
                 t = time.perf_counter()
                 fn()
                 ms.append((time.perf_counter() - t) * 1e3)
+            return ms
+        return run_block
+
+    return alternating({name: timed(fn) for name, fn in engines.items()}, rounds)
+
+
+def alternating(blocks: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, dict]:
+    """The rotation ``interleaved`` times with: ``rounds`` rounds, each engine's ``blocks[name]()``
+    once per round (returning its calls' times, ms), the order rotating each round. Also for
+    engines timed elsewhere (a device's own timer: one median per block)."""
+    names = list(blocks)
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    calls: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            ms = blocks[name]()
             medians[name].append(float(np.median(ms)))
             calls[name] += ms
     return {n: {"median_ms": float(np.median(medians[n])), "min_ms": min(calls[n]), "max_ms": max(calls[n]),
-                "rounds": rounds, "block": block, "calls": len(calls[n])} for n in names}
+                "rounds": rounds, "block": len(calls[n]) // rounds, "calls": len(calls[n])} for n in names}
 
 
 def onnxruntime_session(onnx_path: str, threads: int):

@@ -59,10 +59,10 @@ class _Refused(Exception):
 
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
-    def __init__(self, mod, report: FusionReport, pairs: bool):
+    def __init__(self, mod, report: FusionReport, dot: str):
         super().__init__(mod)
         self.report = report
-        self.pairs = pairs  # the CPU multiplies 16-bit pairs into int32 lanes (schedules/integer.py)
+        self.dot = dot  # the CPU's integer dot-product instruction ("vpmaddwd", "sdot", ""; schedules/integer.py)
 
     def _binding(self, expr):
         while isinstance(expr, relax.Var):
@@ -183,16 +183,28 @@ class _Rewrite(relax.PyExprMutator):
         # (FMA: twice AVX2's int32 multiply rate) give exactly the int32 result
         bound = max(x_zp - lo_x, hi_x - x_zp) * int(np.abs(w_rows.astype(np.int64)).sum(axis=1).max(initial=0))
         bound += int(np.abs(bias_q.astype(np.int64)).max(initial=0)) if bias_q is not None else 0
-        if self.pairs and self._pointwise(kernel) and w_rows.shape[1] % 2 == 0 and channels % 8 == 0:
-            acc_dtype, how = "int32", "int16 pairs"  # the integer instruction, twice an FMA's multiply-adds
+        k, w_max = w_rows.shape[1], int(np.abs(w_rows).max(initial=0))
+        shift = 0  # x - shift is what the kernel reads; sum_k (shift - x_zp) * w[c, k] joins the bias
+        if self.dot == "vpmaddwd" and self._pointwise(kernel) and k % 2 == 0 and channels % 8 == 0:
+            acc_dtype, narrow, shift, how = "int32", "int16", x_zp, "int16 pairs (vpmaddwd)"
+        elif (self.dot == "sdot" and self._pointwise(kernel) and k % 4 == 0 and channels % 4 == 0
+              and w_max <= 127):  # int8 x int8: a uint8 input is read as x - 128
+            acc_dtype, narrow, shift, how = "int32", "int8", 128 if lo_x == 0 else 0, "int8 dot (sdot)"
         elif bound < _FLOAT_EXACT:
-            acc_dtype, how = "float32", "exact in float32"
+            acc_dtype, narrow, shift, how = "float32", "float32", x_zp, "exact in float32"
         else:
-            acc_dtype, how = "int32", "int32"
-        narrow = "float32" if acc_dtype == "float32" else "int16"
-        xi = emit(relax.op.astype(xq, narrow))
-        if x_zp:
-            xi = emit(relax.op.subtract(xi, relax.const(x_zp, narrow)))
+            acc_dtype, narrow, shift, how = "int32", "int16", x_zp, "int32"
+        if shift != x_zp:
+            correction = (shift - x_zp) * w_rows.astype(np.int64).sum(axis=1)
+            bias_q = correction + (bias_q.astype(np.int64) if bias_q is not None else 0)
+            if np.abs(bias_q).max() >= 2 ** 31:
+                raise _Refused("its bias, with the input zero point folded in, does not fit int32")
+            bias_q = bias_q.astype(np.int32)
+        xi = emit(relax.op.astype(xq, "int16" if narrow == "int8" else narrow))
+        if shift:
+            xi = emit(relax.op.subtract(xi, relax.const(shift, "int16" if narrow == "int8" else narrow)))
+        if narrow == "int8":
+            xi = emit(relax.op.astype(xi, "int8"))
         if _op(kernel, "nn.conv2d"):
             a = kernel.attrs
             acc = emit(relax.op.nn.conv2d(xi, relax.const(w.astype(narrow)), a.strides, a.padding, a.dilation,
@@ -221,13 +233,13 @@ class _Rewrite(relax.PyExprMutator):
 def integer_kernels(report: FusionReport, target: tvm.target.Target) -> tvm.transform.Pass:
     from mobilec.schedules.defaults import CpuParams
 
-    pairs = bool(CpuParams.from_target(target).int16_dot)
+    dot = CpuParams.from_target(target).int_dot
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.IntegerKernels")
     def run(mod, _ctx):
         if not any(_has_quantize(f) for _, f in mod.functions.items() if isinstance(f, relax.Function)):
             return mod
-        rewrite = _Rewrite(mod, report, pairs)
+        rewrite = _Rewrite(mod, report, dot)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 mod[gv] = rewrite.visit_expr(func)

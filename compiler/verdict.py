@@ -83,16 +83,15 @@ def record(db_dir: str | Path, verdict: Verdict) -> Path:
 
 
 def time_alternately(modules: dict[str, object], rounds: int = 4, block: int = 5) -> dict[str, float]:
-    """Median of block medians per module; modules alternate in blocks of ``block`` runs, the order
-    rotating each round, each block timed where the model runs (``Module.benchmark``)."""
-    medians: dict[str, list[float]] = {name: [] for name in modules}
-    names = list(modules)
-    for name in names:
-        modules[name].benchmark(warmup=3, repeat=1)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            medians[name].append(modules[name].benchmark(warmup=1, repeat=block)["median_ms"])
-    return {name: sorted(ms)[len(ms) // 2] for name, ms in medians.items()}
+    """Median of block medians per module (``mobilec.present.alternating``), each block of
+    ``block`` runs timed where the model runs (``Module.benchmark``: on the device over RPC)."""
+    from mobilec.present import alternating
+
+    for module in modules.values():
+        module.benchmark(warmup=3, repeat=1)
+    timed = alternating({name: (lambda m=m: [m.benchmark(warmup=1, repeat=block)["median_ms"]])
+                         for name, m in modules.items()}, rounds)
+    return {name: t["median_ms"] for name, t in timed.items()}
 
 
 def measure(source: str, key: str, db_root: str, build: Callable[[Path, Optional[str]], Path],

@@ -55,7 +55,7 @@ class CpuParams:
     lanes: int       # fp32 lanes in one vector register
     registers: int   # vector registers
     cores: int
-    int16_dot: str = ""  # LLVM intrinsic for 16-bit pair products into int32 lanes ("": none)
+    int_dot: str = ""  # the integer dot-product instruction (schedules/integer.py; "": none)
 
     @classmethod
     def from_target(cls, target: tvm.target.Target) -> "CpuParams":
@@ -67,7 +67,7 @@ class CpuParams:
         cores = int(target.attrs.get("num-cores", 1))
         if preset is None:
             return cls(4, 16, cores)
-        return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int16_dot)
+        return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int_dot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,11 +349,11 @@ class WeightPacking:
     read: int
     param: int
     features: int
-    pairs: bool = False  # int16 weights of an integer kernel: input channels in pairs (schedules/integer.py)
+    group: int = 0  # an integer kernel's weights: input channels in groups of this (schedules/integer.py)
 
     def index_map(self, ndim: int) -> tvm.tirx.IndexMap:
-        if self.pairs:
-            return integer.pairs_layout(ndim)
+        if self.group:
+            return integer.grouped_layout(ndim, self.features, self.group)
         b = self.features
         return tvm.tirx.IndexMap.from_func(lambda *ax: (ax[-1] // b, *ax[:-1], ax[-1] % b), ndim=ndim)
 
@@ -370,16 +370,16 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
     names = [sch.get(b).name_hint for b in reductions]
     plans = []
 
-    def plan(block, read: int, features: int, tile: int, pairs: bool = False) -> None:
+    def plan(block, read: int, features: int, tile: int, group: int = 0) -> None:
         weight = sch.get(block).reads[read].source
         params = [i for i, v in enumerate(func.params) if v.same_as(weight)]
         if params and tile and features % tile == 0:
-            plans.append(WeightPacking(sch.get(block).name_hint, read, params[0], tile, pairs))
+            plans.append(WeightPacking(sch.get(block).name_hint, read, params[0], tile, group))
 
-    if len(reductions) == 1 and integer.takes_pairs(sch, reductions[0], cpu) and (
+    if len(reductions) == 1 and integer.takes_dot(sch, reductions[0], cpu) and (
             names[0].startswith("matmul") or _pointwise_1x1(sch, reductions[0])):
-        block = reductions[0]
-        plan(block, 1, int(sch.get(block).writes[0].source.shape[-1]), integer.LANES, pairs=True)
+        block, dot = reductions[0], integer.instruction(cpu.int_dot)
+        plan(block, 1, int(sch.get(block).writes[0].source.shape[-1]), dot.lanes, dot.group)
     elif len(reductions) == 1 and names[0] == "conv2d_nhwc":  # pointwise
         conv = reductions[0]
         loops = sch.get_loops(conv)
@@ -618,8 +618,8 @@ def _schedule(sch: Schedule, cpu: CpuParams) -> str:
         _auto_inline(sch, keep)
         epilogue = _epilogue(sch, conv)
         pad = _find(sch, "pad_temp") if keep else None
-        if nhwc and _packed_pairs(sch, conv):
-            how = integer.schedule_pairs(sch, conv, epilogue, cpu, _split)
+        if nhwc and integer.packed_for(sch, conv, cpu):
+            how = integer.schedule_dot(sch, conv, epilogue, cpu, _split)
         elif nhwc:
             how = (_pointwise_nhwc(sch, conv, epilogue, cpu) if kernel_1x1 and not depthwise and _unit_stride(sch, conv)
                    else _direct_nhwc(sch, conv, epilogue, pad, cpu, depthwise))
@@ -632,8 +632,8 @@ def _schedule(sch: Schedule, cpu: CpuParams) -> str:
     elif len(reductions) == 1 and names[0].startswith("matmul"):
         _auto_inline(sch, set())
         block = reductions[0]
-        how = (integer.schedule_pairs(sch, block, _epilogue(sch, block), cpu, _split) if _packed_pairs(sch, block)
-               else _matmul(sch, block, _epilogue(sch, block), cpu))
+        how = (integer.schedule_dot(sch, block, _epilogue(sch, block), cpu, _split)
+               if integer.packed_for(sch, block, cpu) else _matmul(sch, block, _epilogue(sch, block), cpu))
     else:
         _auto_inline(sch, set())
         fcs = {sch.get(b).name_hint for b in reductions if _is_se_fc(sch, b)}
@@ -665,12 +665,6 @@ def _pointwise_1x1(sch: Schedule, conv) -> bool:
     return (sch.get(conv).name_hint == "conv2d_nhwc" and len(loops) == 7
             and len(sch.get(conv).reads[1].source.shape) == 4
             and [_extent(sch, l) for l in loops[4:6]] == [1, 1] and _unit_stride(sch, conv))
-
-
-def _packed_pairs(sch: Schedule, block) -> bool:
-    """Weights packed by ``integer.pairs_layout`` (int16, a trailing 8 x 2 block)."""
-    weight = sch.get(block).reads[1].source
-    return str(weight.dtype) == "int16" and [int(d) for d in weight.shape[-2:]] == [integer.LANES, integer.PAIR]
 
 
 def _unit_stride(sch: Schedule, conv) -> bool:

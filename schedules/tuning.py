@@ -135,13 +135,21 @@ def _heuristic(task, cpu):
         return None
 
 
-def seed_decisions(tasks, target) -> dict[str, list]:
-    """Per task, the sampling decisions of its default schedule ([] where it samples nothing):
-    what tells a seeded record from a searched one."""
-    from mobilec.schedules.defaults import CpuParams, decisions
+def default_schedules(tasks, target) -> dict:
+    """Per task, its default schedule (a Schedule), or None where it has none: computed once per
+    tuning run, for the seed records and for telling them from the search's."""
+    from mobilec.schedules.defaults import CpuParams
 
     cpu = CpuParams.from_target(target)
-    return {t.task_name: decisions(sch.trace) if (sch := _heuristic(t, cpu)) is not None else [] for t in tasks}
+    return {t.task_name: _heuristic(t, cpu) for t in tasks}
+
+
+def seed_decisions(defaults: dict) -> dict[str, list]:
+    """Per task, the sampling decisions of its default schedule ([] where it samples nothing):
+    what tells a seeded record from a searched one."""
+    from mobilec.schedules.defaults import decisions
+
+    return {name: decisions(sch.trace) if sch is not None else [] for name, sch in defaults.items()}
 
 
 def tune_contexts(tasks, target, work_dir: str, seeds: dict[str, list], seed: int):
@@ -168,7 +176,8 @@ def tune_contexts(tasks, target, work_dir: str, seeds: dict[str, list], seed: in
     return contexts, [float(t.weight) for t in tasks]
 
 
-def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Progress] = None) -> int:
+def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Progress] = None,
+                       defaults: Optional[dict] = None) -> int:
     """Measure mobilec's default schedule of every task the database has nothing for, on the same
     device and runner as the search, and commit it as a tuning record. The evolutionary search
     starts from the best measured records, so it begins at the default schedule (whose tile sizes
@@ -176,15 +185,13 @@ def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Pr
     it gets. Returns records added (these are not search trials: they spend none of the budget)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from mobilec.schedules.defaults import CpuParams
-
-    cpu = CpuParams.from_target(target)
+    defaults = defaults if defaults is not None else default_schedules(tasks, target)
     todo = []
     for task in tasks:
         mod = task.dispatched[0]
         if records_for(db, mod):
             continue
-        sch = _heuristic(task, cpu)
+        sch = defaults.get(task.task_name)
         if sch is not None:
             todo.append((mod, sch))
     if not todo:
@@ -232,7 +239,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     names = dict(zip((t.task_name for t in tasks),
                      unique([kernel_name(t.dispatched[0], t.task_name) for t in tasks])))
     per_task = max(opts.per_round, math.ceil(opts.trials / len(tasks)))
-    seeds = seed_decisions(tasks, target)
+    defaults = default_schedules(tasks, target)
+    seeds = seed_decisions(defaults)
     done = {t.task_name: searched_for(db, t.dispatched[0], seeds[t.task_name]) for t in tasks}
     todo = [t for t in tasks if done[t.task_name] < per_task]
     skipped = [names[t.task_name] for t in tasks if t not in todo]
@@ -247,7 +255,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     try:
         farm = farm_size(opts) if opts.tracker else 1
         builder, runner = InProcessBuilder(fcompile, workdir), _runner(opts, farm)  # seeding measures like the search
-        seeded = seed_with_defaults(todo, target, db, builder, runner, progress)
+        seeded = seed_with_defaults(todo, target, db, builder, runner, progress, defaults)
         _prepare_metaschedule_logging()
         contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed)  # logs in DB/logs
         _quiet_metaschedule_console()

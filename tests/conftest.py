@@ -50,3 +50,18 @@ def onnxruntime_outputs(model, feeds: dict) -> list[np.ndarray]:
     data = model if isinstance(model, (str, bytes)) else str(model)
     sess = ort.InferenceSession(data if isinstance(data, bytes) else data, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
+
+
+def seed_of(record) -> list:
+    """The sampling decisions of the default schedule of a tuning record's kernel."""
+    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule
+
+    return decisions(default_schedule(record.workload.mod, CpuParams.from_target(record.target))[0].trace)
+
+
+def moved_from_seed(record) -> bool:
+    """A valid record whose tile decisions differ from the default schedule's, in the same space."""
+    from mobilec.schedules.defaults import decisions
+
+    seed, mine = seed_of(record), decisions(record.trace)
+    return min(float(t) for t in record.run_secs) < 1e9 and len(mine) == len(seed) > 0 and mine != seed

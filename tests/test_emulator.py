@@ -51,20 +51,26 @@ def test_missing_rootfs_is_a_clear_error(tmp_path):
 
 
 def test_int8_kernels_on_the_emulated_device_match_the_qdq_reference(emulated, tmp_path):
-    """Every int8 kernel kind (test_quantized.KINDS), built for Cortex-A76 and Cortex-A55 presets,
-    run on the device, against the QDQ file's own semantics within one output step."""
+    """Every int8 kernel kind (test_quantized.KINDS), built for Cortex-A76 and A55 (1x1 kernels on
+    sdot) and A53 (no dot product: exact float32 or int32), run on the device, against the QDQ
+    file's own semantics within one output step."""
     from test_quantized import KINDS, kernel, quantized
     from mobilec.frontends.quantize import output_step, reference_session
 
     remote = mr.connect(tracker=emulated, key="emu-aarch64", timeout=120)
+    ways = set()
     for i, kind in enumerate(KINDS):
         qdq = quantized(tmp_path, kernel(kind), kind)
-        cpu = ("cortex-a76", "cortex-a55")[i % 2]
+        cpu = ("cortex-a76", "cortex-a55", "cortex-a53")[i % 3]
         res = compile_model(qdq, tmp_path / f"{kind}.so", CompileConfig(target="aarch64-linux-gnu", cpu=cpu))
         assert res.report.float_quantized == [] and res.report.int8, kind
+        assert "unscheduled" not in res.manifest.default_schedules, (kind, cpu)
+        ways |= {(cpu, how) for how in res.report.int8}
         sess = reference_session(qdq)
         spec = sess.get_inputs()[0]
         x = seeded_input(spec.shape)
         want = sess.run(None, {spec.name: x})[0]
         got = remote.load(res.library)(x)
         assert float(np.abs(got - want).max()) <= output_step(qdq) * 1.001, (kind, cpu)
+    assert ("cortex-a76", "conv2d (int8 dot (sdot))") in ways and ("cortex-a55", "conv2d (int8 dot (sdot))") in ways
+    assert not any("sdot" in how for cpu, how in ways if cpu == "cortex-a53"), ways

@@ -77,7 +77,7 @@ def test_every_kernel_kind_matches_the_qdq_reference(kind, tmp_path):
     assert res.report.float_quantized == []
     op = "matmul" if kind == "classifier" else "conv2d"
     # 1x1 convolutions and matrix products: AVX2's 16-bit pair instruction; kxk: exact float32 FMAs
-    how = "int16 pairs" if kind in ("pointwise", "residual", "hswish", "wide") else "exact in float32"  # 10 classes: not 8k
+    how = "int16 pairs (vpmaddwd)" if kind in ("pointwise", "residual", "hswish", "wide") else "exact in float32"  # 10 classes: not 8k
     assert res.report.int8 == {f"{op} ({how})": 2 if kind in ("hswish", "residual") else 1}
     assert "unscheduled" not in res.manifest.default_schedules, res.manifest.default_schedules
     assert_within_one_step(res.library, qdq)

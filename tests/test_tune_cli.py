@@ -11,6 +11,7 @@ import onnx
 import pytest
 import tvm_ffi
 
+from conftest import seed_of
 from graphs import C, conv, model
 from mobilec.cli import main
 from mobilec.compiler import TRIPLES, CompileConfig, compile_model, resolve
@@ -32,13 +33,6 @@ def pw_dw():
 def host_db() -> str:
     host = resolve("host")
     return f"{host.triple}-{host.cpu}"
-
-
-def seed_of(record) -> list:
-    """The sampling decisions of the default schedule of the record's kernel."""
-    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule
-
-    return decisions(default_schedule(record.workload.mod, CpuParams.from_target(record.target))[0].trace)
 
 
 def searched_records(db_dir) -> list:

@@ -8,7 +8,7 @@ import pytest
 import tvm_ffi
 
 import mobilec.runtime as mr
-from conftest import onnxruntime_outputs, seeded_input
+from conftest import moved_from_seed, onnxruntime_outputs, seeded_input
 
 from graphs import C, assert_matches_onnxruntime, conv, model
 from mobilec.compiler import CompileConfig, TuneConfig, compile_model, resolve, tune_model
@@ -124,7 +124,7 @@ def test_tune_on_the_emulated_aarch64_device(tmp_path):
         # at least half the tasks it touched
         touched = [t for t in res.progress.tasks if t.trials]
         moved = {tvm_ffi.structural_hash(r.workload.mod) for r in open_database(res.database).get_all_tuning_records()
-                 if _moved(r)}
+                 if moved_from_seed(r)}
         assert touched and 2 * len(moved) >= len(touched), (len(moved), len(touched))
         # and a build from the database runs on the device and matches onnxruntime
         lib = compile_model(tiny(), tmp_path / "arm.so", CompileConfig(
@@ -135,11 +135,3 @@ def test_tune_on_the_emulated_aarch64_device(tmp_path):
         want = onnxruntime_outputs(tiny().SerializeToString(), {"input": x})[0]
         assert float(np.abs(m(x) - want).max()) <= 1e-4 * float(np.abs(want).max())
 
-
-def _moved(record) -> bool:
-    """A valid record whose tile decisions differ from the default schedule's, in the same space."""
-    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule
-
-    seed = decisions(default_schedule(record.workload.mod, CpuParams.from_target(record.target))[0].trace)
-    mine = decisions(record.trace)
-    return min(float(t) for t in record.run_secs) < 1e9 and len(mine) == len(seed) > 0 and mine != seed
