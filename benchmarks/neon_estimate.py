@@ -45,6 +45,8 @@ LABEL = re.compile(r"^([A-Za-z_.$][\w.$]*):")
 FUNC_TYPE = re.compile(r"^\s*\.type\s+([^,\s]+),\s*@function")
 BRANCH = re.compile(r"^(?:b\.\w+|cbn?z|tbn?z)\s+(?:.*,\s*)?(\.LBB\w+)$")
 VECTOR_FMLA = re.compile(r"^fmla\s+v\d+\.4s\b")
+VECTOR_SDOT = re.compile(r"^sdot\s+v\d+\.4s\b")  # int8 kernels: 16 multiply-adds, on the FMA pipes
+MACS = {VECTOR_FMLA: 4, VECTOR_SDOT: 16}  # multiply-adds per instruction
 RTHROUGHPUT = re.compile(r"Block RThroughput:\s*([\d.]+)")
 
 KINDS = ("pointwise", "depthwise", "direct", "squeeze-excite", "matmul", "generic")
@@ -54,10 +56,11 @@ KINDS = ("pointwise", "depthwise", "direct", "squeeze-excite", "matmul", "generi
 class Loop:
     label: str
     body: list[str]  # instructions only
-    fmla: int
+    fmla: int  # vector multiply-add instructions (fmla .4s, or sdot .4s in int8 kernels)
     blocks: int = 1  # basic blocks in the loop body (more than one: an approximation, see below)
     rthroughput: dict[str, float] = field(default_factory=dict)  # cpu -> llvm-mca Block RThroughput
     other: dict[str, float] = field(default_factory=dict)  # cpu -> the same without the fmla
+    macs: int = 0  # multiply-adds per iteration
 
 
 @dataclass
@@ -70,17 +73,21 @@ class Kernel:
 # compile
 
 
-def compile_assembly(model: str, workdir: Path) -> tuple[str, dict[str, str]]:
-    """The model's AArch64 assembly, and {kernel name: default schedule} from the pipeline."""
+def compile_assembly(model: str, workdir: Path, int8: bool = False) -> tuple[str, dict[str, str]]:
+    """The model's AArch64 assembly, and {kernel name: default schedule} from the pipeline;
+    ``int8``: of the model quantised by ``mobilec quantize`` (4 random calibration inputs)."""
     import tvm
 
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import PipelineOptions, pipeline
     from mobilec.compiler.targets import resolve
     from mobilec.frontends import export_model
+    from mobilec.frontends.quantize import QuantizeConfig, quantize_model
 
     onnx_path = workdir / f"{model}.onnx"
     export_model(model, onnx_path)
+    if int8:
+        onnx_path = quantize_model(onnx_path, workdir / f"{model}-int8.onnx", QuantizeConfig(random=4, held_out=1)).path
     target = resolve("aarch64-linux-gnu", "cortex-a76", 4).tvm_target()
     opts = PipelineOptions()
     ex = tvm.compile(import_onnx(onnx_path, {}).mod, target=target, relax_pipeline=pipeline(target, opts))
@@ -126,6 +133,10 @@ def split_functions(asm: str) -> dict[str, list[str]]:
     return kernels
 
 
+def _vector_mac(instr: str) -> bool:
+    return bool(VECTOR_FMLA.match(instr) or VECTOR_SDOT.match(instr))
+
+
 def _instruction(line: str) -> str | None:
     """The instruction on ``line`` with comments stripped, or None for directives and blanks."""
     text = line.split("//")[0].strip()
@@ -167,7 +178,8 @@ def innermost_loops(lines: list[str]) -> list[Loop]:
         taken.append((i, j))
         body = [text for kind, text in entries[i + 1:j + 1] if kind == "instr"]
         blocks = 1 + sum(1 for kind, _ in entries[i + 1:j] if kind == "label")
-        loops.append(Loop(entries[i][1], body, sum(1 for x in body if VECTOR_FMLA.match(x)), blocks=blocks))
+        loops.append(Loop(entries[i][1], body, sum(1 for x in body if _vector_mac(x)), blocks=blocks,
+                          macs=sum(MACS[p] for x in body for p in MACS if p.match(x))))
     return loops
 
 
@@ -263,8 +275,44 @@ def table(kernels: list[Kernel], schedules: dict[str, str], peaks: dict[str, flo
     return "\n".join(rows), bool(goal_met)
 
 
+def analyse(mca: str, asm: str, schedules: dict[str, str]) -> list[Kernel]:
+    """Every kernel with its innermost multiply-add loops, each timed by llvm-mca on both cores."""
+    kernels = []
+    for name, lines in split_functions(asm).items():
+        loops = [lp for lp in innermost_loops(lines) if lp.fmla]
+        for lp in loops:
+            rest = [i for i in lp.body if not _vector_mac(i)]
+            lp.rthroughput = {cpu: block_rthroughput(mca, cpu, lp.body) for cpu in CORES}
+            lp.other = {cpu: block_rthroughput(mca, cpu, rest) for cpu in CORES}
+        if loops or name in schedules:
+            kernels.append(Kernel(name, loops))
+    return kernels
+
+
+def macs_per_cycle(loop: Loop, cpu: str) -> float:
+    """Multiply-adds per cycle of a loop: its fmla or sdot issue on the FMA pipes (A76: two 128-bit
+    pipes, both do sdot; A55: one), the rest as llvm-mca bounds it."""
+    return loop.macs / max(loop.other[cpu], loop.fmla / FMA_PIPES[cpu])
+
+
+def int8_table(fp32: list[Kernel], fp32_schedules: dict, int8: list[Kernel], int8_schedules: dict) -> str:
+    """Pointwise inner loops, multiply-adds per cycle: fp32 (fmla) against int8 (sdot)."""
+    rows = ["| core | fp32 pointwise MACs/cycle (median) | int8 pointwise MACs/cycle (median) | int8 / fp32 |",
+            "|---|---:|---:|---:|"]
+    for cpu in CORES:
+        f = [macs_per_cycle(lp, cpu) for k in fp32 if kind_of(k.name, fp32_schedules) == "pointwise" for lp in k.loops]
+        q = [macs_per_cycle(lp, cpu) for k in int8 if kind_of(k.name, int8_schedules) == "pointwise"
+             for lp in k.loops if any(VECTOR_SDOT.match(i) for i in lp.body)]
+        if f and q:
+            fm, qm = statistics.median(f), statistics.median(q)
+            rows.append(f"| {cpu} | {fm:.1f} | {qm:.1f} ({len(q)} loops) | {qm / fm:.2f}x |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--int8", action="store_true", help="also the model quantised by mobilec quantize: "
+                    "pointwise multiply-adds per cycle, fp32 (fmla) against int8 (sdot)")
     ap.add_argument("--model", default="mobilenet_v3_large")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "neon_estimate.md"))
     args = ap.parse_args()
@@ -273,18 +321,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         asm, schedules = compile_assembly(args.model, Path(tmp))
+        quantised = compile_assembly(args.model, Path(tmp), int8=True) if args.int8 else None
     compiled = time.perf_counter() - start
 
     peaks = {cpu: model_fma_peak(mca, cpu) for cpu in CORES}
-    kernels = []
-    for name, lines in split_functions(asm).items():
-        loops = [lp for lp in innermost_loops(lines) if lp.fmla]
-        for lp in loops:
-            rest = [i for i in lp.body if not VECTOR_FMLA.match(i)]
-            lp.rthroughput = {cpu: block_rthroughput(mca, cpu, lp.body) for cpu in CORES}
-            lp.other = {cpu: block_rthroughput(mca, cpu, rest) for cpu in CORES}
-        if loops or name in schedules:
-            kernels.append(Kernel(name, loops))
+    kernels = analyse(mca, asm, schedules)
     no_loop = sorted(k.name for k in kernels if not k.loops)
 
     body, goal_met = table(kernels, schedules, peaks)
@@ -306,6 +347,12 @@ def main() -> None:
     notes = (f"Kernels without a vector-fmla innermost loop (counted in 'kernels', 0 loops): "
              f"{', '.join(no_loop) if no_loop else 'none'}.")
     text = f"{title}\n{body}\n\n{verdict}\n\n{notes}\n"
+    if quantised is not None:
+        text += ("\n## int8 (the model quantised by `mobilec quantize`): pointwise multiply-adds per cycle\n\n"
+                 "sdot issues on the same pipes as fmla (A76: two, A55: one) and does 16 multiply-adds to "
+                 "fmla's 4; LLVM 14's models take it for an integer ALU op, so, as above, the dot-product "
+                 "bound is the hardware's and the rest llvm-mca's.\n\n"
+                 + int8_table(kernels, schedules, analyse(mca, *quantised), quantised[1]) + "\n")
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

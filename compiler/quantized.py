@@ -5,14 +5,22 @@ its inputs and QuantizeLinear on its output. ``IntegerKernels`` finds each
 
     QuantizeLinear( [Relu | Clip]( Conv | MatMul | Gemm ( DQ(x), DQ(W) ) [+ DQ(bias)] ) )
 
-and replaces it with an integer kernel: (x - x_zero_point) as int16 times the int8 weights
-accumulated in int32, the int32 bias added, and the requantisation epilogue onnxruntime's
-QLinearConv uses (MLAS): ``round_half_even(float(acc) * (x_scale * w_scale[c] / y_scale)) + y_zp``,
-clamped to the output type (a Relu or ReLU6 before the QuantizeLinear is that clamp). The int8 data
-then flows between kernels as uint8/int8, not float.
+and replaces it with an integer kernel: (x - x_zero_point) times (W - W_zero_point) accumulated
+exactly, the int32 bias added, and the requantisation epilogue onnxruntime's QLinearConv uses (MLAS):
+``round_half_even(float(acc) * (x_scale * w_scale[c] / y_scale)) + y_zp``, clamped to the output
+type (a Relu or ReLU6 before the QuantizeLinear is that clamp). The accumulation, per kernel:
+
+- a 1x1 convolution or matrix product on a CPU with an integer dot-product instruction
+  (``CpuPreset.int_dot``): int16 operands into int32 (AVX2 vpmaddwd), or int8 ones (AArch64 sdot;
+  a uint8 input read as x - 128, the shift times the weights' sums folded into the bias);
+- else float32 where that is exact: every product and partial sum an integer below 2**24, which
+  max|x - x_zp| * sum_k |w[c, k]| + |bias| < 2**24 guarantees (checked per layer);
+- else int16 operands into int32.
+
+The 8-bit data flows between kernels as uint8/int8, not float.
 
 What cannot be integer stays float between its DequantizeLinear and QuantizeLinear, exactly as the
-file says, and the fusion report lists it with the reason (asymmetric or 16-bit weights, a bias
+file says, and the fusion report lists it with the reason (16-bit activations or weights, a bias
 with another scale, a non-constant weight, ...).
 
 Runs first in phase 1: FoldConstant would otherwise turn DQ(W) into float weights.
