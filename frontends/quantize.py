@@ -8,9 +8,10 @@ What is quantised, and how:
 - Adds of two activations (the residual adds), in the quantised domain.
 - ReLU and ReLU6 (Clip) after a convolution: they share its output quantisation, so they become
   its output range.
-- Nothing else: h-swish, h-sigmoid and the SE gate stay float between a DequantizeLinear and a
-  QuantizeLinear, in the form the exporter wrote them, so mobilec's fusion passes still find them
-  (an ``Add`` with a constant operand, such as h-swish's ``x + 3``, is left float for that reason).
+- Nothing else: h-swish, h-sigmoid and the squeeze-and-excite blocks (pool, FCs, gate) stay float
+  between a DequantizeLinear and a QuantizeLinear, in the form the exporter wrote them, so
+  mobilec's fusion passes still find them (an ``Add`` with a constant operand, such as h-swish's
+  ``x + 3``, is left float for that reason; an SE block's FCs are too small for int8 to pay).
 
 The agreement report runs the fp32 and the int8 model in onnxruntime on held-out inputs that
 calibration did not see (the int8 one exactly as written: ``reference_session``).
@@ -90,6 +91,34 @@ def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(keep)
     return model
+
+
+def _squeeze_excite_nodes(model: onnx.ModelProto, depth: int = 12) -> list[str]:
+    """The nodes inside each squeeze-and-excite block: from a global pool of X to the Mul that
+    gates X (its FCs, ReLU, h-sigmoid). They stay float, so the block is one SE kernel as in fp32
+    (its FCs are tiny: int8 would save nothing and split it into a kernel per op)."""
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    inside: list[str] = []
+    for pool in model.graph.node:
+        if pool.op_type not in ("GlobalAveragePool", "ReduceMean"):
+            continue
+        x = pool.input[0]
+        paths, frontier, found = {pool.output[0]: []}, [pool.output[0]], []
+        for _ in range(depth):
+            nxt = []
+            for t in frontier:
+                for c in consumers.get(t, []):
+                    if c.op_type == "Mul" and x in c.input:
+                        found += paths[t]
+                    elif c.output and c.output[0] not in paths:
+                        paths[c.output[0]] = paths[t] + [c.name]
+                        nxt.append(c.output[0])
+            frontier = nxt
+        inside += [name for name in dict.fromkeys(found) if name]
+    return inside
 
 
 def _constant_operand_adds(model: onnx.ModelProto) -> list[str]:
@@ -187,7 +216,8 @@ def quantize_model(model: Union[str, Path], output: Union[str, Path],
             with _quiet():  # its advice to pre-process is printed through the root logger
                 quantize_static(
                     src, str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=_constant_operand_adds(prepared),
+                    op_types_to_quantize=list(QUANTISED_OPS),
+                    nodes_to_exclude=_constant_operand_adds(prepared) + _squeeze_excite_nodes(prepared),
                     activation_type=QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})

@@ -48,6 +48,27 @@ def test_quantize_writes_qdq_and_reports_agreement(tmp_path):
 
 
 @pytest.mark.structure
+def test_squeeze_excite_stays_float_and_fuses(tmp_path):
+    """The SE block (pool, FC, ReLU, FC, h-sigmoid, gate) is left float by mobilec quantize, so the
+    quantised model still has one SE kernel; its FCs are not quantised."""
+    c, ci = conv("input", "c", k=1)
+    f1, f1i = conv("p", "f1", cout=4, k=1, seed=1)
+    f2, f2i = conv("f1r", "f2", cin=4, k=1, seed=2)
+    g, gi = hswish_nodes("f2", "g", "onnx")  # any gate the SE rule accepts; here h-sigmoid's form
+    nodes = c + [helper.make_node("GlobalAveragePool", ["c"], ["p"])] + f1 + [
+        helper.make_node("Relu", ["f1"], ["f1r"])] + f2 + [
+        helper.make_node("HardSigmoid", ["f2"], ["gate"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["c", "gate"], ["m"])]
+    o, oi = conv("m", "output", k=1, seed=3)
+    src = tmp_path / "se.onnx"
+    onnx.save(model(nodes + o, ci + f1i + f2i + oi), src)
+    res = quantize_model(src, tmp_path / "q.onnx", QuantizeConfig(random=3, held_out=1))
+    assert res.quantized == {"Conv": 2}  # the two 1x1 convs around the block, not its FCs
+    report = inspect_model(str(res.path)).report
+    assert report.matched.get("mobilec.se") == 1, report.to_dict()
+
+
+@pytest.mark.structure
 def test_quantize_from_images(tmp_path):
     from PIL import Image
 

@@ -163,7 +163,9 @@ def test_registry_model_int8(exported, tmp_path):
     quantize_model(exported("mobilenet_v3_small"), qdq, QuantizeConfig(random=4, held_out=2))
     res = compile_model(qdq, tmp_path / "small-int8.so")
     assert res.report.float_quantized == []
-    assert sum(res.report.int8.values()) == 54  # 52 convolutions, 2 classifier layers
+    # 52 convolutions and 2 classifier layers, less the 9 SE blocks' 18 FCs, which stay float
+    assert sum(res.report.int8.values()) == 36
+    assert res.report.matched.get("mobilec.se") == 9, res.report.matched  # as in fp32: one kernel each
     assert res.report.matched.get("mobilec.conv2d_requantize_hswish", 0) > 0
     sess = reference_session(str(qdq))
     x = seeded_input((1, 3, 224, 224))
@@ -171,7 +173,7 @@ def test_registry_model_int8(exported, tmp_path):
     got = mr.load(res.library)(x)
     cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos > 0.99, cos  # (the random weights' logits are too flat for a stable top-1)
-    assert np.mean(np.abs(got - want) <= output_step(qdq) * 1.001) > 0.5
+    assert float(np.median(np.abs(got - want))) <= 2 * output_step(qdq) * 1.001
 
 
 @pytest.mark.build

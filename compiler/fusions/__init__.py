@@ -8,6 +8,6 @@ an integer convolution's requantisation comes before the float epilogues, which 
 from mobilec.compiler.fusions import conv_act, hsigmoid, hswish, requantize, se
 from mobilec.compiler.fusions.transpose_cancel import CancelTransposes
 
-RULES = [se.RULE, *requantize.RULES, *conv_act.RULES, hswish.RULE, hsigmoid.RULE]
+RULES = [se.QUANTIZED_RULE, se.RULE, *requantize.RULES, *conv_act.RULES, hswish.RULE, hsigmoid.RULE]
 
 __all__ = ["RULES", "CancelTransposes"]

@@ -4,7 +4,7 @@ computes in float right after it, one kernel.
   conv2d(x, W) [+ b]                                               the accumulation (int32, or
                                                                    float32 where that is exact)
   astype(clip(round([astype] acc * m) + z, lo, hi), int8|uint8)    -> mobilec.conv2d_requantize
-  ... then quantize(h-swish(dequantize(.)))                        -> mobilec.conv2d_requantize_hswish
+  ... then [quantize](h-swish(dequantize(.)))                      -> mobilec.conv2d_requantize_hswish
   ... then quantize(dequantize(.) + dequantize(shortcut))          -> mobilec.conv2d_requantize_residual
   the same with matmul(x, W)                                       -> mobilec.dense_requantize[_...]
 
@@ -70,9 +70,12 @@ def _rules(kind: str, producer: Callable[[DFPattern], DFPattern], cast_input: bo
     # mirrored rule catches the case where the left one's output is also read elsewhere.
     residuals = [Rule(f"mobilec.{kind}_requantize_residual", _q(add), named, check, not cast_input)
                  for add in (op("add", dq, shortcut), op("add", shortcut, dq))]
-    return [Rule(f"mobilec.{kind}_requantize_hswish", _q(act), named | {"act": act},
-                 lambda ctx: check(ctx) or hswish.check_chain(ctx, ctx.annotated_expr["act"], ctx.annotated_expr["dq"]),
-                 not cast_input),  # the same rule without the cast reports the near misses
+    def hswish_check(ctx):
+        return check(ctx) or hswish.check_chain(ctx, ctx.annotated_expr["act"], ctx.annotated_expr["dq"])
+
+    # h-swish requantised for the next convolution, or left float for a squeeze-and-excite block
+    return [Rule(f"mobilec.{kind}_requantize_hswish", _q(act), named | {"act": act}, hswish_check, not cast_input),
+            Rule(f"mobilec.{kind}_requantize_hswish", act, named | {"act": act}, hswish_check, not cast_input),
             *residuals,
             Rule(f"mobilec.{kind}_requantize", r, {"core": core}, check, not cast_input)]
 

@@ -5,6 +5,7 @@
   -> 1x1 conv | matmul [reshape]   # FC2 (+ bias)
   -> h-sigmoid (any form) | sigmoid
   -> x * gate
+  [-> QuantizeLinear]              # a quantised model's SE block (its FCs float, mobilec quantize)
 """
 
 from __future__ import annotations
@@ -50,3 +51,5 @@ def check(ctx) -> Optional[str]:
 
 
 RULE = Rule("mobilec.se", _root, {"x": _x, "mean": _mean, "fc2": _fc2, "gate": _gate}, check)
+# in a quantised model the gated map is quantised for the next convolution: in the same kernel
+QUANTIZED_RULE = Rule("mobilec.se", op("quantize", _root, is_const(), is_const()), RULE.annotations, check)
