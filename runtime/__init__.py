@@ -327,8 +327,13 @@ def connect(tracker: Optional[str] = None, key: Optional[str] = None, server: Op
             timeout: float = 60.0, session_timeout: float = 600.0) -> Remote:
     """Open an RPC session: through a tracker (``tracker="host:port", key=...``) or straight to a
     server (``server="host:port"``)."""
+    import gc
+
     from mobilec.rpc.client import open_session
 
+    # A session this process dropped but has not collected yet (TVM's objects form reference
+    # cycles) still holds its device: a one-session server would look busy until the next GC.
+    gc.collect()
     session, description = open_session(tracker=tracker, key=key, server=server, timeout=timeout,
                                         session_timeout=session_timeout, tvm=_tvm())
     return Remote(session, description)
