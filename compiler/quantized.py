@@ -35,6 +35,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from mobilec.compiler.fusions.base import const_array
 from mobilec.compiler.report import FusionReport
 
 _INT8 = ("int8", "uint8")
@@ -47,7 +48,11 @@ def _op(call, name: str) -> bool:
 
 
 def _const(expr) -> Optional[np.ndarray]:
-    return expr.value.numpy() if isinstance(expr, Constant) and hasattr(expr.value, "numpy") else None
+    return const_array(expr) if isinstance(expr, Constant) else None
+
+
+def _kernel(expr) -> bool:
+    return _op(expr, "nn.conv2d") or _op(expr, "matmul")
 
 
 def _scalar(expr) -> Optional[float]:
@@ -114,7 +119,7 @@ class _Rewrite(relax.PyExprMutator):
         v = self._binding(quantize.args[0])
         while isinstance(v, relax.Call) and (_op(v, "nn.relu") or _op(v, "clip") or _op(v, "add")):
             v = self._binding(v.args[0])
-        return v if _op(v, "nn.conv2d") or _op(v, "matmul") else None
+        return v if _kernel(v) else None
 
     def _dequantized(self, expr, what: str):
         dq = self._binding(expr)
@@ -136,10 +141,10 @@ class _Rewrite(relax.PyExprMutator):
         bias = None
         if _op(v, "add"):
             left, right = self._binding(v.args[0]), self._binding(v.args[1])
-            kernel, bias = (left, right) if _op(left, "nn.conv2d") or _op(left, "matmul") else (right, left)
+            kernel, bias = (left, right) if _kernel(left) else (right, left)
         else:
             kernel = v
-        if not (_op(kernel, "nn.conv2d") or _op(kernel, "matmul")):
+        if not _kernel(kernel):
             raise _Refused("no convolution or matrix product under it")
         if out_dtype not in _INT8:
             raise _Refused(f"its output is quantised to {out_dtype}; integer kernels produce int8/uint8")

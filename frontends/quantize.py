@@ -76,10 +76,10 @@ def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
     keep = []
     for i, node in enumerate(graph.node):
-        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in {
-                o.name for o in graph.output}:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
             copy = onnx.TensorProto.FromString(inits[node.input[0]].SerializeToString())
             copy.name = node.output[0]
             graph.initializer.append(copy)
