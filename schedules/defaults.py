@@ -7,7 +7,7 @@ the padded input comes from. The pipeline runs the network in NHWC (channels inn
 every kernel vectorises over channels at any map size:
 
   kernel (NHWC)     rows x cols (vector)          reduction     padding
-  pointwise         pixels of a row x out ch.     in channels   -      (weights packed [F/v, K, v])
+  pointwise         a block of pixels x out ch.   in channels   -      (weights packed [F/v, K, v])
   depthwise kxk     pixels of a row x channels    ky, kx        a row/column condition per tap
   stem / any conv   pixels of a row x out ch.     ky, kx, ci    a row/column condition per tap
   classifier        batch x out features          in features   -
@@ -42,6 +42,7 @@ import tvm
 from tvm.s_tir import Schedule
 
 from mobilec.schedules import integer
+from mobilec.schedules.tile_cost import LATENCY, tile_score
 
 log = logging.getLogger("mobilec.schedules")
 
@@ -238,7 +239,6 @@ def _row_tile_for(extent: int, vectors: int, cpu: CpuParams) -> int:
 
 
 MAX_ROW_TILE = 16  # the search's largest register tile along a non-vector axis
-LATENCY = 10  # independent FMAs in flight needed to keep two FMA pipes busy (4-5 cycle latency)
 DEPTHWISE_ACCUMULATORS = 8  # measured (AVX2, Large): 1 -> 4 -> 8 took its depthwise kernels 0.90 -> 0.82 -> 0.75 ms
 
 
@@ -321,22 +321,29 @@ def _direct(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool
     return f"{'depthwise' if depthwise else 'direct'} {what}"
 
 
-def _pointwise_nhwc_tiles(row: int, f: int, k: int, cpu: CpuParams,
-                          vectors: Optional[int] = None) -> tuple[float, int, int]:
-    """(score, pixels, vectors) of the register tile of an NHWC 1x1 conv: pixels of a ``row``
-    across registers (one broadcast input value each), output channels vectorised (one weight load per vector),
-    scored like ``_pointwise_tiles``; accumulators, weight vectors and the broadcast must fit the
-    register file (one spilled accumulator measured 1.8x slower). ``vectors``: fixed by packed
-    weights. (0.0, 1, 0) when no whole vector of channels divides ``f``."""
+def _pointwise_nhwc_tiles(y: int, x: int, f: int, k: int, cpu: CpuParams,
+                          vectors: Optional[int] = None) -> tuple[float, int, int, int]:
+    """(score, rows, pixels, vectors) of the register tile of an NHWC 1x1 conv: ``rows`` x
+    ``pixels`` of the map across registers (one broadcast input value each), output channels
+    vectorised (one weight load per vector), scored like ``_pointwise_tiles`` plus the broadcasts'
+    share of the vector pipes (``tile_cost``): a 2x2-pixel x 2-vector tile beats a row of 14
+    pixels x 1 vector by 1.3x (AVX2, 14x14x112->672). Accumulators, weight vectors and the
+    broadcast must fit the register file (one spilled accumulator measured 1.8x slower).
+    ``vectors``: fixed by packed weights. (0.0, 1, 1, 0) when no whole vector of channels divides ``f``."""
     out = []
     for v in ([vectors] if vectors else [1, 2, 3, 4]):
         if f % (v * cpu.lanes):
             continue
-        for rows in _divisors(row, (cpu.registers - 1 - v) // v):
-            acc = rows * v
-            score = acc * cpu.lanes / (max(acc, rows + v, LATENCY) + acc / k)
-            out.append((score, rows, v))
-    return max(out) if out else (0.0, 1, 0)
+        most = (cpu.registers - 1 - v) // v  # pixels
+        for rows in _divisors(y, most):
+            for pixels in _divisors(x, most // rows):
+                acc = rows * pixels * v
+                # ties: fewer rows (one row's pixels are adjacent in memory), then more accumulators
+                out.append((tile_score(acc, rows * pixels, v, k=k) * cpu.lanes, -rows, acc, rows, pixels, v))
+    if not out:
+        return 0.0, 1, 1, 0
+    score, _, _, rows, pixels, v = max(out)
+    return score, rows, pixels, v
 
 
 @dataclass(frozen=True)
@@ -385,8 +392,8 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
         loops = sch.get_loops(conv)
         if (len(loops) == 7 and len(sch.get(conv).reads[1].source.shape) == 4
                 and [_extent(sch, l) for l in loops[4:6]] == [1, 1] and _unit_stride(sch, conv)):
-            x, f, k = (_extent(sch, loops[i]) for i in (2, 3, 6))
-            plan(conv, 1, f, _pointwise_nhwc_tiles(x, f, k, cpu)[2] * cpu.lanes)
+            y, x, f, k = (_extent(sch, loops[i]) for i in (1, 2, 3, 6))
+            plan(conv, 1, f, _pointwise_nhwc_tiles(y, x, f, k, cpu)[3] * cpu.lanes)
     elif _find(sch, "resize_columns") is not None:
         how = _separable_resize(sch, cpu)
     elif len(reductions) == 1 and names[0].startswith("matmul"):  # the classifier
@@ -406,8 +413,8 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
 
 
 def _pointwise_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
-    """NHWC 1x1 conv, out[y, x, f] = sum_c in[y, x, c] * W[c, f]: pixels of a row across
-    registers (row tiles: a tile over the fused pixel index costs a div/mod per tile, measured 2x
+    """NHWC 1x1 conv, out[y, x, f] = sum_c in[y, x, c] * W[c, f]: a block of rows x pixels across
+    registers (2-D tiles: a tile over the fused pixel index costs a div/mod per tile, measured 2x
     on 112x112), output channels vectorised and stored contiguously, the weights of a channel
     tile packed contiguously by ``pack_kernel_weights``. Every tile is a parallel task; the
     larger of weights and map is walked once, in the outer loop."""
@@ -416,13 +423,13 @@ def _pointwise_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     k = _extent(sch, loops[6])
     weight = [int(d) for d in sch.get(block).reads[1].source.shape]
     packed = weight[-1] // cpu.lanes if len(weight) == 5 else None
-    _, rows, vectors = _pointwise_nhwc_tiles(x, f, k, cpu, packed)
+    _, rows, pixels, vectors = _pointwise_nhwc_tiles(y, x, f, k, cpu, packed)
     cols = vectors * cpu.lanes if vectors else (f if f <= 4 * cpu.lanes else cpu.lanes)
     # the bigger operand streams through once: the weights (channel tiles outside) or the map
     # (pixel tiles outside, each writing whole lines of output)
     order = [0, 3, 1, 2] if f >= y * x else [0, 1, 2, 3]  # weights k*f against map y*x*k
-    _tile(sch, block, [1, 1, rows, cols], cpu, epilogue, outer_order=order, parallel_all=True)
-    return f"pointwise {rows} pixels x {cols} channels (NHWC{', packed' if packed else ''})"
+    _tile(sch, block, [1, rows, pixels, cols], cpu, epilogue, outer_order=order, parallel_all=True)
+    return f"pointwise {rows}x{pixels} pixels x {cols} channels (NHWC{', packed' if packed else ''})"
 
 
 def _direct_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool) -> str:

@@ -22,6 +22,8 @@ import tvm
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
+from mobilec.schedules.tile_cost import tile_score
+
 
 @dataclass(frozen=True)
 class DotInstruction:
@@ -29,6 +31,7 @@ class DotInstruction:
     group: int   # input channels summed into each lane
     dtype: str   # operand type
     intrinsic: str  # the registered TVM tensor intrinsic
+    fused_add: bool  # accumulates in place (sdot); else a separate add, and a register for the product
 
 
 def _pmaddwd_desc_impl():
@@ -70,11 +73,11 @@ def instruction(name: str) -> DotInstruction:
     if name not in _REGISTERED:
         if name == "vpmaddwd":
             TensorIntrin.register("mobilec.vpmaddwd_8x2", *_pmaddwd_desc_impl(), override=True)
-            _REGISTERED[name] = DotInstruction(8, 2, "int16", "mobilec.vpmaddwd_8x2")
+            _REGISTERED[name] = DotInstruction(8, 2, "int16", "mobilec.vpmaddwd_8x2", fused_add=False)
         elif name == "sdot":
             from tvm.s_tir.tensor_intrin import arm_cpu  # registers TVM's dot_4x4_i8i8s32_sdot
 
-            _REGISTERED[name] = DotInstruction(4, 4, "int8", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN)
+            _REGISTERED[name] = DotInstruction(4, 4, "int8", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, fused_add=True)
         else:
             raise ValueError(f"no integer dot-product instruction {name!r}")
     return _REGISTERED[name]
@@ -109,18 +112,23 @@ def packed_for(sch: Schedule, block, cpu) -> bool:
     return str(weight.dtype) == dot.dtype and [int(d) for d in weight.shape[-2:]] == [dot.lanes, dot.group]
 
 
-def _tiles(pixels: int, vectors: int, registers: int) -> tuple[int, int]:
-    """(pixels, vectors of output channels) of the register tile: the most accumulators that fit
-    beside the weight vectors and a broadcast input, preferring longer rows of pixels. (Scoring
-    dot products per load instead measured 13% slower on AVX2 and no better in the A76 estimate.)"""
-    best = (0, 1, 1)
+def _tiles(y: int, x: int, vectors: int, registers: int, dot: DotInstruction) -> tuple[int, int, int]:
+    """(rows, pixels, vectors of output channels) of the register tile, scored as the fp32
+    pointwise tiles are (``tile_cost.tile_score``): an instruction without an in-place add (vpmaddwd)
+    costs two vector ops per step and, with more than one vector, a register for the product; so
+    on AVX2 it keeps a long row x one vector (measured: 2-vector tiles ran Large int8 11% slower,
+    6.30 against 5.67 ms), where fp32's FMAs take 2x2 pixels x 2 vectors."""
+    ops = 1 if dot.fused_add else 2
+    best = (0.0, 0, 0, 1, 1, 1)
     for v in (1, 2, 3, 4):
         if vectors % v:
             continue
-        for rows in range(1, min(pixels, 16) + 1):
-            if pixels % rows == 0 and rows * v + v + 1 <= registers:
-                best = max(best, (rows * v, rows, v))
-    return best[1], best[2]
+        spare = registers - v - 1 - (0 if dot.fused_add or v == 1 else 1)  # accumulators
+        for rows in (r for r in range(1, min(y, 16) + 1) if y % r == 0 and r * v <= spare):
+            for pixels in (p for p in range(1, min(x, 16) + 1) if x % p == 0 and rows * p * v <= spare):
+                acc = rows * pixels * v
+                best = max(best, (tile_score(acc, rows * pixels, v, ops), -rows, acc, rows, pixels, v))
+    return best[3:]
 
 
 def schedule_dot(sch: Schedule, block, epilogue, cpu, split) -> str:
@@ -131,19 +139,24 @@ def schedule_dot(sch: Schedule, block, epilogue, cpu, split) -> str:
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
     spatial = [l for l, k in zip(loops, kinds) if k == 0]
     reduce = [l for l, k in zip(loops, kinds) if k != 0]
+    row = spatial[-3] if len(spatial) >= 3 else None  # a convolution's y; a matrix product has none
     pixel, channel = spatial[-2], spatial[-1]
     x, f, k = (int(sch.get(l).extent) for l in (pixel, channel, reduce[-1]))
+    y = int(sch.get(row).extent) if row is not None else 1
     pixels = 1
     for l in spatial[:-1]:
         pixels *= int(sch.get(l).extent)
-    rows, vectors = _tiles(x, f // dot.lanes, cpu.registers)
+    rows, cols, vectors = _tiles(y, x, f // dot.lanes, cpu.registers, dot)
     fo, fi = sch.split(channel, [None, dot.lanes])
     ko, ki = sch.split(reduce[-1], [None, dot.group])
-    po, pi = split(sch, pixel, rows, 16)
+    yo, yi = split(sch, row, rows, 16) if row is not None else (None, None)
+    po, pi = split(sch, pixel, cols, 16)
     vo, vi = split(sch, fo, vectors, 4)
     # the bigger operand streams through once: weights k*f against the map's pixels*k
-    outer = spatial[:-2] + ([vo, po] if f >= pixels else [po, vo])
-    sch.reorder(*outer, *reduce[:-1], ko, pi, vi, fi, ki)
+    tiles = [yo, po] if row is not None else [po]
+    outer = spatial[:-3 if row is not None else -2] + ([vo, *tiles] if f >= pixels else [*tiles, vo])
+    register_tile = ([yi] if row is not None else []) + [pi, vi]
+    sch.reorder(*outer, *reduce[:-1], ko, *register_tile, fi, ki)
     par = sch.fuse(*outer)
     sch.parallel(par)
     if epilogue is not None:
@@ -154,8 +167,8 @@ def schedule_dot(sch: Schedule, block, epilogue, cpu, split) -> str:
             sch.vectorize(lanes)
     init = sch.decompose_reduction(block, reduce[0] if len(reduce) > 1 else ko)
     sch.tensorize(fi, dot.intrinsic)
-    for loop in (pi, vi):
+    for loop in register_tile:
         if int(sch.get(loop).extent) > 1:
             sch.unroll(loop)
     sch.vectorize(sch.get_loops(init)[-1])
-    return f"pointwise {cpu.int_dot} {rows} pixels x {vectors * dot.lanes} channels"
+    return f"pointwise {cpu.int_dot} {rows}x{cols} pixels x {vectors * dot.lanes} channels"

@@ -1,0 +1,19 @@
+"""The issue-slot model the default schedules choose register tiles by (fp32 FMA tiles in
+``defaults``, integer dot-product tiles in ``integer``)."""
+
+LATENCY = 8  # independent FMAs in flight to keep two FMA pipes busy (4-cycle latency; measured on
+# Zen 3: 8 accumulators run a 14x14x112->672 pointwise as fast as 12)
+# a broadcast input takes a vector pipe slot too: Zen 3 issues FMAs on two of its three FP pipes
+# and broadcast loads on two of them (measured: one broadcast per FMA runs 1.5 FMAs a cycle, one
+# per two runs 2); Cortex-A76's LD1R also issues on its V pipes. In FMA-issue units: 2/3 a slot
+BROADCAST_SLOTS = 2 / 3
+
+
+def tile_score(acc: int, broadcasts: int, loads: int, ops: int = 1, k: int = 0) -> float:
+    """Multiply-add vectors per issue slot of one reduction step of a register tile: ``acc``
+    accumulators (``ops`` vector instructions each), ``broadcasts`` broadcast inputs and ``loads``
+    weight vectors; FMAs and loads both issue two per cycle, broadcasts also take a vector-pipe
+    slot (``BROADCAST_SLOTS``), fewer than ``LATENCY`` accumulators leave the pipes waiting; the
+    tile's stores are spread over ``k`` steps."""
+    issue = max(acc * ops, broadcasts + loads, LATENCY, BROADCAST_SLOTS * (acc * ops + broadcasts))
+    return acc / (issue + (acc / k if k else 0))
