@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Optional, Union
@@ -131,6 +132,13 @@ def _nonfinite(name: str, x: np.ndarray) -> Optional[str]:
             f"undefined)")
 
 
+def _numpy(result) -> list[np.ndarray]:
+    """A VM result (one tensor or a tuple of them) as numpy arrays."""
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    return [result[i].numpy() for i in range(len(result))]
+
+
 class Module:
     """A compiled model ready to run: call it, or ``run`` a dict of named inputs."""
 
@@ -142,6 +150,8 @@ class Module:
         self.threads = threads        # threads each call runs on (on the device, for a remote module)
         self.cpus = cpus              # the cores they share (None on a remote device: TVM's big cores)
         self.check_finite = check_finite
+        self._lock = threading.Lock()  # one call at a time: the VM and the input buffers are shared
+        self._buffers = None           # a local module's input tensors, allocated on the first call
 
     def __repr__(self):
         where = f" on {self._remote}" if self._remote else ""
@@ -195,24 +205,28 @@ class Module:
                               f"check the device with `mobilec rpc devices`") from None
 
     def _invoke(self, arrays):
+        """The outputs as numpy arrays. Locally the inputs are copied into tensors kept from the
+        first call (allocating a fresh 600 KB tensor each call measured 0.15 ms on
+        MobileNetV3-Small's 1.5 ms)."""
         self._pool()
+        if self._remote is None:
+            with self._lock:
+                if self._buffers is None:
+                    tvm = _tvm()
+                    self._buffers = [tvm.runtime.empty(x.shape, str(x.dtype), self._device) for x in arrays]
+                for buf, x in zip(self._buffers, arrays):
+                    buf.copyfrom(x if x.flags.c_contiguous else np.ascontiguousarray(x))
+                return _numpy(self._vm["main"](*self._buffers))
 
-        def call():  # copying the inputs to a remote device talks to it too
+        def call():  # copying the inputs to a remote device, and the outputs back, talk to it too
             self._vm.set_input("main", *self._to_device(arrays))
             self._vm.invoke_stateful("main")
-            return self._vm.get_outputs("main")
+            return _numpy(self._vm.get_outputs("main"))
 
         return self._remote_call(call)
 
     def run(self, feeds: dict) -> list[np.ndarray]:
-        result = self._invoke(self._check(feeds))
-
-        def fetch():  # unpacking a remote result talks to the device too
-            if hasattr(result, "numpy"):
-                return [result.numpy()]
-            return [result[i].numpy() for i in range(len(result))]
-
-        return self._remote_call(fetch)
+        return self._invoke(self._check(feeds))
 
     def __call__(self, *args: np.ndarray):
         names = [i["name"] for i in self.inputs]

@@ -35,6 +35,25 @@ def test_load_run_and_describe(small, exported):
 
 
 @pytest.mark.build
+def test_calls_from_several_threads_each_get_their_own_input(small, exported):
+    """The input tensors are kept between calls: calls from several Python threads at once, on
+    different inputs, each get the output of their own input, and a non-contiguous input is read
+    as its values."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = mr.load(small.library)
+    xs = [seeded_input((1, 3, 224, 224), seed=s) for s in range(4)]
+    want = [onnxruntime_outputs(exported(NAME), {"input": x})[0] for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: m(xs[i % 4]), range(16)))
+    for i, out in enumerate(got):
+        np.testing.assert_allclose(out, want[i % 4], rtol=1e-4, atol=1e-4 * np.abs(want[i % 4]).max())
+    flipped = np.ascontiguousarray(xs[1][..., ::-1])[..., ::-1]  # a reversed view: not C-contiguous
+    assert not flipped.flags.c_contiguous
+    np.testing.assert_array_equal(m(flipped), m(xs[1]))
+
+
+@pytest.mark.build
 def test_bad_inputs_name_expected_and_given(small):
     m = mr.load(small.library)
     x = seeded_input((1, 3, 224, 224))
