@@ -7,13 +7,16 @@ LATENCY = 8  # independent FMAs in flight to keep two FMA pipes busy (4-cycle la
 # and broadcast loads on two of them (measured: one broadcast per FMA runs 1.5 FMAs a cycle, one
 # per two runs 2); Cortex-A76's LD1R also issues on its V pipes. In FMA-issue units: 2/3 a slot
 BROADCAST_SLOTS = 2 / 3
+STEP = 1  # the reduction loop's own increment and branch, one slot a step: of two tiles that keep
+# the pipes equally busy the bigger one wins (llvm-mca, Cortex-A76: 2x2 pixels x 2 vectors of 4
+# lanes left its FMA pipes 67% busy where 1x14 x 2 filled 88%)
 
 
 def tile_score(acc: int, broadcasts: int, loads: int, ops: int = 1, k: int = 0) -> float:
     """Multiply-add vectors per issue slot of one reduction step of a register tile: ``acc``
     accumulators (``ops`` vector instructions each), ``broadcasts`` broadcast inputs and ``loads``
     weight vectors; FMAs and loads both issue two per cycle, broadcasts also take a vector-pipe
-    slot (``BROADCAST_SLOTS``), fewer than ``LATENCY`` accumulators leave the pipes waiting; the
-    tile's stores are spread over ``k`` steps."""
+    slot (``BROADCAST_SLOTS``), fewer than ``LATENCY`` accumulators leave the pipes waiting, and
+    each step costs the loop's own ``STEP``; the tile's stores are spread over ``k`` steps."""
     issue = max(acc * ops, broadcasts + loads, LATENCY, BROADCAST_SLOTS * (acc * ops + broadcasts))
-    return acc / (issue + (acc / k if k else 0))
+    return acc / (issue + STEP + (acc / k if k else 0))
