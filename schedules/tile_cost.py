@@ -4,8 +4,9 @@
 LATENCY = 8  # independent FMAs in flight to keep two FMA pipes busy (4-cycle latency; measured on
 # Zen 3: 8 accumulators run a 14x14x112->672 pointwise as fast as 12)
 # a broadcast input takes a vector pipe slot too: Zen 3 issues FMAs on two of its three FP pipes
-# and broadcast loads on two of them (measured: one broadcast per FMA runs 1.5 FMAs a cycle, one
-# per two runs 2); Cortex-A76's LD1R also issues on its V pipes. In FMA-issue units: 2/3 a slot
+# and broadcast loads on two of them (benchmarks/issue_rates.py: one broadcast per FMA ran 1.5-2.0
+# FMAs a cycle from run to run, one per two FMAs 2.0 in every run); Cortex-A76's LD1R also issues
+# on its V pipes. In FMA-issue units: 2/3 a slot
 BROADCAST_SLOTS = 2 / 3
 STEP = 1  # the reduction loop's own increment and branch, one slot a step: of two tiles that keep
 # the pipes equally busy the bigger one wins (llvm-mca, Cortex-A76: 2x2 pixels x 2 vectors of 4
