@@ -158,12 +158,13 @@ def _vectorize_inner(sch: Schedule, block, lanes: int) -> None:
 
 def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None, pad=None,
           pad_at_channel: bool = False, outer_order: Optional[list[int]] = None, parallel: bool = True,
-          unroll_reduction: bool = False, parallel_all: bool = False) -> None:
+          unroll_reduction: bool = False, parallel_all: bool = False, most: Optional[list[int]] = None) -> None:
     """``tiles``: one register-tile size per spatial loop of ``block`` (in loop order; 1 = not
-    tiled); the last spatial loop is the vectorised one. Result: parallel(leading tile loops) /
-    reduction loops / register tile (unrolled, the last loop vectorised), so the accumulator tile
-    stays in registers and the epilogue is applied per tile: a conv's output is written once,
-    finished. ``outer_order`` permutes the tile loops (default: the spatial loops' order)."""
+    tiled); the last spatial loop is the vectorised one. ``most``: per spatial loop, the largest
+    tile the search may sample (default: 4 vectors on the vector loop, ``MAX_ROW_TILE`` on the
+    others). Result: parallel(leading tile loops) / reduction loops / register tile (unrolled,
+    the last loop vectorised), so the accumulator tile stays in registers and the epilogue is
+    applied per tile: a conv's output is written once, finished. ``outer_order`` permutes the tile loops (default: the spatial loops' order)."""
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
     loops = sch.get_loops(block)
     spatial = [l for l, k in zip(loops, kinds) if k == 0]
@@ -171,7 +172,7 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
     outer, inner = [], []
     for n, (loop, tile) in enumerate(zip(spatial, tiles)):
         vector = n == len(tiles) - 1
-        o, i = _split(sch, loop, tile, 4 * cpu.lanes if vector else MAX_ROW_TILE)
+        o, i = _split(sch, loop, tile, most[n] if most else 4 * cpu.lanes if vector else MAX_ROW_TILE)
         outer.append(o)
         inner.append(i)
     if outer_order:
@@ -428,7 +429,10 @@ def _pointwise_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     # the bigger operand streams through once: the weights (channel tiles outside) or the map
     # (pixel tiles outside, each writing whole lines of output)
     order = [0, 3, 1, 2] if f >= y * x else [0, 1, 2, 3]  # weights k*f against map y*x*k
-    _tile(sch, block, [1, rows, pixels, cols], cpu, epilogue, outer_order=order, parallel_all=True)
+    # searched: rows up to the heuristic's (a block of rows x 16 pixels x 4 vectors unrolls into
+    # more code than LLVM compiles in a tuning trial's time), pixels and vectors as wide as before
+    _tile(sch, block, [1, rows, pixels, cols], cpu, epilogue, outer_order=order, parallel_all=True,
+          most=[1, rows, MAX_ROW_TILE, 4 * cpu.lanes])
     return f"pointwise {rows}x{pixels} pixels x {cols} channels (NHWC{', packed' if packed else ''})"
 
 
