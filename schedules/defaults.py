@@ -164,7 +164,8 @@ def _tile(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None,
     tile the search may sample (default: 4 vectors on the vector loop, ``MAX_ROW_TILE`` on the
     others). Result: parallel(leading tile loops) / reduction loops / register tile (unrolled,
     the last loop vectorised), so the accumulator tile stays in registers and the epilogue is
-    applied per tile: a conv's output is written once, finished. ``outer_order`` permutes the tile loops (default: the spatial loops' order)."""
+    applied per tile: a conv's output is written once, finished. ``outer_order`` permutes the
+    tile loops (default: the spatial loops' order)."""
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
     loops = sch.get_loops(block)
     spatial = [l for l, k in zip(loops, kinds) if k == 0]
@@ -330,7 +331,8 @@ def _pointwise_nhwc_tiles(y: int, x: int, f: int, k: int, cpu: CpuParams,
     share of the vector pipes (``tile_cost``): a 2x2-pixel x 2-vector tile beats a row of 14
     pixels x 1 vector by 1.3x (AVX2, 14x14x112->672). Accumulators, weight vectors and the
     broadcast must fit the register file (one spilled accumulator measured 1.8x slower).
-    ``vectors``: fixed by packed weights. (0.0, 1, 1, 0) when no whole vector of channels divides ``f``."""
+    ``vectors``: fixed by packed weights. (0.0, 1, 1, 0) when no whole vector of channels
+    divides ``f``."""
     out = []
     for v in ([vectors] if vectors else [1, 2, 3, 4]):
         if f % (v * cpu.lanes):
