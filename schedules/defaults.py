@@ -42,7 +42,7 @@ import tvm
 from tvm.s_tir import Schedule
 
 from mobilec.schedules import integer
-from mobilec.schedules.tile_cost import LATENCY, tile_score
+from mobilec.schedules.tile_cost import LATENCY, best_tile, divisors as _divisors
 
 log = logging.getLogger("mobilec.schedules")
 
@@ -244,10 +244,6 @@ MAX_ROW_TILE = 16  # the search's largest register tile along a non-vector axis
 DEPTHWISE_ACCUMULATORS = 8  # measured (AVX2, Large): 1 -> 4 -> 8 took its depthwise kernels 0.90 -> 0.82 -> 0.75 ms
 
 
-def _divisors(n: int, most: int) -> list[int]:
-    return [d for d in range(1, min(n, most) + 1) if n % d == 0]
-
-
 def _pointwise_tiles(f: int, y: int, x: int, k: int, cpu: CpuParams, ihwo: bool):
     """Candidate register tiles of a 1x1 conv, scored by useful multiply-adds per issue slot: a
     k-step costs max(vector FMAs, loads, LATENCY) (FMAs and loads both issue two per cycle on the
@@ -333,20 +329,12 @@ def _pointwise_nhwc_tiles(y: int, x: int, f: int, k: int, cpu: CpuParams,
     broadcast must fit the register file (one spilled accumulator measured 1.8x slower).
     ``vectors``: fixed by packed weights. (0.0, 1, 1, 0) when no whole vector of channels
     divides ``f``."""
-    out = []
-    for v in ([vectors] if vectors else [1, 2, 3, 4]):
-        if f % (v * cpu.lanes):
-            continue
-        most = (cpu.registers - 1 - v) // v  # pixels
-        for rows in _divisors(y, most):
-            for pixels in _divisors(x, most // rows):
-                acc = rows * pixels * v
-                # ties: fewer rows (one row's pixels are adjacent in memory), then more accumulators
-                out.append((tile_score(acc, rows * pixels, v, k=k) * cpu.lanes, -rows, acc, rows, pixels, v))
-    if not out:
+    best = best_tile(y, x, [v for v in ([vectors] if vectors else [1, 2, 3, 4]) if f % (v * cpu.lanes) == 0],
+                     lambda v: cpu.registers - 1 - v, k=k)
+    if best is None:
         return 0.0, 1, 1, 0
-    score, _, _, rows, pixels, v = max(out)
-    return score, rows, pixels, v
+    score, rows, pixels, v = best
+    return score * cpu.lanes, rows, pixels, v
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import tvm
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
-from mobilec.schedules.tile_cost import tile_score
+from mobilec.schedules.tile_cost import best_tile
 
 
 @dataclass(frozen=True)
@@ -114,21 +114,13 @@ def packed_for(sch: Schedule, block, cpu) -> bool:
 
 def _tiles(y: int, x: int, vectors: int, registers: int, dot: DotInstruction) -> tuple[int, int, int]:
     """(rows, pixels, vectors of output channels) of the register tile, scored as the fp32
-    pointwise tiles are (``tile_cost.tile_score``): an instruction without an in-place add (vpmaddwd)
+    pointwise tiles are (``tile_cost.best_tile``): an instruction without an in-place add (vpmaddwd)
     costs two vector ops per step and, with more than one vector, a register for the product; so
     on AVX2 it keeps a long row x one vector (measured: 2-vector tiles ran Large int8 11% slower,
     6.30 against 5.67 ms), where fp32's FMAs take 2x2 pixels x 2 vectors."""
-    ops = 1 if dot.fused_add else 2
-    best = (0.0, 0, 0, 1, 1, 1)
-    for v in (1, 2, 3, 4):
-        if vectors % v:
-            continue
-        spare = registers - v - 1 - (0 if dot.fused_add or v == 1 else 1)  # accumulators
-        for rows in (r for r in range(1, min(y, 16) + 1) if y % r == 0 and r * v <= spare):
-            for pixels in (p for p in range(1, min(x, 16) + 1) if x % p == 0 and rows * p * v <= spare):
-                acc = rows * pixels * v
-                best = max(best, (tile_score(acc, rows * pixels, v, ops), -rows, acc, rows, pixels, v))
-    return best[3:]
+    extra = 0 if dot.fused_add else 1  # the product's register, beside a second vector's
+    return best_tile(y, x, [v for v in (1, 2, 3, 4) if vectors % v == 0],
+                     lambda v: registers - v - 1 - (extra if v > 1 else 0), ops=1 + extra, most=16)[1:]
 
 
 def schedule_dot(sch: Schedule, block, epilogue, cpu, split) -> str:

@@ -1,6 +1,10 @@
 """The issue-slot model the default schedules choose register tiles by (fp32 FMA tiles in
 ``defaults``, integer dot-product tiles in ``integer``)."""
 
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
 LATENCY = 8  # independent FMAs in flight to keep two FMA pipes busy (4-cycle latency; measured on
 # Zen 3: 8 accumulators run a 14x14x112->672 pointwise as fast as 12)
 # a broadcast input takes a vector pipe slot too: Zen 3 issues FMAs on two of its three FP pipes
@@ -21,3 +25,24 @@ def tile_score(acc: int, broadcasts: int, loads: int, ops: int = 1, k: int = 0) 
     each step costs the loop's own ``STEP``; the tile's stores are spread over ``k`` steps."""
     issue = max(acc * ops, broadcasts + loads, LATENCY, BROADCAST_SLOTS * (acc * ops + broadcasts))
     return acc / (issue + STEP + (acc / k if k else 0))
+
+
+def divisors(n: int, most: int) -> list[int]:
+    return [d for d in range(1, min(n, most) + 1) if n % d == 0]
+
+
+def best_tile(y: int, x: int, vectors: Iterable[int], accumulators: Callable[[int], int], ops: int = 1,
+              k: int = 0, most: Optional[int] = None) -> Optional[tuple[float, int, int, int]]:
+    """(score, rows, pixels, vectors) of the best-scoring register tile of rows x pixels of a y x x
+    map (each dividing its axis, at most ``most``) x one of ``vectors`` vectors of output channels,
+    with at most ``accumulators(vectors)`` accumulators; ties go to fewer rows (one row's pixels
+    are adjacent in memory), then more accumulators. None when no vector count is given."""
+    best = None
+    for v in vectors:
+        spare = accumulators(v) // v  # pixels
+        for rows in divisors(y, min(spare, most or spare)):
+            for pixels in divisors(x, min(spare // rows, most or spare)):
+                acc = rows * pixels * v
+                tile = (tile_score(acc, rows * pixels, v, ops, k), -rows, acc, rows, pixels, v)
+                best = tile if best is None else max(best, tile)
+    return None if best is None else (best[0], *best[3:])
