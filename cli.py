@@ -134,11 +134,12 @@ def cmd_tune(args) -> int:
     _model_file(args.model)
     from mobilec.compiler import TuneConfig, tune_model
     from mobilec.errors import ConfigError
+    from mobilec.schedules.progress import Progress
     from mobilec.schedules.tuning import TuneOptions
 
     if not args.local and not args.tracker:
         raise ConfigError("say where to measure: --tracker HOST:PORT --key KEY, or --local")
-    opts = TuneOptions(trials=args.trials, per_round=args.per_round, all_tasks=args.all_tasks,
+    opts = TuneOptions(trials=args.trials, minutes=args.minutes, per_round=args.per_round, all_tasks=args.all_tasks,
                        tracker=None if args.local else args.tracker, key=args.key, seed=args.seed)
     cfg = TuneConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores, db=args.db,
                      input_shapes=_shapes(args.input_shape), options=opts, verify=not args.no_verify)
@@ -150,9 +151,21 @@ def cmd_tune(args) -> int:
         seeded = f", after measuring {res.seeded} default schedules to start from" if res.seeded else ""
         rate = f" ({res.measured / res.seconds:.2f} candidates/s on {res.devices} device{'s' * (res.devices > 1)})"
         _table(f"tuned {res.measured} candidates in {res.seconds:.0f} s{rate}{seeded} -> {res.database}",
-               ["task", "trials", "first round ms", "best ms", "speedup"], res.progress.summary_rows())
+               Progress.SUMMARY, res.progress.summary_rows())
+        timed = sum(1 for t in res.progress.tasks if t.default_ms and t.best_ms)
+        if timed:
+            start = res.progress.history[0][1] if res.progress.history and res.progress.history[0][0] == 0 else None
+            total = (f"; the tuned kernels' estimated total {start:.3f} -> {res.progress.estimate_ms():.3f} ms"
+                     if start else "")
+            print(f"the search beat the default schedule in {res.progress.beat_default()} of {timed} tasks{total}")
+        settled = res.progress.trials_to_within(0.10)
+        if settled is not None:
+            print(f"the kernels' estimated total came within 10% of its final value after {settled} trials")
         if res.plot:
             print(f"plot: {res.plot}")
+        if res.progress.out_of_time:
+            print(f"stopped at the time budget of {args.minutes:g} minutes with {res.progress.trials} of "
+                  f"{res.progress.budget} trials measured; a rerun continues from the database")
     v = res.verdict
     if v is not None:
         print(f"whole model: {v.describe()}")
@@ -317,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="device key at the tracker")
     p.add_argument("--trials", type=int, default=64, help="search trials for all tuned tasks, earlier runs "
                    "included (the default schedules measured first and failed candidates do not count)")
+    p.add_argument("--minutes", type=float, help="time budget for this run's search: it stops after the "
+                   "round that passes it, with every finished round in the database (a rerun continues); "
+                   "every task's first round is measured first")
     p.add_argument("--per-round", type=int, default=16, help="candidates measured per round")
     p.add_argument("--db", default="tuning-db", help="database root (a subdirectory per triple and cpu)")
     p.add_argument("--all-tasks", action="store_true", help="tune every kernel, not only convolutions")

@@ -75,7 +75,7 @@ class _Rewrite(relax.PyExprMutator):
     def __init__(self, mod, report: FusionReport, dot: str):
         super().__init__(mod)
         self.report = report
-        self.dot = dot  # the CPU's integer dot-product instruction ("vpmaddwd", "sdot", ""; schedules/integer.py)
+        self.dot = dot  # the CPU's integer dot-product instruction ("vpmaddwd", "sdot", ""; schedules/kernels/integer.py)
 
     def _binding(self, expr):
         while isinstance(expr, relax.Var):

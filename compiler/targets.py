@@ -66,7 +66,7 @@ class CpuPreset:
     parts: tuple[int, ...] = ()   # ARM "CPU part" numbers in /proc/cpuinfo that this preset stands for
     vector_bits: int = 128        # SIMD register width the kernels vectorise for (NEON, SSE: 128)
     vector_registers: int = 32    # SIMD registers the register tiles may fill (AArch64: 32, ARMv7: 16 q)
-    int_dot: str = ""             # integer dot-product instruction (schedules/integer.py): vpmaddwd, sdot
+    int_dot: str = ""             # integer dot-product instruction (schedules/kernels/integer.py): vpmaddwd, sdot
 
 
 CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [

@@ -39,6 +39,8 @@ def tune_model(model: Union[str, Path, onnx.ModelProto], config: Optional[TuneCo
         raise ConfigError("--tracker needs --key: the device kind to measure on")
     if cfg.options.trials < 1 or cfg.options.per_round < 1:
         raise ConfigError(f"--trials {cfg.options.trials} --per-round {cfg.options.per_round}: both must be 1 or more")
+    if cfg.options.minutes is not None and not cfg.options.minutes > 0:
+        raise ConfigError(f"--minutes {cfg.options.minutes}: the time budget must be positive")
     resolved = resolve(cfg.target, cfg.cpu, cfg.num_cores)
     if not cfg.options.tracker:
         check_local(resolved)

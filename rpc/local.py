@@ -86,19 +86,22 @@ def _die_with_parent() -> None:
 
 # TVM's tracker and server run their loop in a child process of their own (a PopenWorker), which
 # outlives them when they alone are killed. So each runs under a shell that, told to stop (or
-# when mobilec dies), kills the whole process group: the TVM process and everything it started.
-_GROUP_GUARD = ["sh", "-c", 'trap "kill -KILL 0" TERM INT HUP; "$@" & wait $!', "mobilec-rpc"]
+# when mobilec dies, even by SIGKILL), removes the scratch directory and kills the whole process
+# group: the TVM process and everything it started.
+_GROUP_GUARD = ["sh", "-c", 'trap \'[ -n "$MOBILEC_RPC_SCRATCH" ] && rm -rf "$MOBILEC_RPC_SCRATCH"; kill -KILL 0\' '
+                'TERM INT HUP; "$@" & wait $!', "mobilec-rpc"]
 
 
 def start(cmd: Sequence[str], env: Optional[dict] = None, quiet: bool = False) -> subprocess.Popen:
     """Start a TVM RPC process in its own process group, tied to this process's life. Its
     temporary files (TVM's server unpacks every uploaded library into a fresh temporary directory
     and removes it only on a clean exit, which a killed server never has) go to a scratch
-    directory of its own, removed when mobilec stops it. Under a chroot, where that path does not
+    directory of its own, removed when mobilec stops it or dies. Under a chroot, where that path does not
     exist, Python falls back to the root's /tmp."""
     out = subprocess.DEVNULL if quiet else None
     scratch = tempfile.mkdtemp(prefix="mobilec-rpc-")
-    proc = subprocess.Popen(_GROUP_GUARD + list(cmd), env={**os.environ, **(env or {}), "TMPDIR": scratch},
+    proc = subprocess.Popen(_GROUP_GUARD + list(cmd),
+                            env={**os.environ, **(env or {}), "TMPDIR": scratch, "MOBILEC_RPC_SCRATCH": scratch},
                             stdout=out, stderr=out, start_new_session=True, preexec_fn=_die_with_parent)
     proc.mobilec_scratch = scratch
     return proc

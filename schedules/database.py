@@ -121,6 +121,17 @@ def searched_for(db, mod, seed: list) -> int:
     return len(records) - int(seeded)
 
 
+def seed_ms(db, mod, seed: list) -> Optional[float]:
+    """The seeded default schedule's measured latency (mean of its runs, ms), if the database has it."""
+    from mobilec.schedules.defaults import decisions
+
+    for r in valid_records(db, mod):
+        if decisions(r.trace) == seed:
+            secs = [float(v) for v in r.run_secs]
+            return sum(secs) / len(secs) * 1e3
+    return None
+
+
 def target_label(target) -> str:
     """``"aarch64-linux-gnu (cpu cortex-a76)"`` for a TVM target or its JSON dict: what a record must
     match to apply to a build (kernels' TIR is the same for every CPU; their tuned schedules are not)."""

@@ -14,7 +14,8 @@ from typing import Optional
 import tvm
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.defaults import _is_reduction, _is_se_fc, _nhwc
+from mobilec.schedules.kernels.squeeze_excite import is_fc
+from mobilec.schedules.loops import is_nhwc, is_reduction
 
 
 def _kind(node) -> str:
@@ -30,7 +31,7 @@ def _source(sch: Schedule, block) -> list[int]:
     src = sch.get(block).reads[0].source
     for producer in sch.get_producers(block):
         p = sch.get(producer)
-        if p.writes and p.writes[0].source.same_as(src) and p.reads and not _is_reduction(sch, producer):
+        if p.writes and p.writes[0].source.same_as(src) and p.reads and not is_reduction(sch, producer):
             return _shape(p.reads[0].source)
     return _shape(src)
 
@@ -112,19 +113,19 @@ def _name(mod: tvm.IRModule) -> Optional[str]:
     root = sch.get_sblock("root")
     blocks = list(sch.get_child_blocks(root))
     local = list(sch.get(root).alloc_buffers)
-    reductions = [b for b in blocks if _is_reduction(sch, b)]
+    reductions = [b for b in blocks if is_reduction(sch, b)]
     names = [sch.get(b).name_hint for b in reductions]
     convs = [b for b, n in zip(reductions, names) if n.startswith(("conv2d", "group_conv2d"))]
-    if convs and any(_is_se_fc(sch, b) for b in convs):
+    if convs and any(is_fc(sch, b) for b in convs):
         pooled = _shape(sch.get(reductions[0]).reads[0].source)  # the pool's input
-        n, c, h, w = _nchw(pooled) if _nhwc(sch.get(convs[0]).name_hint) else pooled
+        n, c, h, w = _nchw(pooled) if is_nhwc(sch.get(convs[0]).name_hint) else pooled
         return f"se {h}x{w} {c}"
     if len(reductions) != 1:
         return None
     block = reductions[0]
     out = _shape(sch.get(block).writes[0].source)
     at = next(i for i, b in enumerate(blocks) if b.same_as(block))
-    after = [b for b in blocks[at + 1:] if not _is_reduction(sch, b)]
+    after = [b for b in blocks[at + 1:] if not is_reduction(sch, b)]
     acts = _activation(sch, after, local, out)
     if names[0].startswith("matmul"):
         weight = _shape(sch.get(block).reads[1].source)  # [K, N], or packed [N/b, K, b]
@@ -133,7 +134,7 @@ def _name(mod: tvm.IRModule) -> Optional[str]:
         return None
     src = _source(sch, block)
     weight = _shape(sch.get(block).reads[1].source)
-    if _nhwc(names[0]):  # NHWC data; HWIO weights, or packed [O/b, H, W, I, b]
+    if is_nhwc(names[0]):  # NHWC data; HWIO weights, or packed [O/b, H, W, I, b]
         src, out = _nchw(src), _nchw(out)
         hw = weight[1:3] if len(weight) == 5 else weight[:2]
         weight = [out[1], weight[-2] if len(weight) == 5 else weight[2]] + hw  # as OIHW

@@ -19,10 +19,16 @@ class TaskStats:
     weight: float
     budget: int
     trials: int = 0
-    first_ms: Optional[float] = None  # best of the first measured round
+    default_ms: Optional[float] = None  # the default schedule, measured by the same runner (seeded)
     best_ms: Optional[float] = None
     errors: int = 0
     task: str = ""                    # TVM's function name (the per-task logs are named by it)
+
+    @property
+    def tuned_ms(self) -> Optional[float]:
+        """What a build with the database gets: the faster of the default and the best searched."""
+        known = [v for v in (self.default_ms, self.best_ms) if v is not None]
+        return min(known) if known else None
 
 
 @dataclass
@@ -34,6 +40,8 @@ class Progress:
     lost: Optional[str] = None  # set when a whole round failed to reach the device
     first_error: Optional[str] = None  # the first failed candidate's error (last line)
     all_failed: bool = False    # set when every task had a round and every candidate failed
+    deadline: Optional[float] = None  # time.time() after which no new round starts (--minutes)
+    out_of_time: bool = False   # set when the search stopped at the deadline
     rounds: int = 0
     _all_measured_at: int = 0   # index into history from which every task has a measurement
 
@@ -42,8 +50,9 @@ class Progress:
         return sum(t.trials for t in self.tasks)
 
     def estimate_ms(self) -> float:
-        """Weighted sum of each tuned kernel's best latency (what the tuned tasks cost per inference)."""
-        return sum(t.weight * t.best_ms for t in self.tasks if t.best_ms is not None)
+        """Weighted sum of each tuned kernel's latency as a build with the database gets it: the
+        best searched candidate or the default schedule, whichever measured faster."""
+        return sum(t.weight * t.tuned_ms for t in self.tasks if t.tuned_ms is not None)
 
     @property
     def errors(self) -> int:
@@ -61,11 +70,18 @@ class Progress:
         t.errors += len(latencies_ms) - len(ok)
         if ok:
             best = min(ok)
-            t.first_ms = best if t.first_ms is None else t.first_ms
             t.best_ms = best if t.best_ms is None else min(t.best_ms, best)
-        if any(x.best_ms is None for x in self.tasks):
+        if any(x.tuned_ms is None for x in self.tasks):
             self._all_measured_at = len(self.history) + 1
         self.history.append((self.trials, self.estimate_ms()))
+
+    def start_from(self, default_ms: dict[str, Optional[float]]) -> None:
+        """The default schedules' measurements (by TVM task name), before any search round: the
+        estimate, and the tuning curve, start from what a build without the database gets."""
+        for t in self.tasks:
+            t.default_ms = default_ms.get(t.task)
+        if all(t.tuned_ms is not None for t in self.tasks):
+            self.history.append((0, self.estimate_ms()))
 
     def trials_to_within(self, frac: float = 0.10) -> Optional[int]:
         """Trials after which the estimate stayed within ``frac`` of the final one, counted from the
@@ -105,13 +121,20 @@ class Progress:
                 f"all tasks {self.trials}/{self.budget} trials, estimated {self.estimate_ms():.3f} ms, "
                 f"{elapsed:.0f} s")
 
+    SUMMARY = ["task", "trials", "default ms", "best searched ms", "vs default"]
+
     def summary_rows(self) -> list[list[str]]:
-        rows = []
-        for t in self.tasks:
-            speed = f"{t.first_ms / t.best_ms:.2f}x" if t.best_ms and t.first_ms else "-"
-            rows.append([t.name, str(t.trials), "-" if t.first_ms is None else f"{t.first_ms:.4f}",
-                         "-" if t.best_ms is None else f"{t.best_ms:.4f}", speed])
-        return rows
+        """One row per task (``SUMMARY``): "vs default" is the default schedule's time over the best
+        the search found, above 1.00x where the search beat it."""
+        def ms(v: Optional[float]) -> str:
+            return "-" if v is None else f"{v:.4f}"
+
+        return [[t.name, str(t.trials), ms(t.default_ms), ms(t.best_ms),
+                 f"{t.default_ms / t.best_ms:.2f}x" if t.best_ms and t.default_ms else "-"] for t in self.tasks]
+
+    def beat_default(self) -> int:
+        """Tasks where a searched candidate measured faster than the default schedule."""
+        return sum(1 for t in self.tasks if t.best_ms and t.default_ms and t.best_ms < t.default_ms)
 
     def plot(self, path: Path) -> Optional[Path]:
         if not self.history:
@@ -160,7 +183,9 @@ def _latency_ms(result) -> Optional[float]:
 class ProgressCallback(PyMeasureCallback):
     """Feeds every measured batch into ``Progress`` and refreshes the live display, or hands one
     plain line per round to ``echo``. Stops the search (by raising, which ends MetaSchedule's loop)
-    when the device is gone, or when every task had a round and no candidate ran at all."""
+    when the device is gone, when every task had a round and no candidate ran at all, or after the
+    round that passed the time budget (its records are in the database by then: the database
+    callbacks come first)."""
 
     def __init__(self, progress: Progress, live=None, echo: Optional[Callable[[str], None]] = None):
         super().__init__()
@@ -182,3 +207,6 @@ class ProgressCallback(PyMeasureCallback):
         if all(t.trials for t in p.tasks) and p.errors == p.trials:
             p.all_failed = True
             raise RuntimeError(f"every candidate failed: {p.first_error}")  # more rounds would too
+        if p.deadline is not None and time.time() >= p.deadline:
+            p.out_of_time = True
+            raise RuntimeError("time budget spent")  # ends MetaSchedule's loop; not an error

@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mobilec.errors import UserError
-from mobilec.schedules.database import open_database, records_for, searched_for
+from mobilec.schedules.database import open_database, records_for, searched_for, seed_ms
 from mobilec.schedules.names import kernel_name, unique
 from mobilec.schedules.progress import Progress, ProgressCallback, TaskStats
 
 CONV_MARK = "conv2d"  # depthwise, pointwise and regular convolutions, with their fused epilogues
+REPEAT = 10  # timed calls per candidate, each with cold caches; MetaSchedule ranks by their mean
 
 
 @dataclass
 class TuneOptions:
     trials: int = 64                 # global budget for the selected tasks, counting earlier runs
+    minutes: Optional[float] = None  # time budget for this run's search: no round starts after it
     per_round: int = 16              # candidates measured per round
     all_tasks: bool = False          # default: convolution tasks only
     tracker: Optional[str] = None    # HOST:PORT; None with local=True measures on this machine
@@ -71,12 +73,52 @@ class TuningFailed(UserError, RuntimeError):
     """Every candidate failed to build or run: nothing was learnt about this device."""
 
 
+def _threads_as_the_runtime() -> None:
+    """In the local runner's worker: the thread pool a model loaded with ``mobilec.runtime.load``'s
+    defaults gets (one thread per core here), not TVM's default (half the cores on x86), so
+    candidates are ranked at the parallelism they will run at."""
+    import tvm
+
+    from mobilec.runtime import threads
+
+    threads.configure(tvm, *threads.plan())
+
+
+def _measure_alone(runner):
+    """``runner`` whose measurements are finished when ``run`` returns. MetaSchedule's task
+    scheduler joins a task's measurements only when it next picks the task, and meanwhile builds
+    the next tasks' candidates: on a host that also builds, every measurement would share the cores
+    with the compiler. A device over RPC measures apart from the host, so only the local runner
+    is wrapped."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture
+
+    @derived_object
+    class Measured(PyRunnerFuture):
+        def __init__(self, result):
+            super().__init__()
+            self.measured = result
+
+        def done(self) -> bool:
+            return True
+
+        def result(self):
+            return self.measured
+
+    @derived_object
+    class MeasureAlone(PyRunner):
+        def run(self, runner_inputs):
+            return [Measured(f.result()) for f in runner.run(runner_inputs)]
+
+    return MeasureAlone()
+
+
 def _runner(opts: TuneOptions, workers: int = 1):
     from tvm.s_tir import meta_schedule as ms
 
     # caches flushed before each measurement: in a network a kernel finds its weights cold, and
     # candidates ranked with warm caches measured faster alone but slower in the whole model
-    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=3, min_repeat_ms=0, enable_cpu_cache_flush=True)
+    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=REPEAT, min_repeat_ms=0, enable_cpu_cache_flush=True)
     if opts.tracker:
         from mobilec.rpc.client import parse_addr
 
@@ -85,7 +127,7 @@ def _runner(opts: TuneOptions, workers: int = 1):
             rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=opts.key,
                                            session_priority=1, session_timeout_sec=opts.session_timeout),
             evaluator_config=evaluator, max_workers=workers, f_create_session=create_session)
-    return ms.runner.LocalRunner(evaluator_config=evaluator)
+    return _measure_alone(ms.runner.LocalRunner(evaluator_config=evaluator, initializer=_threads_as_the_runtime))
 
 
 def farm_size(opts: TuneOptions) -> int:
@@ -248,6 +290,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     stats = [TaskStats(names[t.task_name], float(t.weight), per_task - done[t.task_name], task=t.task_name)
              for t in todo]
     progress = Progress(stats, budget=max(remaining, 0))
+    if opts.minutes is not None:
+        progress.deadline = start + 60.0 * opts.minutes
     if remaining <= 0 or not todo:
         return TuneResult(db_dir, progress, 0, skipped, seconds=time.time() - start)
     workdir = tempfile.mkdtemp(prefix="mobilec-tune-")  # every candidate of this run, removed at the end
@@ -256,6 +300,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         farm = farm_size(opts) if opts.tracker else 1
         builder, runner = InProcessBuilder(fcompile, workdir), _runner(opts, farm)  # seeding measures like the search
         seeded = seed_with_defaults(todo, target, db, builder, runner, progress, defaults)
+        progress.start_from({t.task_name: seed_ms(db, t.dispatched[0], seeds[t.task_name])
+                             for t in todo if defaults[t.task_name] is not None})
         _prepare_metaschedule_logging()
         contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed)  # logs in DB/logs
         _quiet_metaschedule_console()
@@ -282,7 +328,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
                 raise DeviceLost(f"the device stopped answering after {progress.trials} trials ({progress.lost}); "
                                  f"{db_dir} is complete up to the last finished round ({n} records) and a rerun "
                                  f"continues from there") from None
-            if not progress.all_failed:
+            if not (progress.all_failed or progress.out_of_time):
                 raise
     finally:
         if live is not None:

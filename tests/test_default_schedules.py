@@ -102,11 +102,12 @@ def test_target_parameters(triple, cpu, lanes, registers):
 @pytest.mark.structure
 @pytest.mark.parametrize("lanes,registers", [(8, 16), (4, 32), (4, 16)])
 def test_pointwise_tiles_fit_the_register_file_and_divide_the_axes(lanes, registers):
-    from mobilec.schedules.defaults import CpuParams, _pointwise_tiles
+    from mobilec.schedules.defaults import CpuParams
+    from mobilec.schedules.kernels.pointwise import nchw_tiles
 
     cpu = CpuParams(lanes, registers, 2)
     for f, hw, k in itertools.product((16, 24, 40, 72, 120, 160, 672, 960), (7, 14, 28, 56, 112), (16, 96, 960)):
-        score, orientation, tiles, _ = _pointwise_tiles(f, hw, hw, k, cpu, ihwo=True)
+        score, orientation, tiles, _ = nchw_tiles(f, hw, hw, k, cpu, ihwo=True)
         _, rows, ytile, cols = tiles
         vec = cols
         assert vec in (lanes // 2, lanes, 2 * lanes, 4 * lanes), (f, hw, tiles)  # no odd-width vectors here

@@ -14,32 +14,34 @@ from test_default_schedules import _depthwise, _pointwise, kernel_zoo
 @pytest.mark.structure
 @pytest.mark.parametrize("lanes,registers", [(8, 16), (4, 32), (4, 16), (16, 32)])
 def test_nhwc_pointwise_tiles_fit_the_register_file_and_divide_the_axes(lanes, registers):
-    from mobilec.schedules.defaults import CpuParams, _pointwise_nhwc_tiles
+    from mobilec.schedules.defaults import CpuParams
+    from mobilec.schedules.kernels.pointwise import nhwc_tiles
 
     cpu = CpuParams(lanes, registers, 2)
     for f, x, k in itertools.product((16, 24, 40, 72, 120, 160, 672, 960), (7, 14, 28, 56, 112), (16, 96, 960)):
-        score, rows, pixels, vectors = _pointwise_nhwc_tiles(x, x, f, k, cpu)
+        score, rows, pixels, vectors = nhwc_tiles(x, x, f, k, cpu)
         if f % lanes:  # no whole vector of channels: the schedule takes the row of channels whole
             assert (score, rows, pixels, vectors) == (0.0, 1, 1, 0)
             continue
         assert vectors and f % (vectors * lanes) == 0 and x % rows == 0 and x % pixels == 0, (f, x, rows, vectors)
         assert rows * pixels * vectors + vectors + 1 <= registers, (f, x, rows, vectors)  # no spilled accumulator
         assert score > 0
-    assert _pointwise_nhwc_tiles(7, 7, 12, 16, CpuParams(8, 16, 2)) == (0.0, 1, 1, 0)  # no whole vector of channels
+    assert nhwc_tiles(7, 7, 12, 16, CpuParams(8, 16, 2)) == (0.0, 1, 1, 0)  # no whole vector of channels
 
 
 @pytest.mark.structure
 def test_nhwc_pointwise_tiles_share_broadcasts_between_vectors():
     """Where the channels allow, a block of pixels x several vectors (each broadcast input feeds
     several FMAs), not one long row x one vector (measured 1.3x slower on AVX2)."""
-    from mobilec.schedules.defaults import CpuParams, _pointwise_nhwc_tiles
+    from mobilec.schedules.defaults import CpuParams
+    from mobilec.schedules.kernels.pointwise import nhwc_tiles
 
     cpu = CpuParams(8, 16, 2)
     for y, f, k in [(14, 672, 112), (14, 112, 672), (56, 72, 24), (28, 120, 40)]:
-        _, rows, pixels, vectors = _pointwise_nhwc_tiles(y, y, f, k, cpu)
+        _, rows, pixels, vectors = nhwc_tiles(y, y, f, k, cpu)
         assert vectors >= 2 and rows * pixels * vectors >= 8, (y, f, k, rows, pixels, vectors)
     # no second vector divides 184 channels: one vector, the longest row that fits
-    assert _pointwise_nhwc_tiles(14, 14, 184, 80, cpu)[1:] == (1, 14, 1)
+    assert nhwc_tiles(14, 14, 184, 80, cpu)[1:] == (1, 14, 1)
 
 
 @pytest.mark.build

@@ -77,14 +77,17 @@ def test_stopping_the_server_command_unregisters_the_device():
 
 
 def test_server_dies_with_a_killed_parent():
-    """Even SIGKILL of the process that started it (no chance to clean up) ends the TVM process."""
+    """Even SIGKILL of the process that started it (no chance to clean up) ends the TVM process,
+    and its scratch directory goes with it."""
     port = local.free_port()
     code = ("import sys, time; from mobilec.rpc import local; "
-            f"p = local.start(local.tracker_command('127.0.0.1', {port}), quiet=True); print(p.pid, flush=True); "
-            "time.sleep(600)")
+            f"p = local.start(local.tracker_command('127.0.0.1', {port}), quiet=True); "
+            "print(p.pid, p.mobilec_scratch, flush=True); time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        child = psutil.Process(int(parent.stdout.readline()))
+        pid, scratch = parent.stdout.readline().split()
+        child = psutil.Process(int(pid))
+        assert os.path.isdir(scratch)
         wait_for(lambda: listening(port), 60, "the tracker to listen")
         started = [child] + child.children(recursive=True)
         assert len(started) >= 3, "TVM's tracker runs its loop in a worker process of its own"
@@ -92,6 +95,7 @@ def test_server_dies_with_a_killed_parent():
         parent.wait(10)
         assert_all_gone(started)
         assert not listening(port)
+        assert not os.path.exists(scratch), "the scratch directory outlived the killed parent"
     finally:
         if parent.poll() is None:
             parent.kill()

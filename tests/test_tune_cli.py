@@ -212,6 +212,21 @@ def test_sigterm_mid_run_cleans_up_and_keeps_the_database(tmp_path, onnx_file):
     assert len(open_database(db / host_db())) >= 6  # every finished round kept, and readable
 
 
+def test_time_budget_ends_the_search_after_the_round_that_passes_it(tmp_path, capsys):
+    """--minutes: the round running at the deadline finishes and is kept, no other starts, and the
+    run exits 0 saying so (a rerun continues the budget like any interrupted run)."""
+    one = tmp_path / "one.onnx"
+    onnx.save(model(*conv("input", "output", k=1)), one)
+    db = tmp_path / "db"
+    args = ["tune", str(one), "--local", "--trials", "50", "--per-round", "2", "--db", str(db), "--no-verify"]
+    assert main(args + ["--minutes", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "tuned 2 candidates" in out and "stopped at the time budget of 0.001 minutes with 2 of 50 trials" in out
+    assert searched(db / host_db()) == 2
+    assert main(args + ["--minutes", "0"]) == 2
+    assert "time budget must be positive" in capsys.readouterr().err
+
+
 def test_tune_leaves_no_candidates_in_the_temporary_directory(tuned):
     _, _, private, _ = tuned
     assert not [p.name for p in private.iterdir() if p.name.startswith("mobilec-")]

@@ -22,6 +22,7 @@ import tvm
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
+from mobilec.schedules.loops import split
 from mobilec.schedules.tile_cost import best_tile
 
 
@@ -123,9 +124,9 @@ def _tiles(y: int, x: int, vectors: int, registers: int, dot: DotInstruction) ->
                      lambda v: registers - v - 1 - (extra if v > 1 else 0), ops=1 + extra, most=16)[1:]
 
 
-def schedule_dot(sch: Schedule, block, epilogue, cpu, split) -> str:
+def schedule_dot(sch: Schedule, block, epilogue, cpu) -> str:
     """Schedule one packed integer 1x1 convolution (NHWC: n, y, x, f, ry, rx, rc) or matrix product
-    (m, n, k). ``split(sch, loop, inner, most)`` is the default schedules' (sampled when searching)."""
+    (m, n, k), tile sizes through ``loops.split`` (sampled when searching)."""
     dot = instruction(cpu.int_dot)
     loops = sch.get_loops(block)
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]

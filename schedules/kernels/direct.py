@@ -1,0 +1,51 @@
+"""kxk convolutions, depthwise or full (the stem): NHWC (a row of pixels x vectors of channels,
+taps unrolled) and the imported-NCHW kernels (for comparison builds)."""
+
+from __future__ import annotations
+
+from tvm.s_tir import Schedule
+
+from mobilec.schedules.loops import CpuParams, loop_extent, row_tile, tile_reduction
+
+
+DEPTHWISE_ACCUMULATORS = 8  # measured (AVX2, Large): 1 -> 4 -> 8 took its depthwise kernels 0.90 -> 0.82 -> 0.75 ms
+
+
+def schedule_nchw(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool) -> str:
+    """kxk conv (depthwise or full): output rows vectorised, output channels across registers."""
+    n, f, y, x = (loop_extent(sch, l) for l in sch.get_loops(block)[:4])
+    # power-of-two vectors dividing the row; else the whole (short) row, which LLVM splits
+    col = next((c for c in (2 * cpu.lanes, cpu.lanes, cpu.lanes // 2) if x % c == 0),
+               x if x <= 2 * cpu.lanes else cpu.lanes)
+    vectors = -(-col // cpu.lanes)
+    rows = 1 if depthwise else row_tile(f, max(1, min(4, (cpu.registers - 4) // vectors)))
+    padded = loop_extent(sch, sch.get_loops(pad)[3]) if pad is not None else 0
+    if padded >= 2 * x + 1 and padded % 2 == 0:
+        # stride 2: even and odd padded columns stored apart (the staging copy walks that layout),
+        # so a row of taps is one contiguous load instead of a gather of every other element
+        deinterleave = lambda n_, c, h, w: (n_, c, h, w % 2, w // 2)  # noqa: E731
+        sch.transform_layout(pad, ("write", 0), deinterleave)
+        sch.transform_block_layout(pad, deinterleave)
+    # independent accumulators to hide FMA latency: more output rows per tile (their taps share
+    # input rows, which LLVM loads once)
+    ytile = row_tile(y, max(1, DEPTHWISE_ACCUMULATORS // (vectors * rows)))
+    tile_reduction(sch, block, [1, rows, ytile, col], cpu, epilogue, pad, pad_at_channel=depthwise)
+    what = f"{ytile} rows x {col} columns" if depthwise else f"{rows} channels x {ytile}x{col} columns"
+    return f"{'depthwise' if depthwise else 'direct'} {what}"
+
+
+def schedule_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool) -> str:
+    """NHWC kxk conv (depthwise or full): output channels vectorised (contiguous in the input,
+    the HWIO weights and the output at any map size, any stride), pixels of an output row across
+    registers; the taps unrolled so each tap's weight vector is loaded once per tile. The zero
+    border is a condition on the row and column only (uniform across the vector)."""
+    loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
+    n, y, x, f = (loop_extent(sch, l) for l in loops[:4])
+    vectors = next((v for v in (2, 1) if f % (v * cpu.lanes) == 0), 0)
+    cols = vectors * cpu.lanes if vectors else (f if f <= 2 * cpu.lanes else cpu.lanes)
+    budget = max(1, (DEPTHWISE_ACCUMULATORS if depthwise else cpu.registers - 4) // max(1, vectors))
+    rows = row_tile(x, budget)
+    if pad is not None:
+        sch.compute_inline(pad)
+    tile_reduction(sch, block, [1, 1, rows, cols], cpu, epilogue, outer_order=[0, 1, 3, 2], unroll_reduction=True)
+    return f"{'depthwise' if depthwise else 'direct'} {rows} pixels x {cols} channels (NHWC)"

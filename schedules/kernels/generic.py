@@ -1,0 +1,64 @@
+"""Every other kernel (SE's pool and gate, pools, reshapes, elementwise): loops fused, parallel
+and vectorised over the contiguous axis."""
+
+from __future__ import annotations
+
+from tvm.s_tir import Schedule
+
+from mobilec.schedules.loops import CpuParams, loop_extent, vectorize_inner
+
+
+def schedule(sch: Schedule, cpu: CpuParams, done: set[str] = frozenset()) -> None:
+    """Everything else (SE's pool and gating; pools; reshapes): each block's spatial loops
+    fused and parallel, the innermost contiguous loop vectorised where it is spatial."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint in done:
+            continue
+        loops = sch.get_loops(block)
+        kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+        if len(loops) != len(kinds):
+            continue
+        spatial = [l for l, k in zip(loops, kinds) if k == 0]
+        if not spatial or len(spatial) != kinds.count(0):
+            continue
+        plane = loop_extent(sch, spatial[-1]) * loop_extent(sch, spatial[-2]) if len(spatial) >= 2 else 0
+        if 2 not in kinds and len(spatial) >= 3 and plane >= cpu.lanes:
+            # per channel plane: what varies by channel (SE's gate) is one broadcast, not a gather
+            outer = sch.fuse(*spatial[:-2]) if len(spatial) > 3 else spatial[0]
+            sch.fuse(*spatial[-2:])  # the plane: contiguous, vectorised
+            if loop_extent(sch, outer) >= 2 * cpu.cores:
+                sch.parallel(outer)
+            vectorize_inner(sch, block, cpu.lanes)
+        elif 2 not in kinds:
+            fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+            tile = cpu.lanes * 4
+            if loop_extent(sch, fused) > tile * 4:
+                outer, inner = sch.split(fused, [None, tile])
+                sch.parallel(outer)
+                sch.vectorize(inner)
+            elif loop_extent(sch, fused) >= cpu.lanes:
+                sch.vectorize(fused)
+        elif kinds[: len(spatial)] == [0] * len(spatial) and channels_last_reduction(sch, block, cpu):
+            # a pool over NHWC pixels: the pixel loops outside, a vector of channels accumulated
+            reduce = loops[len(spatial):]
+            sch.reorder(*reduce, spatial[-1])
+            vectorize_inner(sch, block, cpu.lanes)
+            sch.decompose_reduction(block, reduce[0])  # the init copies the vectorised loop
+        elif kinds[: len(spatial)] == [0] * len(spatial):
+            busy = [l for l in spatial if loop_extent(sch, l) > 1]
+            if busy:
+                fused = sch.fuse(*busy) if len(busy) > 1 else busy[0]
+                if loop_extent(sch, fused) >= 2 * cpu.cores:
+                    sch.parallel(fused)
+
+
+def channels_last_reduction(sch: Schedule, block, cpu: CpuParams) -> bool:
+    """A reduction whose only spatial axis of more than one element is the innermost index of
+    what it reads (a global pool of an NHWC map): worth vectorising over that axis."""
+    b = sch.get(block)
+    spatial = [iv for iv in b.iter_vars if int(iv.iter_type) == 0]
+    busy = [iv for iv in spatial if int(iv.dom.extent) > 1]
+    if len(busy) != 1 or not busy[0].same_as(spatial[-1]) or int(busy[0].dom.extent) % cpu.lanes:
+        return False
+    last = b.reads[0].region[-1].min if b.reads else None
+    return last is not None and last.same_as(busy[0].var)

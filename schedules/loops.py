@@ -1,0 +1,242 @@
+"""The loop nest every default schedule is made of, and the block analysis that picks one.
+
+A MobileNet kernel is a reduction block with an elementwise epilogue. ``tile_reduction`` makes the
+one loop nest they all share: parallel tile loops / reduction loops / a register tile unrolled
+across registers with its innermost axis vectorised, the epilogue applied per tile. Every tile
+size that divides its loop goes through ``split``: a MetaSchedule ``sample_perfect_tile`` whose
+decision is the heuristic's (so a default schedule is a point of the search space), or, inside
+``defaults.search_space``, left to MetaSchedule's sampler. The kernel kinds (``kernels/``) say
+which axes are tiled, by how much and in what order; ``CpuParams`` is what they read of the CPU.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+from typing import Optional
+
+import tvm
+from tvm.s_tir import Schedule
+
+from mobilec.schedules.tile_cost import divisors
+
+ERRORS = (tvm.s_tir.ScheduleError, RuntimeError, ValueError, AssertionError, IndexError)
+
+
+@dataclass(frozen=True)
+class CpuParams:
+    lanes: int       # fp32 lanes in one vector register
+    registers: int   # vector registers
+    cores: int
+    int_dot: str = ""  # the integer dot-product instruction (schedules/kernels/integer.py; "": none)
+
+    @classmethod
+    def from_target(cls, target: tvm.target.Target) -> "CpuParams":
+        """From the CPU preset the target was made from (``compiler/targets.py``: vector width and
+        register count per preset); a target no preset made gets 128-bit vectors, 16 registers."""
+        from mobilec.compiler.targets import preset_of  # here: the compiler package imports this module
+
+        preset = preset_of(target)
+        cores = int(target.attrs.get("num-cores", 1))
+        if preset is None:
+            return cls(4, 16, cores)
+        return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int_dot)
+
+
+def is_reduction(sch: Schedule, block) -> bool:
+    return any(int(iv.iter_type) == 2 for iv in sch.get(block).iter_vars)
+
+
+def auto_inline(sch: Schedule, keep: set[str]) -> None:
+    """Inline every elementwise block into its consumer (or producer), so a kernel becomes its
+    reduction blocks plus at most one epilogue each. Repeats until nothing changes."""
+    changed = True
+    while changed:
+        changed = False
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            name = sch.get(block).name_hint
+            if name in keep or is_reduction(sch, block):
+                continue
+            for inline in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    inline(block)
+                except ERRORS:
+                    continue
+                changed = True
+                break
+
+
+def loop_extent(sch: Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def split(sch: Schedule, loop, inner: int, most: int):
+    """(outer, inner) loops with ``inner`` iterations inside. A tile that divides the loop is a
+    MetaSchedule tile-size sample (``sample_perfect_tile``) whose decision is the heuristic's, so
+    the default schedule is a trace the search can mutate; in the search space (``defaults.search_space``)
+    the size is sampled, up to ``most`` (or the heuristic's, if larger). A tile with a tail, and
+    an axis the heuristic leaves untiled, is a fixed split (sampling those too let the search
+    unroll tiles of tens of thousands of instructions, which LLVM takes minutes to compile)."""
+    extent = loop_extent(sch, loop)
+    inner = min(inner, extent)
+    if extent % inner or inner == 1:  # an axis the heuristic does not tile stays untiled: the
+        return sch.split(loop, [None, inner])  # register tile is unrolled, a product of every axis
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(inner, most),
+                                      decision=None if SEARCHING.get() else [extent // inner, inner])
+    return sch.split(loop, factors)
+
+
+# inside ``defaults.search_space``: tile sizes are sampled by MetaSchedule instead of decided here
+SEARCHING: contextvars.ContextVar[bool] = contextvars.ContextVar("mobilec_searching", default=False)
+
+
+def divisor_tile(extent: int, lanes: int, max_vectors: int) -> int:
+    """The vector tile for an axis: the largest multiple of ``lanes`` (up to ``max_vectors``
+    vectors) dividing ``extent``; the whole axis when it is short; else one vector (tail split)."""
+    for v in range(max_vectors, 0, -1):
+        if extent % (lanes * v) == 0:
+            return lanes * v
+    if extent <= lanes * max_vectors:
+        return extent
+    return lanes
+
+
+def row_tile(extent: int, most: int) -> int:
+    """The largest divisor of ``extent`` not above ``most`` (at least 1)."""
+    return max(divisors(extent, max(1, most)))
+
+
+def vectorize_inner(sch: Schedule, block, lanes: int) -> None:
+    """Vectorise the innermost loop in pieces of whole registers that divide it (a predicated
+    tail would keep TVM from vectorising at all); a short odd loop is vectorised whole."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    extent = loop_extent(sch, inner)
+    if extent > 4 * lanes:
+        piece = next((v * lanes for v in (4, 2, 1) if extent % (v * lanes) == 0), None)
+        if piece is None:
+            return  # long and odd (e.g. 49 x 49 planes): LLVM's loop vectoriser does better
+        inner = sch.split(inner, [None, piece])[1]
+    sch.vectorize(inner)
+
+
+def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None, pad=None,
+          pad_at_channel: bool = False, outer_order: Optional[list[int]] = None, parallel: bool = True,
+          unroll_reduction: bool = False, parallel_all: bool = False, most: Optional[list[int]] = None) -> None:
+    """``tiles``: one register-tile size per spatial loop of ``block`` (in loop order; 1 = not
+    tiled); the last spatial loop is the vectorised one. ``most``: per spatial loop, the largest
+    tile the search may sample (default: 4 vectors on the vector loop, ``MAX_ROW_TILE`` on the
+    others). Result: parallel(leading tile loops) / reduction loops / register tile (unrolled,
+    the last loop vectorised), so the accumulator tile stays in registers and the epilogue is
+    applied per tile: a conv's output is written once, finished. ``outer_order`` permutes the
+    tile loops (default: the spatial loops' order)."""
+    kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+    loops = sch.get_loops(block)
+    spatial = [l for l, k in zip(loops, kinds) if k == 0]
+    reduce = [l for l, k in zip(loops, kinds) if k != 0]
+    outer, inner = [], []
+    for n, (loop, tile) in enumerate(zip(spatial, tiles)):
+        vector = n == len(tiles) - 1
+        o, i = split(sch, loop, tile, most[n] if most else 4 * cpu.lanes if vector else MAX_ROW_TILE)
+        outer.append(o)
+        inner.append(i)
+    if outer_order:
+        outer = [outer[i] for i in outer_order]
+    sch.reorder(*outer, *reduce, *inner)
+    # parallel over the leading tile loops; for depthwise only over channels, so each thread
+    # stages whole padded planes
+    lead = (outer if parallel_all else  # all tile loops, unit ones too (they sit between the others)
+            [l for l in outer[:(2 if pad_at_channel else -1)] if loop_extent(sch, l) > 1]
+            or [l for l in outer if loop_extent(sch, l) > 1][-1:] or outer[:1])  # a GEMV: its one loop
+    anchor = outer[-1]
+    fused_anchor = any(l.same_as(anchor) for l in lead)
+    par = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+    if fused_anchor:
+        anchor = par
+    if parallel:
+        sch.parallel(par)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, anchor, preserve_unit_loops=True)
+        vectorize_inner(sch, epilogue, cpu.lanes)
+    if pad is not None:
+        if pad_at_channel:  # depthwise: one channel's padded plane, staged while it is in cache
+            sch.compute_at(pad, par, preserve_unit_loops=True)
+        stage_padding(sch, pad, par if pad_at_channel else None, cpu)  # last: it leaves two writers
+    last = loop_extent(sch, inner[-1])
+    if last > cpu.lanes and last % cpu.lanes == 0:  # whole registers, unrolled: LLVM handles any count
+        vectors, inner[-1] = sch.split(inner[-1], [None, cpu.lanes])
+        inner.insert(-1, vectors)
+    for loop in inner[:-1]:
+        if loop_extent(sch, loop) > 1:
+            sch.unroll(loop)
+    if pad_at_channel or unroll_reduction:  # unrolled taps: each tap's weight loaded once per tile
+        for loop in reduce:
+            if loop_extent(sch, loop) > 1:
+                sch.unroll(loop)
+    sch.vectorize(inner[-1])
+    if reduce:  # last: the init copies the unrolled, vectorised tile loops
+        sch.decompose_reduction(block, reduce[0])
+
+
+def stage_padding(sch: Schedule, pad, under, cpu: CpuParams) -> None:
+    """The zero border and the interior copy as separate branch-free loops (inside ``under``, the
+    loop the padding was computed at, if any), the copy vectorised."""
+    loops = sch.get_loops(pad)
+    depth = 0
+    if under is not None:
+        below = [i for i, l in enumerate(loops) if l.same_as(under)]
+        depth = below[0] + 1 if below else 0
+        loops = loops[depth:]
+    try:
+        fill = sch.decompose_padding(pad, loops[0])
+    except ERRORS:
+        return
+    vectorize_inner(sch, pad, cpu.lanes)
+    vectorize_inner(sch, fill, cpu.lanes)
+    if depth:  # the fill lands outside ``under``, in copies of the loops above: parallel too
+        sch.parallel(sch.get_loops(fill)[depth - 1])
+
+
+def row_tile_for(extent: int, vectors: int, cpu: CpuParams) -> int:
+    return row_tile(extent, max(1, (cpu.registers - 4) // vectors))
+
+
+MAX_ROW_TILE = 16  # the search's largest register tile along a non-vector axis
+
+
+def is_nhwc(block_name: str) -> bool:
+    """Whether a conv block is TOPI's NHWC one ("conv2d_nhwc", "group_conv2d_nhwc1", ...)."""
+    return block_name.rstrip("0123456789").endswith("_nhwc")
+
+
+def find_block(sch: Schedule, prefix: str):
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint.startswith(prefix):
+            return block
+    return None
+
+
+def epilogue_of(sch: Schedule, block):
+    """The one block finishing ``block``'s output. A kernel that writes the function's output
+    straight from the reduction gets a copy-out stage instead, so the accumulator is always an
+    intermediate whose layout the schedule may choose."""
+    consumers = sch.get_consumers(block)
+    if len(consumers) == 1:
+        return consumers[0]
+    return sch.cache_write(block, 0, "global") if not consumers else None
+
+
+def is_pointwise_1x1(sch: Schedule, conv) -> bool:
+    """An NHWC 1x1 convolution of stride 1 (n, y, x, f, ry, rx, rc) with 4-D HWIO weights."""
+    loops = sch.get_loops(conv)
+    return (sch.get(conv).name_hint == "conv2d_nhwc" and len(loops) == 7
+            and len(sch.get(conv).reads[1].source.shape) == 4
+            and [loop_extent(sch, l) for l in loops[4:6]] == [1, 1] and unit_stride(sch, conv))
+
+
+def unit_stride(sch: Schedule, conv) -> bool:
+    out = [int(d) for d in sch.get(conv).writes[0].source.shape]
+    src = [int(d) for d in sch.get(conv).reads[0].source.shape]
+    return out[1:3] == src[1:3] if is_nhwc(sch.get(conv).name_hint) else out[2:] == src[2:]
