@@ -9,7 +9,9 @@ W' is the constant transposed once, here, so the default pointwise schedule
 the spatial map is too small to vectorise.
 
 After lowering (``pack_kernel_weights``): NHWC pointwise and SE weights HWIO -> [O/b, 1, 1, I, b],
-classifier weights [K, N] -> [N/b, K, b], b the schedule's vector tile.
+classifier weights [K, N] -> [N/b, K, b], b the schedule's channel tile (default or tuned: the
+schedule lays out the weights it reads, evaluated at compile time); integer kernels' weights
+grouped for the dot-product instruction.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tvm.ir.expr import Constant
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from mobilec.compiler.fusions.base import const_array
-from mobilec.schedules.defaults import CpuParams, is_scheduled, weight_packing
+from mobilec.schedules.defaults import LAYOUT_FREE, CpuParams, is_scheduled, weight_packing
 
 _PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const())
 
@@ -49,23 +51,27 @@ class PackConvWeights:
 
 
 def pack_kernel_weights(target: tvm.target.Target) -> tvm.transform.Pass:
-    """Kernels read their weights packed as ``weight_packing`` plans (NHWC pointwise convs,
-    classifiers, SE's FCs: the output features of one vector tile contiguous, [N/b, .., K, b]),
-    so each tile streams its weights from one contiguous run instead of K rows of the weight
-    matrix (measured: half of a 64-byte line used per row, and far slower with the weights cold,
-    as they are inside a network). The kernel's weight buffers are re-laid out in TIR and every
-    call site gets a ``layout_transform`` of its constant, which FoldConstant evaluates here, at
-    compile time."""
+    """Kernels read their weights packed as ``weight_packing`` plans, so each tile streams its
+    weights from one contiguous run instead of K rows of the weight matrix (measured: half of a
+    64-byte line used per row, and far slower with the weights cold, as they are inside a network).
+
+    Float kernels (NHWC pointwise convs, classifiers, SE's FCs) get their weights marked
+    layout-free: their schedule, default or tuned, lays them out for its own tiles
+    (``defaults.pack_for_tiles``), and the pipeline evaluates that packing at compile time.
+    Integer kernels' weights are packed here for the dot-product instruction: the kernel's weight
+    buffers are re-laid out in TIR and every call site gets a ``layout_transform`` of its constant,
+    which FoldConstant evaluates here."""
     cpu = CpuParams.from_target(target)
 
     def pack(func, plans):
         sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
         maps = {}
-        for plan in plans:
+        for plan in (p for p in plans if p.group):
             index_map = plan.index_map(len(func.ty.params[plan.param].shape))
             sch.transform_layout(sch.get_sblock(plan.block), ("read", plan.read), index_map)
             maps[plan.param] = index_map
-        return sch.mod["main"], maps
+        free = sorted({p.param for p in plans if not p.group})
+        return (sch.mod["main"].with_attr(LAYOUT_FREE, free) if free else sch.mod["main"]), maps
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.PackKernelWeights")
     def run(mod, _ctx):

@@ -7,9 +7,10 @@
   Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid)
   Phase 3 lower         ops to TIR (bilinear resizes as two 1-D passes); what no rule claimed is
                         fused by TVM's generic FuseOps;
-                        pointwise weights packed per vector tile (folded at compile time)
+                        float weights marked layout-free, integer ones packed (folded)
   Phase 4 schedule      kernels from the tuning database where it has them, mobilec's default
-                        schedules for the rest (schedules/defaults.py)
+                        schedules for the rest (schedules/defaults.py); the weights each
+                        schedule lays out for its own tiles packed at compile time
   Phase 5 finalize      TVM's CPU dataflow lowering and VM finalization
 """
 
@@ -167,6 +168,9 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             _count_tuned(opts),  # before the defaults: they mark what they schedule the same way
             apply_defaults(target, opts.default_kernels) if opts.default_schedules
             else tvm.transform.Sequential([]),
+            relax.transform.SplitLayoutRewritePreproc(),  # each schedule's weight packing, split off
+            relax.transform.FoldConstant(),  # and evaluated here, at compile time
+            relax.transform.DeadCodeElimination(),  # the packing functions, now unused
         ]),
         ("finalize", cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)),
     ]

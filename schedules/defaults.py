@@ -47,7 +47,8 @@ from mobilec.schedules.loops import (ERRORS, SEARCHING, CpuParams, auto_inline, 
                                      is_pointwise_1x1, is_reduction, loop_extent, unit_stride)
 
 __all__ = ["CpuParams", "DEFAULT", "SCHEDULED", "WeightPacking", "apply_defaults", "decisions", "default_schedule",
-           "is_scheduled", "schedule_kernel", "search_space", "summarize", "weight_packing"]
+           "is_scheduled", "LAYOUT_FREE", "pack_for_tiles", "schedule_kernel", "search_space", "summarize",
+           "weight_packing"]
 
 log = logging.getLogger("mobilec.schedules")
 
@@ -58,9 +59,13 @@ DEFAULT = "mobilec.default_schedule"  # which default schedule a kernel got (for
 @dataclass(frozen=True)
 class WeightPacking:
     """One weight of a kernel stored packed: the block that reads it, which of its reads, the
-    kernel parameter it is, and the output features per contiguous block (the schedule's vector
-    tile). The layout moves the output-feature axis, last in HWIO and [K, N] weights, outside:
-    [.., K, N] -> [N/block, .., K, block]."""
+    kernel parameter it is, and the output features per contiguous block.
+
+    A float kernel's weight (``group`` 0) is *layout-free*: its schedule lays it out for its own
+    tiles (``pack_for_tiles``, TVM's RewriteLayout: [.., K, N] -> [N/tile, .., K, tile]), so a tuned
+    schedule's channel tile gets its own packing; ``features`` is the default schedule's tile. An
+    integer kernel's weight is packed for the CPU's dot-product instruction, whose layout no
+    search changes (``index_map``)."""
     block: str
     read: int
     param: int
@@ -68,15 +73,12 @@ class WeightPacking:
     group: int = 0  # an integer kernel's weights: input channels in groups of this (schedules/kernels/integer.py)
 
     def index_map(self, ndim: int) -> tvm.tirx.IndexMap:
-        if self.group:
-            return integer.grouped_layout(ndim, self.features, self.group)
-        b = self.features
-        return tvm.tirx.IndexMap.from_func(lambda *ax: (ax[-1] // b, *ax[:-1], ax[-1] % b), ndim=ndim)
+        return integer.grouped_layout(ndim, self.features, self.group)
 
 
 def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPacking]:
-    """Which weights of a kernel to store packed, so each tile of its default schedule streams its
-    weights from one contiguous run instead of K rows of the weight matrix (measured cold, as
+    """Which weights of a kernel to store packed, so each tile of its schedule streams its weights
+    from one contiguous run instead of K rows of the weight matrix (measured cold, as
     weights are inside a network: pointwise 0.25 -> 0.17-0.21 ms, the classifier's 1280x1000 GEMV
     0.36 -> 0.28 ms, SE at 7x7x960 0.18 -> 0.10 ms). Covered: NHWC pointwise convs, matmuls
     (classifiers) and NHWC SE's FCs; [] for any other kernel, and for weights that are not a
@@ -126,7 +128,28 @@ def default_schedule(mod: tvm.IRModule, cpu: CpuParams) -> tuple[Schedule, str]:
     """The default schedule of the kernel ``mod["main"]`` as a Schedule, whose trace MetaSchedule
     can store, replay and mutate (how tuning is seeded with it)."""
     sch = Schedule(mod)
-    return sch, _schedule(sch, cpu)
+    how = _schedule(sch, cpu)
+    pack_for_tiles(sch)
+    return sch, how
+
+
+LAYOUT_FREE = "layout_free_buffers"  # TVM's attribute: the kernel parameters its schedule may re-lay out
+
+
+def pack_for_tiles(sch: Schedule) -> None:
+    """The kernel's layout-free weights stored in the order its loops read them, the tile's
+    output features contiguous: TVM's RewriteLayout postprocessor, the one MetaSchedule applies
+    after every candidate of the search, so a default and a searched schedule pack the same way
+    and each tuned channel tile streams its weights from one contiguous run. The packing is a
+    preprocessing block of the kernel, which the pipeline splits off and evaluates at compile
+    time (``SplitLayoutRewritePreproc``, ``FoldConstant``)."""
+    from tvm.s_tir.meta_schedule.postproc import RewriteLayout
+
+    attrs = sch.mod["main"].attrs
+    if attrs and LAYOUT_FREE in attrs and len(attrs[LAYOUT_FREE]):
+        sch.enter_postproc()
+        if not RewriteLayout().apply(sch):
+            raise RuntimeError("RewriteLayout could not lay out the kernel's weights for its tiles")
 
 
 def search_space(sch: Schedule, cpu: CpuParams) -> Schedule:

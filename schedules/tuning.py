@@ -243,8 +243,10 @@ def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Pr
     for b in built:
         if progress is not None:
             progress.note_error(b.error_msg)
-    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu",  # mobilec targets are CPUs
-                                                ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]))
+    # the arguments the built kernel takes: its weights already packed (the builder drops the
+    # packing block, as MetaSchedule's does for the search's candidates)
+    args = {id(sch): ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, sch, _ in measurable}
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", args[id(sch)])  # mobilec targets are CPUs
                           for _, sch, b in measurable])
     added = 0
     for (mod, sch, b), future in zip(measurable, futures):
@@ -255,8 +257,7 @@ def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Pr
                 progress.note_error(result.error_msg)
             continue
         db.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, db.commit_workload(mod), result.run_secs, target,
-            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+            sch.trace, db.commit_workload(mod), result.run_secs, target, args[id(sch)]))
         added += 1
     return added
 

@@ -59,10 +59,18 @@ def test_network_converts_layout_once_and_packs_pointwise_weights(exported):
     assert fused["main"].script().count("R.permute_dims(") == 2
     lowered = run_until(imp.mod, target, PipelineOptions(), "lower")
     kernels = [f for _, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-    packed = [f for f in kernels if any(len(p.shape) == 5 for p in f.ty.params)]
     pointwise = [f for f in kernels if "conv2d_nhwc" in f.script() and "group_conv2d" not in f.script()
                  and "_red" not in f.script()]
-    assert packed and len(packed) >= len(pointwise) - 1, (len(packed), len(pointwise))  # the stem is 3x3
+    # pointwise weights: the schedule lays them out for its tiles (TVM's layout_free_buffers)
+    free = [f for f in kernels if f.attrs and "layout_free_buffers" in f.attrs]
+    assert free and len(free) >= len(pointwise) - 1, (len(free), len(pointwise))  # the stem is 3x3
+    scheduled = run_until(imp.mod, target, PipelineOptions(), "schedule")
+    names = [gv.name_hint for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    packed = [n for n in names if n.endswith("_prepacked")]  # kernels reading packed weights
+    assert len(packed) >= len(free) - 1, (len(packed), len(free))
+    # the packing ran at compile time: no packing kernel left in the library, none called
+    assert not [n for n in names if "prepack" in n and n not in packed]
+    assert "prepack(" not in scheduled["main"].script(show_meta=False)
 
 
 @pytest.mark.build

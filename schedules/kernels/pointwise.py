@@ -3,7 +3,6 @@ packed per channel tile) and the imported-NCHW one (for comparison builds)."""
 
 from __future__ import annotations
 
-from typing import Optional
 
 from tvm.s_tir import Schedule
 
@@ -63,17 +62,16 @@ def schedule_nchw(sch: Schedule, block, epilogue, cpu: CpuParams, ihwo: bool) ->
     return f"pointwise {what}"
 
 
-def nhwc_tiles(y: int, x: int, f: int, k: int, cpu: CpuParams,
-                          vectors: Optional[int] = None) -> tuple[float, int, int, int]:
+def nhwc_tiles(y: int, x: int, f: int, k: int, cpu: CpuParams) -> tuple[float, int, int, int]:
     """(score, rows, pixels, vectors) of the register tile of an NHWC 1x1 conv: ``rows`` x
     ``pixels`` of the map across registers (one broadcast input value each), output channels
     vectorised (one weight load per vector), scored like ``nchw_tiles`` plus the broadcasts'
     share of the vector pipes (``tile_cost``): a 2x2-pixel x 2-vector tile beats a row of 14
     pixels x 1 vector by 1.3x (AVX2, 14x14x112->672). Accumulators, weight vectors and the
     broadcast must fit the register file (one spilled accumulator measured 1.8x slower).
-    ``vectors``: fixed by packed weights. (0.0, 1, 1, 0) when no whole vector of channels
+    (0.0, 1, 1, 0) when no whole vector of channels
     divides ``f``."""
-    best = best_tile(y, x, [v for v in ([vectors] if vectors else [1, 2, 3, 4]) if f % (v * cpu.lanes) == 0],
+    best = best_tile(y, x, [v for v in (1, 2, 3, 4) if f % (v * cpu.lanes) == 0],
                      lambda v: cpu.registers - 1 - v, k=k)
     if best is None:
         return 0.0, 1, 1, 0
@@ -85,14 +83,12 @@ def schedule_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     """NHWC 1x1 conv, out[y, x, f] = sum_c in[y, x, c] * W[c, f]: a block of rows x pixels across
     registers (2-D tiles: a tile over the fused pixel index costs a div/mod per tile, measured 2x
     on 112x112), output channels vectorised and stored contiguously, the weights of a channel
-    tile packed contiguously by ``pack_kernel_weights``. Every tile is a parallel task; the
+    tile packed contiguously (``defaults.pack_for_tiles``, for whichever tile). Every tile is a parallel task; the
     larger of weights and map is walked once, in the outer loop."""
     loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
     n, y, x, f = (loop_extent(sch, l) for l in loops[:4])
     k = loop_extent(sch, loops[6])
-    weight = [int(d) for d in sch.get(block).reads[1].source.shape]
-    packed = weight[-1] // cpu.lanes if len(weight) == 5 else None
-    _, rows, pixels, vectors = nhwc_tiles(y, x, f, k, cpu, packed)
+    _, rows, pixels, vectors = nhwc_tiles(y, x, f, k, cpu)
     cols = vectors * cpu.lanes if vectors else (f if f <= 4 * cpu.lanes else cpu.lanes)
     # the bigger operand streams through once: the weights (channel tiles outside) or the map
     # (pixel tiles outside, each writing whole lines of output)
@@ -101,4 +97,4 @@ def schedule_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     # more code than LLVM compiles in a tuning trial's time), pixels and vectors as wide as before
     tile_reduction(sch, block, [1, rows, pixels, cols], cpu, epilogue, outer_order=order, parallel_all=True,
           most=[1, rows, MAX_ROW_TILE, 4 * cpu.lanes])
-    return f"pointwise {rows}x{pixels} pixels x {cols} channels (NHWC{', packed' if packed else ''})"
+    return f"pointwise {rows}x{pixels} pixels x {cols} channels (NHWC)"

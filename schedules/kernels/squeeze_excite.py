@@ -26,15 +26,13 @@ def schedule_fc(sch: Schedule, block, cpu: CpuParams) -> None:
 
 
 def is_fc(sch: Schedule, block) -> bool:
-    """A 1x1 conv on a 1x1 map with IHWO weights (what SE's FCs are after weight packing)."""
+    """A 1x1 conv on a 1x1 map with IHWO (NCHW) or HWIO (NHWC) weights."""
     b = sch.get(block)
     out = [int(d) for d in b.writes[0].source.shape]
     if is_nhwc(b.name_hint):  # HWIO weights, read after FC1's inlined bias and ReLU
         weights = [[int(d) for d in r.source.shape] for r in b.reads]
         return (b.name_hint.startswith("conv2d") and out[1:3] == [1, 1]
-                and any((len(w) == 4 and w[:2] == [1, 1] and w[3] == out[3])  # HWIO
-                        or (len(w) == 5 and w[1:3] == [1, 1] and w[0] * w[4] == out[3])  # packed
-                        for w in weights))
+                and any(len(w) == 4 and w[:2] == [1, 1] and w[3] == out[3] for w in weights))  # HWIO
     weight = [int(d) for d in b.reads[-1].source.shape]
     return (b.name_hint.startswith("conv2d") and out[2:] == [1, 1] and len(weight) == 4
             and weight[1:3] == [1, 1] and len(sch.get_loops(block)) == 7)
