@@ -43,8 +43,8 @@ import tvm
 from tvm.s_tir import Schedule
 
 from mobilec.schedules.kernels import direct, generic, integer, matmul, pointwise, resize, squeeze_excite
-from mobilec.schedules.loops import (ERRORS, SEARCHING, CpuParams, auto_inline, epilogue_of, find_block, is_nhwc,
-                                     is_pointwise_1x1, is_reduction, loop_extent, unit_stride)
+from mobilec.schedules.loops import (CHOICES, ERRORS, SEARCHING, CpuParams, auto_inline, epilogue_of, find_block,
+                                     is_nhwc, is_pointwise_1x1, is_reduction, loop_extent, unit_stride)
 
 __all__ = ["CpuParams", "DEFAULT", "SCHEDULED", "WeightPacking", "apply_defaults", "decisions", "default_schedule",
            "is_scheduled", "LAYOUT_FREE", "pack_for_tiles", "schedule_kernel", "search_space", "summarize",
@@ -152,15 +152,24 @@ def pack_for_tiles(sch: Schedule) -> None:
             raise RuntimeError("RewriteLayout could not lay out the kernel's weights for its tiles")
 
 
-def search_space(sch: Schedule, cpu: CpuParams) -> Schedule:
-    """The same schedule as a MetaSchedule design space (``ScheduleFn``): the same loop structure,
-    with every tile size sampled instead of decided. One code path for "default" and "searched"."""
-    token = SEARCHING.set(True)
-    try:
-        _schedule(sch, cpu)
-    finally:
-        SEARCHING.reset(token)
-    return sch
+def search_space(sch: Schedule, cpu: CpuParams) -> list[Schedule]:
+    """The same schedule as MetaSchedule design spaces (``ScheduleFn``): the same loop structure,
+    with every tile size sampled instead of decided. One code path for "default" and "searched".
+    A schedule with a yes/no choice (``loops.choose``: the pointwise kernel's tile-loop order)
+    gives a second space with the other side of it."""
+    spaces = []
+    for flip in (False, True):
+        space, state = sch.copy(), {"flip": flip, "seen": False}
+        tokens = SEARCHING.set(True), CHOICES.set(state)
+        try:
+            _schedule(space, cpu)
+        finally:
+            SEARCHING.reset(tokens[0])
+            CHOICES.reset(tokens[1])
+        spaces.append(space)
+        if not state["seen"]:
+            break
+    return spaces
 
 
 def decisions(trace) -> list:

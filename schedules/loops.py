@@ -88,6 +88,20 @@ def split(sch: Schedule, loop, inner: int, most: int):
 
 # inside ``defaults.search_space``: tile sizes are sampled by MetaSchedule instead of decided here
 SEARCHING: contextvars.ContextVar[bool] = contextvars.ContextVar("mobilec_searching", default=False)
+# inside one of ``defaults.search_space``'s design spaces: {"flip": take the other side of each
+# yes/no choice, "seen": whether the schedule made one}
+CHOICES: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("mobilec_choices", default=None)
+
+
+def choose(heuristic: bool) -> bool:
+    """A yes/no decision of a schedule that is not a tile size (such as which operand's tile loop
+    is outermost): the heuristic's in the default schedule; in the search, MetaSchedule's traces
+    cannot branch, so each side is a design space of its own (``defaults.search_space``)."""
+    state = CHOICES.get()
+    if state is None:
+        return heuristic
+    state["seen"] = True
+    return heuristic != state["flip"]
 
 
 def divisor_tile(extent: int, lanes: int, max_vectors: int) -> int:

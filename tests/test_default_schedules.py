@@ -148,3 +148,35 @@ def test_whole_models_leave_no_kernel_unscheduled(compiled, name):
         assert scheduled.get(kind, 0) >= 1, scheduled
     if name.startswith("mobilenet"):
         assert scheduled.get("squeeze-excite", 0) >= 1 and scheduled.get("matmul", 0) >= 1, scheduled
+
+
+@pytest.mark.build
+def test_search_space_gives_the_pointwise_loop_order_a_design_space_per_side():
+    """Which operand's tile loop is outermost (weights or map) is a choice MetaSchedule's traces
+    cannot mutate: the search gets one design space per side, each with the same tile-size
+    samples; a depthwise kernel, with no such choice, gets one space. The default schedule is
+    the first space with the heuristic's decisions."""
+    import tvm
+    from tvm.s_tir import Schedule
+
+    from mobilec.compiler.importer import import_onnx
+    from mobilec.compiler.pipeline import PipelineOptions, run_until
+    from mobilec.compiler.targets import resolve
+    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule, search_space
+
+    target = resolve("host", None, 2).tvm_target()
+    cpu = CpuParams.from_target(target)
+    for build, kind, count in [(lambda: _pointwise(14, 32, 64), "conv2d_nhwc", 2),
+                               (lambda: _depthwise(14, 24, 3, 1), "group_conv2d", 1)]:
+        lowered = run_until(import_onnx(build()).mod, target, PipelineOptions(), "lower")
+        func = next(f for _, f in lowered.functions.items()
+                    if isinstance(f, tvm.tirx.PrimFunc) and kind in f.script())
+        mod = tvm.IRModule({"main": func})
+        spaces = search_space(Schedule(mod), cpu)
+        assert len(spaces) == count, kind
+        seed = decisions(default_schedule(mod, cpu)[0].trace)
+        assert seed and all(len(decisions(s.trace)) == len(seed) for s in spaces)
+        if count == 2:  # the same loops, nested the other way
+            loops = [[s.get(l).loop_var.name for l in s.get_loops(s.get_sblock("conv2d_nhwc_update"))]
+                     for s in spaces]
+            assert loops[0] != loops[1] and sorted(loops[0]) != sorted(loops[1]), loops

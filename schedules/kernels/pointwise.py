@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.loops import CpuParams, MAX_ROW_TILE, loop_extent, row_tile, tile_reduction
+from mobilec.schedules.loops import CpuParams, MAX_ROW_TILE, choose, loop_extent, row_tile, tile_reduction
 from mobilec.schedules.tile_cost import LATENCY, best_tile, divisors
 
 
@@ -92,7 +92,7 @@ def schedule_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     cols = vectors * cpu.lanes if vectors else (f if f <= 4 * cpu.lanes else cpu.lanes)
     # the bigger operand streams through once: the weights (channel tiles outside) or the map
     # (pixel tiles outside, each writing whole lines of output)
-    order = [0, 3, 1, 2] if f >= y * x else [0, 1, 2, 3]  # weights k*f against map y*x*k
+    order = [0, 3, 1, 2] if choose(f >= y * x) else [0, 1, 2, 3]  # weights k*f against map y*x*k
     # searched: rows up to the heuristic's (a block of rows x 16 pixels x 4 vectors unrolls into
     # more code than LLVM compiles in a tuning trial's time), pixels and vectors as wide as before
     tile_reduction(sch, block, [1, rows, pixels, cols], cpu, epilogue, outer_order=order, parallel_all=True,
