@@ -154,7 +154,7 @@ def cmd_tune(args) -> int:
                Progress.SUMMARY, res.progress.summary_rows())
         timed = sum(1 for t in res.progress.tasks if t.default_ms and t.best_ms)
         if timed:
-            start = res.progress.history[0][1] if res.progress.history and res.progress.history[0][0] == 0 else None
+            start = res.progress.default_estimate_ms
             total = (f"; the tuned kernels' estimated total {start:.3f} -> {res.progress.estimate_ms():.3f} ms"
                      if start else "")
             print(f"the search beat the default schedule in {res.progress.beat_default()} of {timed} tasks{total}")

@@ -108,28 +108,21 @@ def valid_records(db, mod) -> list:
     return list(db.get_top_k(db.commit_workload(mod), 1 << 30))
 
 
-def searched_for(db, mod, seed: list) -> int:
-    """Search trials with a valid measurement the database holds for this workload: what counts
-    against a tuning budget (the seeded default schedule and failed candidates do not). Seeding
-    stores one record per workload, with the heuristic's sampling decisions (``seed``, from
-    ``defaults.decisions``); the search may sample those decisions again (small kernels have
-    small spaces), so one record with them is the seed and any other is a trial."""
+def seed_record(records: list, seed: list):
+    """Among a workload's records, the seeded default schedule's: the one with the heuristic's
+    sampling decisions (``seed``, from ``defaults.decisions``); None when it was not measured."""
     from mobilec.schedules.defaults import decisions
 
-    records = valid_records(db, mod)
-    seeded = any(decisions(r.trace) == seed for r in records)
-    return len(records) - int(seeded)
+    return next((r for r in records if decisions(r.trace) == seed), None)
 
 
-def seed_ms(db, mod, seed: list) -> Optional[float]:
-    """The seeded default schedule's measured latency (mean of its runs, ms), if the database has it."""
-    from mobilec.schedules.defaults import decisions
-
-    for r in valid_records(db, mod):
-        if decisions(r.trace) == seed:
-            secs = [float(v) for v in r.run_secs]
-            return sum(secs) / len(secs) * 1e3
-    return None
+def searched(records: list, seed: list) -> int:
+    """Search trials among a workload's valid records (``valid_records``): what counts against a
+    tuning budget (the seeded default schedule and failed candidates do not). Seeding stores one
+    record per workload, with the heuristic's decisions; the search may sample those decisions
+    again (small kernels have small spaces), so one record with them is the seed and any other is
+    a trial."""
+    return len(records) - int(seed_record(records, seed) is not None)
 
 
 def target_label(target) -> str:

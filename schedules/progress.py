@@ -44,6 +44,7 @@ class Progress:
     out_of_time: bool = False   # set when the search stopped at the deadline
     rounds: int = 0
     _all_measured_at: int = 0   # index into history from which every task has a measurement
+    default_estimate_ms: Optional[float] = None  # set by start_from: the estimate with the defaults only
 
     @property
     def trials(self) -> int:
@@ -81,7 +82,8 @@ class Progress:
         for t in self.tasks:
             t.default_ms = default_ms.get(t.task)
         if all(t.tuned_ms is not None for t in self.tasks):
-            self.history.append((0, self.estimate_ms()))
+            self.default_estimate_ms = self.estimate_ms()
+            self.history.append((0, self.default_estimate_ms))
 
     def trials_to_within(self, frac: float = 0.10) -> Optional[int]:
         """Trials after which the estimate stayed within ``frac`` of the final one, counted from the
@@ -172,11 +174,16 @@ def brief(msg: str) -> str:
     return (lines[-1] if lines else str(msg))[:300]
 
 
+def mean_ms(run_secs) -> float:
+    """A measurement's latency: the mean of its runs (what MetaSchedule ranks by), in ms."""
+    secs = [float(s) for s in run_secs]
+    return sum(secs) / len(secs) * 1e3
+
+
 def _latency_ms(result) -> Optional[float]:
     if result.error_msg is not None or not result.run_secs:
         return None
-    secs = [float(s) for s in result.run_secs]
-    return sum(secs) / len(secs) * 1e3
+    return mean_ms(result.run_secs)
 
 
 @derived_object

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mobilec.errors import UserError
-from mobilec.schedules.database import open_database, records_for, searched_for, seed_ms
+from mobilec.schedules.database import open_database, records_for, searched, seed_record, valid_records
 from mobilec.schedules.names import kernel_name, unique
-from mobilec.schedules.progress import Progress, ProgressCallback, TaskStats
+from mobilec.schedules.progress import Progress, ProgressCallback, TaskStats, mean_ms
 
 CONV_MARK = "conv2d"  # depthwise, pointwise and regular convolutions, with their fused epilogues
 REPEAT = 10  # timed calls per candidate, each with cold caches; MetaSchedule ranks by their mean
@@ -292,7 +292,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     per_task = max(opts.per_round, math.ceil(opts.trials / len(tasks)))
     defaults = default_schedules(tasks, target)
     seeds = seed_decisions(defaults)
-    done = {t.task_name: searched_for(db, t.dispatched[0], seeds[t.task_name]) for t in tasks}
+    done = {t.task_name: searched(valid_records(db, t.dispatched[0]), seeds[t.task_name]) for t in tasks}
     todo = [t for t in tasks if done[t.task_name] < per_task]
     skipped = [names[t.task_name] for t in tasks if t not in todo]
     remaining = opts.trials - sum(done.values())
@@ -309,8 +309,9 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         farm = farm_size(opts) if opts.tracker else 1
         builder, runner = InProcessBuilder(fcompile, workdir), _runner(opts, farm)  # seeding measures like the search
         seeded = seed_with_defaults(todo, target, db, builder, runner, progress, defaults)
-        progress.start_from({t.task_name: seed_ms(db, t.dispatched[0], seeds[t.task_name])
-                             for t in todo if defaults[t.task_name] is not None})
+        measured = {t.task_name: seed_record(valid_records(db, t.dispatched[0]), seeds[t.task_name]) for t in todo
+                    if defaults[t.task_name] is not None}  # read again: seeding added records
+        progress.start_from({name: mean_ms(r.run_secs) for name, r in measured.items() if r is not None})
         _prepare_metaschedule_logging()
         contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed)  # logs in DB/logs
         _quiet_metaschedule_console()
