@@ -247,17 +247,17 @@ def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Pr
     if not todo:
         return 0
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in todo])
-    measurable = [(mod, sch, b) for (mod, sch), b in zip(todo, built) if b.error_msg is None]
+    # with the arguments the built kernel takes: its weights already packed (the builder drops the
+    # packing block, as MetaSchedule's does for the search's candidates)
+    measurable = [(mod, sch, b, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
+                  for (mod, sch), b in zip(todo, built) if b.error_msg is None]
     for b in built:
         if progress is not None:
             progress.note_error(b.error_msg)
-    # the arguments the built kernel takes: its weights already packed (the builder drops the
-    # packing block, as MetaSchedule's does for the search's candidates)
-    args = {id(sch): ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, sch, _ in measurable}
-    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", args[id(sch)])  # mobilec targets are CPUs
-                          for _, sch, b in measurable])
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", args)  # mobilec targets are CPUs
+                          for _, _, b, args in measurable])
     added = 0
-    for (mod, sch, b), future in zip(measurable, futures):
+    for (mod, sch, b, args), future in zip(measurable, futures):
         result = future.result()
         shutil.rmtree(Path(b.artifact_path).parent, ignore_errors=True)  # measured: not needed again
         if result.error_msg is not None or not result.run_secs:
@@ -265,7 +265,7 @@ def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Pr
                 progress.note_error(result.error_msg)
             continue
         db.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, db.commit_workload(mod), result.run_secs, target, args[id(sch)]))
+            sch.trace, db.commit_workload(mod), result.run_secs, target, args))
         added += 1
     return added
 

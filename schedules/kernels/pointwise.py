@@ -3,7 +3,6 @@ packed per channel tile) and the imported-NCHW one (for comparison builds)."""
 
 from __future__ import annotations
 
-
 from tvm.s_tir import Schedule
 
 from mobilec.schedules.loops import CpuParams, MAX_ROW_TILE, choose, loop_extent, row_tile, tile_reduction
