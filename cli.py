@@ -161,6 +161,8 @@ def cmd_tune(args) -> int:
         settled = res.progress.trials_to_within(0.10)
         if settled is not None:
             print(f"the kernels' estimated total came within 10% of its final value after {settled} trials")
+        if res.confirmed:
+            _print_confirmed(res.confirmed)
         if res.plot:
             print(f"plot: {res.plot}")
         if res.progress.out_of_time:
@@ -173,6 +175,17 @@ def cmd_tune(args) -> int:
               "the database makes this model slower: compile --tuning-db will not apply it (--force-tuning-db "
               "does); more trials may find better kernels")
     return 0
+
+
+def _print_confirmed(confirmed) -> None:
+    from mobilec.schedules.confirm import CONTENDERS, MARGIN, ROUNDS, estimate_ms
+
+    won = sum(c.searched_won for c in confirmed)
+    before, after = estimate_ms(confirmed)
+    total = f"; their estimated total {before:.3f} -> {after:.3f} ms ({after / before:.2f}x)" if before else ""
+    print(f"confirmed: the default and up to {CONTENDERS} searched candidates of {len(confirmed)} tasks measured "
+          f"again in {ROUNDS} interleaved rounds: a searched candidate won (by more than {MARGIN:.0%}) in {won}, "
+          f"the default schedule held in {len(confirmed) - won}{total}; compile --tuning-db applies the winners")
 
 
 def cmd_tune_merge(args) -> int:

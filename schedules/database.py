@@ -33,6 +33,7 @@ def database_dir(root: str | Path, triple: str, cpu: str) -> Path:
     return root / f"{triple}-{cpu}"
 
 
+CONFIRMED = "confirmed"  # subfolder: each workload's winner of a tuning run's re-measurement (confirm.py)
 PRETUNED = Path(__file__).resolve().parent / "db"  # shipped, made by benchmarks/pretune.py
 
 
@@ -134,11 +135,29 @@ def target_label(target) -> str:
     return f"{triple} (cpu {cpu})" if cpu else triple
 
 
+def copy_record(db, rec, run_secs=None) -> None:
+    """Commit ``rec`` (from another database) to ``db``, with its own times or ``run_secs``."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    db.commit_tuning_record(TuningRecord(rec.trace, db.commit_workload(rec.workload.mod),
+                                         rec.run_secs if run_secs is None else run_secs, rec.target, rec.args_info))
+
+
 def for_target(path: str | Path, target):
     """The database in ``path`` restricted to the records tuned for ``target`` (TVM applies a
     record to any kernel of the same workload, whatever target it was measured on: a database of
-    another device would otherwise be applied silently)."""
-    from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
+    another device would otherwise be applied silently), its confirmed winners (``confirm.py``)
+    first: a workload a tuning run confirmed gets that record, any other its fastest."""
+    from tvm.s_tir.meta_schedule.database import OrderedUnionDatabase
+
+    confirmed = Path(path) / CONFIRMED
+    if is_database(confirmed):
+        return OrderedUnionDatabase(_restricted(confirmed, target), _restricted(path, target))
+    return _restricted(path, target)
+
+
+def _restricted(path: str | Path, target):
+    from tvm.s_tir.meta_schedule.database import MemoryDatabase
 
     db = open_database(path, create=False)
     ours = target_label(target)
@@ -147,8 +166,7 @@ def for_target(path: str | Path, target):
     mem = MemoryDatabase()
     for rec in db.get_all_tuning_records():
         if target_label(rec.target) == ours:
-            mem.commit_tuning_record(TuningRecord(rec.trace, mem.commit_workload(rec.workload.mod), rec.run_secs,
-                                                  rec.target, rec.args_info))
+            copy_record(mem, rec)
     return mem
 
 
@@ -174,12 +192,24 @@ def targets_of(path: str | Path, limit: Optional[int] = 1000) -> list[str]:
     return seen
 
 
+def swap_in(staging: Path, path: Path) -> None:
+    """Move the folder ``staging`` (from ``tempfile.mkdtemp``) to ``path``, replacing what is there
+    whole: a reader finds the old folder, none, or the new one, never a mix."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; a database is not
+    if path.exists():
+        old = staging.with_name(staging.name + "-old")
+        os.replace(path, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staging, path)
+
+
 def merge(sources: Iterable[str | Path], output: str | Path) -> int:
     """Merge databases (e.g. from several phones of one kind) into ``output``; returns records added.
     Every source (and an existing output) is checked before anything is written, and the output
-    is written beside itself and moved into place: a bad source leaves the output as it was."""
-    from tvm.s_tir.meta_schedule.database import TuningRecord
-
+    is written beside itself and moved into place: a bad source leaves the output as it was.
+    Confirmed winners (``CONFIRMED``) are not merged: they won a re-measurement on one device."""
     sources, output = [Path(s) for s in sources], Path(output)
     for src in sources:
         if not is_database(src):
@@ -200,15 +230,11 @@ def merge(sources: Iterable[str | Path], output: str | Path) -> int:
         added = 0
         for src in sources:
             for rec in open_database(src, create=False).get_all_tuning_records():
-                wl = out.commit_workload(rec.workload.mod)
-                out.commit_tuning_record(TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+                copy_record(out, rec)
                 added += 1
         del out
         if not output.exists():
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; a database is not
-            os.replace(staging, output)  # one rename: the output appears whole or not at all
+            swap_in(staging, output)  # the output appears whole or not at all
         else:
             # workloads first: the old records still point at the right (unmoved) workload lines
             # until the records file is replaced too

@@ -45,6 +45,16 @@ class Progress:
     rounds: int = 0
     _all_measured_at: int = 0   # index into history from which every task has a measurement
     default_estimate_ms: Optional[float] = None  # set by start_from: the estimate with the defaults only
+    closing: int = 0            # candidates measured after the search (confirm.py): the deadline keeps time for them
+
+    def past_deadline(self) -> bool:
+        """The time budget is spent, counting the time the closing measurements will take at the
+        search's pace so far."""
+        if self.deadline is None:
+            return False
+        now = time.time()
+        pace = (now - self.start) / self.trials if self.trials else 0.0
+        return now + pace * self.closing >= self.deadline
 
     @property
     def trials(self) -> int:
@@ -214,6 +224,6 @@ class ProgressCallback(PyMeasureCallback):
         if all(t.trials for t in p.tasks) and p.errors == p.trials:
             p.all_failed = True
             raise RuntimeError(f"every candidate failed: {p.first_error}")  # more rounds would too
-        if p.deadline is not None and time.time() >= p.deadline:
+        if p.past_deadline():
             p.out_of_time = True
             raise RuntimeError("time budget spent")  # ends MetaSchedule's loop; not an error

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mobilec.errors import UserError
+from mobilec.schedules.confirm import CONTENDERS, confirm
 from mobilec.schedules.database import open_database, records_for, searched, seed_record, valid_records
 from mobilec.schedules.names import kernel_name, unique
 from mobilec.schedules.progress import Progress, ProgressCallback, TaskStats, mean_ms
@@ -50,6 +51,7 @@ class TuneResult:
     seeded: int = 0                  # default schedules measured and stored before the search
     devices: int = 1                 # devices measuring at once (every server under the key)
     verdict: Optional[object] = None  # the whole model with and without the database (compiler.verdict.Verdict)
+    confirmed: list = field(default_factory=list)  # per task re-measured at the end (confirm.Confirmed)
 
 
 def create_session(rpc_config):
@@ -303,6 +305,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         progress.deadline = start + 60.0 * opts.minutes
     if remaining <= 0 or not todo:
         return TuneResult(db_dir, progress, 0, skipped, seconds=time.time() - start)
+    confirmed = []
     workdir = tempfile.mkdtemp(prefix="mobilec-tune-")  # every candidate of this run, removed at the end
     live = None
     try:
@@ -312,6 +315,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         measured = {t.task_name: seed_record(valid_records(db, t.dispatched[0]), seeds[t.task_name]) for t in todo
                     if defaults[t.task_name] is not None}  # read again: seeding added records
         progress.start_from({name: mean_ms(r.run_secs) for name, r in measured.items() if r is not None})
+        progress.closing = len(todo) * (CONTENDERS + 1)  # the time budget keeps room to confirm
         _prepare_metaschedule_logging()
         contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed)  # logs in DB/logs
         _quiet_metaschedule_console()
@@ -340,6 +344,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
                                  f"continues from there") from None
             if not (progress.all_failed or progress.out_of_time):
                 raise
+        if progress.errors < progress.trials:
+            confirmed = confirm(todo, target, db, db_dir, builder, runner, seeds, names)
     finally:
         if live is not None:
             live.stop()
@@ -351,7 +357,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
             f"the first error: {progress.first_error or 'unknown'}. Check that the device matches --target/--cpu "
             f"(failed candidates spend none of the --trials budget: a rerun tries again)")
     plot = progress.plot(db_dir / "tuning.png")
-    return TuneResult(db_dir, progress, progress.trials, skipped, plot, time.time() - start, seeded, farm)
+    return TuneResult(db_dir, progress, progress.trials, skipped, plot, time.time() - start, seeded, farm,
+                      confirmed=confirmed)
 
 
 def target_name(target) -> str:
