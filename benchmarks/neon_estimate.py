@@ -112,9 +112,10 @@ def _modules(module):
 
 
 def kernel_of(symbol: str) -> str:
-    """``__tvm_ffi_K`` (the packed-function wrapper) and ``K_compute_`` (its body) are kernel K."""
+    """``__tvm_ffi_K`` (the packed-function wrapper) and ``K_compute_`` (its body) are kernel K;
+    ``K_prepacked`` is K reading weights its schedule packed at compile time."""
     name = symbol.removeprefix("__tvm_ffi_")
-    return name.removesuffix("_compute_")
+    return name.removesuffix("_compute_").removesuffix("_prepacked")
 
 
 def split_functions(asm: str) -> dict[str, list[str]]:
@@ -346,6 +347,11 @@ def main() -> None:
                f"median/min columns): {'met' if goal_met else 'NOT met'}.")
     notes = (f"Kernels without a vector-fmla innermost loop (counted in 'kernels', 0 loops): "
              f"{', '.join(no_loop) if no_loop else 'none'}.")
+    short = [f"{k.name} ({schedules.get(k.name, '?')}): " + ", ".join(f"{c} {_pct(utilisation(lp, c))}" for c in CORES)
+             for k in kernels if kind_of(k.name, schedules) == "pointwise" for lp in k.loops
+             if min(utilisation(lp, c) for c in CORES) < GOAL]
+    if short:
+        notes += "\n\nPointwise inner loops under the goal:\n" + "\n".join(f"- {line}" for line in short)
     text = f"{title}\n{body}\n\n{verdict}\n\n{notes}\n"
     if quantised is not None:
         text += ("\n## int8 (the model quantised by `mobilec quantize`): pointwise multiply-adds per cycle\n\n"

@@ -68,6 +68,12 @@ class CpuPreset:
     vector_registers: int = 32    # SIMD registers the register tiles may fill (AArch64: 32, ARMv7: 16 q)
     int_dot: str = ""             # integer dot-product instruction (schedules/kernels/integer.py): vpmaddwd, sdot
 
+    @property
+    def fma_by_lane(self) -> bool:
+        """Whether a multiply-add can take one operand from a lane of a vector register (AArch64's
+        ``fmla v, v, v.s[i]``; AVX2 has no such form, ARMv7's only for non-fused ``vmla``)."""
+        return self.arch == "aarch64"
+
 
 CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
     # phone and board cores (ARMv8.0 little/big, ARMv8.2 with dot product); parts: MIDR part numbers

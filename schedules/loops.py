@@ -29,6 +29,7 @@ class CpuParams:
     registers: int   # vector registers
     cores: int
     int_dot: str = ""  # the integer dot-product instruction (schedules/kernels/integer.py; "": none)
+    fma_by_lane: bool = False  # multiply-adds by vector element (``CpuPreset.fma_by_lane``)
 
     @classmethod
     def from_target(cls, target: tvm.target.Target) -> "CpuParams":
@@ -40,7 +41,7 @@ class CpuParams:
         cores = int(target.attrs.get("num-cores", 1))
         if preset is None:
             return cls(4, 16, cores)
-        return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int_dot)
+        return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int_dot, preset.fma_by_lane)
 
 
 def is_reduction(sch: Schedule, block) -> bool:
@@ -138,14 +139,19 @@ def vectorize_inner(sch: Schedule, block, lanes: int) -> None:
 
 def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None, pad=None,
           pad_at_channel: bool = False, outer_order: Optional[list[int]] = None, parallel: bool = True,
-          unroll_reduction: bool = False, parallel_all: bool = False, most: Optional[list[int]] = None) -> None:
+          unroll_reduction: bool = False, parallel_all: bool = False, most: Optional[list[int]] = None,
+          lane_read: Optional[int] = None) -> None:
     """``tiles``: one register-tile size per spatial loop of ``block`` (in loop order; 1 = not
     tiled); the last spatial loop is the vectorised one. ``most``: per spatial loop, the largest
     tile the search may sample (default: 4 vectors on the vector loop, ``MAX_ROW_TILE`` on the
     others). Result: parallel(leading tile loops) / reduction loops / register tile (unrolled,
     the last loop vectorised), so the accumulator tile stays in registers and the epilogue is
     applied per tile: a conv's output is written once, finished. ``outer_order`` permutes the
-    tile loops (default: the spatial loops' order)."""
+    tile loops (default: the spatial loops' order). ``lane_read``: the read (by index) whose
+    values the tile broadcasts, one per row of accumulators, along the last reduction loop: read
+    instead a vector of ``lanes`` of them per reduction step into registers, for multiply-adds by
+    vector element (NEON's ``fmla v, v, v.s[i]``: one load per ``lanes`` steps, not a broadcast load
+    each)."""
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
     loops = sch.get_loops(block)
     spatial = [l for l, k in zip(loops, kinds) if k == 0]
@@ -159,6 +165,19 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
     if outer_order:
         outer = [outer[i] for i in outer_order]
     sch.reorder(*outer, *reduce, *inner)
+    if lane_read is not None and reduce and loop_extent(sch, reduce[-1]) % cpu.lanes == 0:
+        steps, lane = sch.split(reduce[-1], [None, cpu.lanes])
+        sch.reorder(lane, *inner)
+        sch.unroll(lane)
+        staged = sch.cache_read(block, lane_read, "local")
+        sch.compute_at(staged, steps, preserve_unit_loops=True)
+        depth = next(i for i, l in enumerate(sch.get_loops(staged)) if sch.get(l).same_as(sch.get(steps))) + 1
+        *tile, lanes_loop = sch.get_loops(staged)[depth:]
+        for loop in tile:
+            if loop_extent(sch, loop) > 1:
+                sch.unroll(loop)
+        sch.vectorize(lanes_loop)
+        reduce[-1] = steps
     # parallel over the leading tile loops; for depthwise only over channels, so each thread
     # stages whole padded planes
     lead = (outer if parallel_all else  # all tile loops, unit ones too (they sit between the others)

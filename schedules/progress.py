@@ -46,6 +46,7 @@ class Progress:
     _all_measured_at: int = 0   # index into history from which every task has a measurement
     default_estimate_ms: Optional[float] = None  # set by start_from: the estimate with the defaults only
     closing: int = 0            # candidates measured after the search (confirm.py): the deadline keeps time for them
+    search_start: Optional[float] = None  # set by start_from: when the search began (after seeding)
 
     def past_deadline(self) -> bool:
         """The time budget is spent, counting the time the closing measurements will take at the
@@ -53,7 +54,7 @@ class Progress:
         if self.deadline is None:
             return False
         now = time.time()
-        pace = (now - self.start) / self.trials if self.trials else 0.0
+        pace = (now - (self.search_start or self.start)) / self.trials if self.trials else 0.0
         return now + pace * self.closing >= self.deadline
 
     @property
@@ -89,6 +90,7 @@ class Progress:
     def start_from(self, default_ms: dict[str, Optional[float]]) -> None:
         """The default schedules' measurements (by TVM task name), before any search round: the
         estimate, and the tuning curve, start from what a build without the database gets."""
+        self.search_start = time.time()
         for t in self.tasks:
             t.default_ms = default_ms.get(t.task)
         if all(t.tuned_ms is not None for t in self.tasks):

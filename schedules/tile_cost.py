@@ -32,17 +32,26 @@ def divisors(n: int, most: int) -> list[int]:
 
 
 def best_tile(y: int, x: int, vectors: Iterable[int], accumulators: Callable[[int], int], ops: int = 1,
-              k: int = 0, most: Optional[int] = None) -> Optional[tuple[float, int, int, int]]:
+              k: int = 0, most: Optional[int] = None, by_lane: int = 0) -> Optional[tuple[float, int, int, int]]:
     """(score, rows, pixels, vectors) of the best-scoring register tile of rows x pixels of a y x x
     map (each dividing its axis, at most ``most``) x one of ``vectors`` vectors of output channels,
     with at most ``accumulators(vectors)`` accumulators; ties go to fewer rows (one row's pixels
-    are adjacent in memory), then more accumulators. None when no vector count is given."""
+    are adjacent in memory), then more accumulators. None when no vector count is given.
+    ``by_lane``: the inputs are not broadcast but loaded ``by_lane`` reduction steps at a time into
+    a register per pixel, which the multiply-adds read by element (``loops.tile_reduction``'s
+    ``lane_read``): a plain load per pixel every ``by_lane`` steps, and a register per pixel."""
     best = None
     for v in vectors:
         spare = accumulators(v) // v  # pixels
+        if by_lane:
+            spare = accumulators(v) // (v + 1)  # each pixel's accumulators and its input register
         for rows in divisors(y, min(spare, most or spare)):
             for pixels in divisors(x, min(spare // rows, most or spare)):
                 acc = rows * pixels * v
-                tile = (tile_score(acc, rows * pixels, v, ops, k), -rows, acc, rows, pixels, v)
+                if by_lane:  # of equal tiles, the one loading less (fewer input registers)
+                    loads = v + rows * pixels / by_lane
+                    tile = (tile_score(acc, 0, loads, ops, k), -rows, acc, -loads, rows, pixels, v)
+                else:
+                    tile = (tile_score(acc, rows * pixels, v, ops, k), -rows, acc, 0, rows, pixels, v)
                 best = tile if best is None else max(best, tile)
-    return None if best is None else (best[0], *best[3:])
+    return None if best is None else (best[0], *best[4:])

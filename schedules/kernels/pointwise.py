@@ -70,8 +70,9 @@ def nhwc_tiles(y: int, x: int, f: int, k: int, cpu: CpuParams) -> tuple[float, i
     broadcast must fit the register file (one spilled accumulator measured 1.8x slower).
     (0.0, 1, 1, 0) when no whole vector of channels
     divides ``f``."""
+    by_lane = cpu.lanes if cpu.fma_by_lane and k % cpu.lanes == 0 else 0  # see schedule_nhwc
     best = best_tile(y, x, [v for v in (1, 2, 3, 4) if f % (v * cpu.lanes) == 0],
-                     lambda v: cpu.registers - 1 - v, k=k)
+                     lambda v: cpu.registers - v - (0 if by_lane else 1), k=k, by_lane=by_lane)
     if best is None:
         return 0.0, 1, 1, 0
     score, rows, pixels, v = best
@@ -95,5 +96,5 @@ def schedule_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     # searched: rows up to the heuristic's (a block of rows x 16 pixels x 4 vectors unrolls into
     # more code than LLVM compiles in a tuning trial's time), pixels and vectors as wide as before
     tile_reduction(sch, block, [1, rows, pixels, cols], cpu, epilogue, outer_order=order, parallel_all=True,
-          most=[1, rows, MAX_ROW_TILE, 4 * cpu.lanes])
+          most=[1, rows, MAX_ROW_TILE, 4 * cpu.lanes], lane_read=0 if cpu.fma_by_lane else None)
     return f"pointwise {rows}x{pixels} pixels x {cols} channels (NHWC)"
