@@ -169,14 +169,7 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
         steps, lane = sch.split(reduce[-1], [None, cpu.lanes])
         sch.reorder(lane, *inner)
         sch.unroll(lane)
-        staged = sch.cache_read(block, lane_read, "local")
-        sch.compute_at(staged, steps, preserve_unit_loops=True)
-        depth = next(i for i, l in enumerate(sch.get_loops(staged)) if sch.get(l).same_as(sch.get(steps))) + 1
-        *tile, lanes_loop = sch.get_loops(staged)[depth:]
-        for loop in tile:
-            if loop_extent(sch, loop) > 1:
-                sch.unroll(loop)
-        sch.vectorize(lanes_loop)
+        stage_lanes(sch, block, lane_read, steps)
         reduce[-1] = steps
     # parallel over the leading tile loops; for depthwise only over channels, so each thread
     # stages whole padded planes
@@ -211,6 +204,20 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
     sch.vectorize(inner[-1])
     if reduce:  # last: the init copies the unrolled, vectorised tile loops
         sch.decompose_reduction(block, reduce[0])
+
+
+def stage_lanes(sch: Schedule, block, read: int, steps) -> None:
+    """What ``block``'s read ``read`` takes in one iteration of the loop ``steps``, staged in a local
+    buffer there: its innermost axis one vector load, the rest unrolled, so each pixel of a register
+    tile holds one vector of values that the multiply-adds read by lane."""
+    staged = sch.cache_read(block, read, "local")
+    sch.compute_at(staged, steps, preserve_unit_loops=True)
+    depth = next(i for i, l in enumerate(sch.get_loops(staged)) if sch.get(l).same_as(sch.get(steps))) + 1
+    *tile, inner = sch.get_loops(staged)[depth:]
+    for loop in tile:
+        if loop_extent(sch, loop) > 1:
+            sch.unroll(loop)
+    sch.vectorize(inner)
 
 
 def stage_padding(sch: Schedule, pad, under, cpu: CpuParams) -> None:

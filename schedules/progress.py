@@ -45,17 +45,18 @@ class Progress:
     rounds: int = 0
     _all_measured_at: int = 0   # index into history from which every task has a measurement
     default_estimate_ms: Optional[float] = None  # set by start_from: the estimate with the defaults only
-    closing: int = 0            # candidates measured after the search (confirm.py): the deadline keeps time for them
-    search_start: Optional[float] = None  # set by start_from: when the search began (after seeding)
+    closing: float = 0.0        # the measurements after the search (confirm.py), in seed-equivalents
+    seed_pace: Optional[float] = None  # seconds per default schedule built and measured (seeding)
+    _round_at: Optional[float] = None  # when the last round ended
+    _fastest: Optional[float] = None   # the fastest round's seconds per candidate, the first aside
 
     def past_deadline(self) -> bool:
-        """The time budget is spent, counting the time the closing measurements will take at the
-        search's pace so far."""
+        """The time budget is spent, keeping time for the closing measurements: at seeding's pace
+        (a build and a run each), or, in a run that seeded nothing, the search's fastest round's."""
         if self.deadline is None:
             return False
-        now = time.time()
-        pace = (now - (self.search_start or self.start)) / self.trials if self.trials else 0.0
-        return now + pace * self.closing >= self.deadline
+        pace = self.seed_pace or self._fastest or 0.0
+        return time.time() + pace * self.closing >= self.deadline
 
     @property
     def trials(self) -> int:
@@ -77,6 +78,11 @@ class Progress:
     def record(self, task_id: int, latencies_ms: list[Optional[float]]) -> None:
         t = self.tasks[task_id]
         self.rounds += 1
+        now = time.time()
+        if self._round_at is not None and latencies_ms:  # the first round also set the search up
+            per = (now - self._round_at) / len(latencies_ms)
+            self._fastest = per if self._fastest is None else min(self._fastest, per)
+        self._round_at = now
         ok = [v for v in latencies_ms if v is not None]
         t.trials += len(latencies_ms)
         t.errors += len(latencies_ms) - len(ok)
@@ -90,7 +96,6 @@ class Progress:
     def start_from(self, default_ms: dict[str, Optional[float]]) -> None:
         """The default schedules' measurements (by TVM task name), before any search round: the
         estimate, and the tuning curve, start from what a build without the database gets."""
-        self.search_start = time.time()
         for t in self.tasks:
             t.default_ms = default_ms.get(t.task)
         if all(t.tuned_ms is not None for t in self.tasks):

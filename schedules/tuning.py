@@ -273,7 +273,9 @@ def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Pr
 
 
 def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions, console=None) -> TuneResult:
-    """Tune the kernels of ``mod`` (a Relax module after mobilec's lowering phase) for ``target``.
+    """Tune the kernels of ``mod`` (a Relax module after mobilec's lowering phase) for ``target``:
+    seed each task with its default schedule, search, then confirm each task's winner by measuring
+    it again beside the default (``confirm.py``).
 
     Candidates are built in a private temporary directory, removed when the run ends however it
     ends. Raises ``TuningFailed`` when every search candidate failed (e.g. code this device cannot
@@ -311,11 +313,14 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     try:
         farm = farm_size(opts) if opts.tracker else 1
         builder, runner = InProcessBuilder(fcompile, workdir), _runner(opts, farm)  # seeding measures like the search
+        seeding = time.time()
         seeded = seed_with_defaults(todo, target, db, builder, runner, progress, defaults)
+        progress.seed_pace = (time.time() - seeding) / seeded if seeded else None
         measured = {t.task_name: seed_record(valid_records(db, t.dispatched[0]), seeds[t.task_name]) for t in todo
                     if defaults[t.task_name] is not None}  # read again: seeding added records
         progress.start_from({name: mean_ms(r.run_secs) for name, r in measured.items() if r is not None})
-        progress.closing = len(todo) * (CONTENDERS + 1)  # the time budget keeps room to confirm
+        # the time budget keeps room to confirm: a build and ROUNDS runs per contender, about 1.5 seedings
+        progress.closing = 1.5 * len(todo) * (CONTENDERS + 1)
         _prepare_metaschedule_logging()
         contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed)  # logs in DB/logs
         _quiet_metaschedule_console()

@@ -120,6 +120,20 @@ def test_pointwise_tiles_fit_the_register_file_and_divide_the_axes(lanes, regist
         assert score > 0
 
 
+@pytest.mark.structure
+def test_pointwise_tiles_by_vector_element_keep_a_register_per_pixel():
+    """AArch64 (fmla by element): each pixel of the tile holds a vector of input channels, so
+    accumulators + input registers + weight vectors fit the register file."""
+    from mobilec.schedules.defaults import CpuParams
+    from mobilec.schedules.kernels.pointwise import nhwc_tiles
+
+    cpu = CpuParams(4, 32, 2, fma_by_lane=True)
+    for f, hw, k in itertools.product((16, 24, 40, 72, 120, 160, 184, 672, 960), (7, 14, 28, 56, 112), (16, 96, 960)):
+        score, rows, pixels, vectors = nhwc_tiles(hw, hw, f, k, cpu)
+        assert score > 0 and hw % rows == 0 and hw % pixels == 0 and f % (vectors * cpu.lanes) == 0
+        assert rows * pixels * (vectors + 1) + vectors <= cpu.registers, (f, hw, k, rows, pixels, vectors)
+
+
 # --------------------------------------------------------------------------------------------- host build
 
 @pytest.mark.build
@@ -148,6 +162,36 @@ def test_whole_models_leave_no_kernel_unscheduled(compiled, name):
         assert scheduled.get(kind, 0) >= 1, scheduled
     if name.startswith("mobilenet"):
         assert scheduled.get("squeeze-excite", 0) >= 1 and scheduled.get("matmul", 0) >= 1, scheduled
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("triple,cpu,by_lane", [("aarch64-linux-gnu", "cortex-a76", True),
+                                                ("x86_64-linux-gnu", "core-avx2", False)])
+def test_pointwise_multiplies_by_vector_element_where_the_isa_can(triple, cpu, by_lane):
+    """AArch64's pointwise kernel loads a vector of input channels per pixel and multiplies by its
+    lanes (``fmla v, v, v.s[i]``); AVX2 has no such form and keeps its broadcasts. (Numerics on the
+    emulated device: test_emulator.py.)"""
+    import re
+
+    import tvm
+
+    from mobilec.compiler.importer import import_onnx
+    from mobilec.compiler.pipeline import PipelineOptions, pipeline
+    from mobilec.compiler.targets import resolve
+
+    target = resolve(triple, cpu, 2).tvm_target()
+    ex = tvm.compile(import_onnx(_pointwise(7, 64, 32)).mod, target=target, relax_pipeline=pipeline(target, PipelineOptions()))
+    asm = []
+    for m in [ex.mod, *ex.mod.imports]:
+        try:
+            asm.append(m.inspect_source("asm"))
+        except Exception:  # noqa: BLE001 - modules without assembly (the VM's) raise
+            continue
+    asm = "\n".join(asm)
+    if by_lane:
+        assert re.search(r"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[[123]\]", asm)  # lanes past the first
+    else:
+        assert "vfmadd" in asm and "vbroadcastss" in asm
 
 
 @pytest.mark.build
