@@ -1,11 +1,10 @@
 """An emulated aarch64 Linux device: an arm64 Debian root filesystem with Python and TVM's runtime,
 running TVM's RPC server under qemu user-mode emulation, registered at a tracker like a board.
 
-Built once and cached (``$MOBILEC_CACHE`` or ``~/.cache/mobilec``): debootstrap of a minimal
-system with Debian's python3 (foreign, then the second stage under emulation), then the aarch64
-``apache-tvm`` wheels installed into ``/opt/site`` by the host's pip (``--target`` with the
-device's platform: only the second stage runs under emulation; the device has no pip or venv).
-Needs root (chroot), Debian's ``debootstrap`` and ``qemu-user-static``, and binfmt_misc. Timings under emulation say nothing about a phone: use it
+Built once and cached (``$MOBILEC_CACHE`` or ``~/.cache/mobilec``): debootstrap (foreign, then the
+second stage under emulation, ~10 min), then the aarch64 ``apache-tvm`` wheels downloaded by the
+host's pip and installed into a venv inside it. Needs root (chroot), Debian's ``debootstrap`` and
+``qemu-user-static``, and binfmt_misc. Timings under emulation say nothing about a phone: use it
 for correctness and for exercising RPC and tuning.
 """
 
@@ -23,9 +22,8 @@ from mobilec.rpc.client import RPCError
 
 WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "psutil", "cloudpickle")
 PYTHON_IN_ROOTFS = "3.11"  # bookworm's python3
-SITE = "/opt/site"  # the device's TVM, on its PYTHONPATH
-SERVER_LIB = f"{SITE}/tvm/lib/libtvm_runtime_extra.so"
-READY = ".mobilec-ready-site"  # (a root filesystem from before /opt/site gets its TVM installed again)
+SERVER_LIB = f"/opt/venv/lib/python{PYTHON_IN_ROOTFS}/site-packages/tvm/lib/libtvm_runtime_extra.so"
+READY = ".mobilec-ready"
 
 
 class EmulatorError(RPCError):
@@ -94,19 +92,23 @@ def build_rootfs(cfg: EmulatorConfig = EmulatorConfig()) -> Path:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     log = root.parent / f"{root.name}.log"
-    print(f"building the emulated {cfg.arch} device in {root} (once; ~5-10 min; log {log})", flush=True)
+    print(f"building the emulated {cfg.arch} device in {root} (once; ~10-15 min; log {log})", flush=True)
     if not (root / "usr/bin/python3").exists():
         shutil.rmtree(root, ignore_errors=True)
-        _run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase", "--include=python3", cfg.suite,
-              str(root), cfg.mirror], "debootstrap, first stage", log)
+        _run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase",
+              "--include=python3,python3-venv,python3-pip,ca-certificates", cfg.suite, str(root), cfg.mirror],
+             "debootstrap, first stage", log)
         _run(["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"],
              "debootstrap, second stage (under emulation)", log)
-    site = root / SITE.lstrip("/")
-    shutil.rmtree(site, ignore_errors=True)
-    _run([sys.executable, "-m", "pip", "install", "-q", "--only-binary=:all:", "--platform", "manylinux_2_28_aarch64",
+    wheels = root / "opt" / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform", "manylinux_2_28_aarch64",
           "--platform", "manylinux2014_aarch64", "--python-version", PYTHON_IN_ROOTFS, "--implementation", "cp",
-          "--abi", f"cp{PYTHON_IN_ROOTFS.replace('.', '')}", "--target", str(site), *WHEELS],
-         "installing the aarch64 TVM wheels for the device", log)
+          "--abi", f"cp{PYTHON_IN_ROOTFS.replace('.', '')}", "-d", str(wheels), *WHEELS],
+         "downloading the aarch64 TVM wheels", log)
+    _run(["chroot", str(root), "python3", "-m", "venv", "/opt/venv"], "creating the device's venv", log)
+    _run(["chroot", str(root), "/opt/venv/bin/pip", "install", "-q", "--no-index", "--find-links", "/opt/wheels",
+          *WHEELS], "installing TVM on the device (under emulation)", log)
     (root / READY).write_text("ok\n")
     return root
 
@@ -116,8 +118,8 @@ def server_command(cfg: EmulatorConfig, tracker: str, key: str, port: int = 9090
     root = cfg.rootfs
     if not (root / READY).exists():
         raise EmulatorError(f"no emulated device at {root}: build it with `mobilec rpc emulate --build-only`")
-    return ["chroot", str(root), "env", "TVM_USE_RUNTIME_LIB=1", "HOME=/tmp", f"PYTHONPATH={SITE}",
-            "/usr/bin/python3", "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+    return ["chroot", str(root), "env", "TVM_USE_RUNTIME_LIB=1", "HOME=/tmp",
+            "/opt/venv/bin/python", "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
             "--port-end", str(port + 100), "--tracker", tracker, "--key", key, "--load-library", SERVER_LIB]
 
 
