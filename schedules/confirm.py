@@ -24,11 +24,18 @@ from pathlib import Path
 from statistics import median
 from typing import Optional
 
-from mobilec.schedules.database import CONFIRMED, copy_record, is_database, open_database, swap_in, seed_record, valid_records
+from mobilec.schedules.database import (CONFIRMED, copy_record, is_database, open_database, seed_record, swap_in,
+                                        valid_records)
 
 CONTENDERS = 3           # fastest searched candidates (distinct decisions) re-measured beside the default
 ROUNDS = 3               # interleaved rounds; a contender's time is the median of its rounds' means
 MARGIN = 0.02            # a searched candidate must beat the default by more than this to replace it
+
+
+def seedings(tasks: int, k: int = CONTENDERS) -> float:
+    """What confirming ``tasks`` tasks costs, in default schedules seeded (a build and a run each):
+    a build and ``ROUNDS`` runs per contender, builds the bulk, about 1.5 seedings each."""
+    return 1.5 * tasks * (k + 1)
 
 
 @dataclass

@@ -42,16 +42,15 @@ def best_tile(y: int, x: int, vectors: Iterable[int], accumulators: Callable[[in
     ``lane_read``): a plain load per pixel every ``by_lane`` steps, and a register per pixel."""
     best = None
     for v in vectors:
-        spare = accumulators(v) // v  # pixels
-        if by_lane:
-            spare = accumulators(v) // (v + 1)  # each pixel's accumulators and its input register
+        spare = accumulators(v) // (v + 1 if by_lane else v)  # pixels (by lane: and an input register each)
         for rows in divisors(y, min(spare, most or spare)):
             for pixels in divisors(x, min(spare // rows, most or spare)):
                 acc = rows * pixels * v
                 if by_lane:  # of equal tiles, the one loading less (fewer input registers)
                     loads = v + rows * pixels / by_lane
-                    tile = (tile_score(acc, 0, loads, ops, k), -rows, acc, -loads, rows, pixels, v)
+                    score, fewer_loads = tile_score(acc, 0, loads, ops, k), -loads
                 else:
-                    tile = (tile_score(acc, rows * pixels, v, ops, k), -rows, acc, 0, rows, pixels, v)
+                    score, fewer_loads = tile_score(acc, rows * pixels, v, ops, k), 0
+                tile = (score, -rows, acc, fewer_loads, rows, pixels, v)
                 best = tile if best is None else max(best, tile)
     return None if best is None else (best[0], *best[4:])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mobilec.errors import UserError
-from mobilec.schedules.confirm import CONTENDERS, confirm
+from mobilec.schedules.confirm import confirm, seedings
 from mobilec.schedules.database import open_database, records_for, searched, seed_record, valid_records
 from mobilec.schedules.names import kernel_name, unique
 from mobilec.schedules.progress import Progress, ProgressCallback, TaskStats, mean_ms
@@ -319,8 +319,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         measured = {t.task_name: seed_record(valid_records(db, t.dispatched[0]), seeds[t.task_name]) for t in todo
                     if defaults[t.task_name] is not None}  # read again: seeding added records
         progress.start_from({name: mean_ms(r.run_secs) for name, r in measured.items() if r is not None})
-        # the time budget keeps room to confirm: a build and ROUNDS runs per contender, about 1.5 seedings
-        progress.closing = 1.5 * len(todo) * (CONTENDERS + 1)
+        progress.closing = seedings(len(todo))  # the time budget keeps room to confirm
         _prepare_metaschedule_logging()
         contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed)  # logs in DB/logs
         _quiet_metaschedule_console()
