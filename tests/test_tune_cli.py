@@ -18,7 +18,7 @@ from mobilec.compiler import TRIPLES, CompileConfig, compile_model, resolve
 from mobilec.compiler.targets import host_triple
 from mobilec.compiler.verdict import VERDICTS, Verdict, model_key, record
 from mobilec.schedules import open_database
-from mobilec.schedules.database import DatabaseError, FILES
+from mobilec.schedules.database import CONFIRMED, FILES, DatabaseError
 
 pytestmark = [pytest.mark.tuning]
 
@@ -308,10 +308,13 @@ def test_tuning_db_that_matches_no_kernel_warns_with_the_reason(tuned, tmp_path,
     other = tmp_path / "other"
     shutil.copytree(db_dir, other, ignore=shutil.ignore_patterns("logs", "*.png", VERDICTS))
     mine = resolve("host").target
-    lines = [json.loads(line) for line in open(other / FILES[1]) if line.strip()]
-    for rec in lines:
-        rec[1][2].update({"mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
-    (other / FILES[1]).write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    records = [other / FILES[1], other / CONFIRMED / FILES[1]]  # the search's records and its confirmed winners
+    assert records[1].is_file()
+    for path in records:
+        lines = [json.loads(line) for line in open(path) if line.strip()]
+        for rec in lines:
+            rec[1][2].update({"mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
+        path.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
     res = compile_model(pw_dw(), tmp_path / "other.so", CompileConfig(tuning_db=str(other)))
     assert res.manifest.tuned_kernels == 0
     assert "tuned for aarch64-linux-gnu (cpu cortex-a76)" in res.warnings[0]
