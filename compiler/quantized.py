@@ -11,8 +11,9 @@ exactly, the int32 bias added, and the requantisation epilogue onnxruntime's QLi
 type (a Relu or ReLU6 before the QuantizeLinear is that clamp). The accumulation, per kernel:
 
 - a 1x1 convolution or matrix product on a CPU with an integer dot-product instruction
-  (``CpuPreset.int_dot``): int16 operands into int32 (AVX2 vpmaddwd), or int8 ones (AArch64 sdot;
-  a uint8 input read as x - 128, the shift times the weights' sums folded into the bias);
+  (``CpuPreset.int_dot``): int16 operands into int32 (AVX2 vpmaddwd), int8 ones (AArch64 sdot;
+  a uint8 input read as x - 128, the shift times the weights' sums folded into the bias), or a
+  uint8 input and int8 weights (AVX-512 VNNI vpdpbusd; an int8 input read as x + 128);
 - else float32 where that is exact: every product and partial sum an integer below 2**24, which
   max|x - x_zp| * sum_k |w[c, k]| + |bias| < 2**24 guarantees (checked per layer);
 - else int16 operands into int32.
@@ -203,6 +204,9 @@ class _Rewrite(relax.PyExprMutator):
         elif (self.dot == "sdot" and self._pointwise(kernel) and k % 4 == 0 and channels % 4 == 0
               and w_max <= 127):  # int8 x int8: a uint8 input is read as x - 128
             acc_dtype, narrow, shift, how = "int32", "int8", 128 if lo_x == 0 else 0, "int8 dot (sdot)"
+        elif (self.dot == "vpdpbusd" and self._pointwise(kernel) and k % 4 == 0 and channels % 8 == 0
+              and w_max <= 127):  # uint8 x int8: an int8 input is read as x + 128
+            acc_dtype, narrow, shift, how = "int32", "uint8", -128 if lo_x < 0 else 0, "uint8 x int8 dot (vpdpbusd)"
         elif bound < _FLOAT_EXACT:
             acc_dtype, narrow, shift, how = "float32", "float32", x_zp, "exact in float32"
         else:
@@ -213,18 +217,22 @@ class _Rewrite(relax.PyExprMutator):
             if np.abs(bias_q).max() >= 2 ** 31:
                 raise _Refused("its bias, with the input zero point folded in, does not fit int32")
             bias_q = bias_q.astype(np.int32)
-        xi = emit(relax.op.astype(xq, "int16" if narrow == "int8" else narrow))
-        if shift:
-            xi = emit(relax.op.subtract(xi, relax.const(shift, "int16" if narrow == "int8" else narrow)))
-        if narrow == "int8":
-            xi = emit(relax.op.astype(xi, "int8"))
+        wide = "int16" if narrow in _INT8 else narrow  # where the shift is subtracted
+        xi = xq
+        if shift or str(xq.ty.dtype) != narrow:
+            xi = emit(relax.op.astype(xq, wide))
+            if shift:
+                xi = emit(relax.op.subtract(xi, relax.const(shift, wide)))
+            if narrow != wide:
+                xi = emit(relax.op.astype(xi, narrow))
+        w_dtype = "int8" if narrow in _INT8 else narrow
         if _op(kernel, "nn.conv2d"):
             a = kernel.attrs
-            acc = emit(relax.op.nn.conv2d(xi, relax.const(w.astype(narrow)), a.strides, a.padding, a.dilation,
+            acc = emit(relax.op.nn.conv2d(xi, relax.const(w.astype(w_dtype)), a.strides, a.padding, a.dilation,
                                           a.groups, "NCHW", "OIHW", "NCHW", acc_dtype))
             per_channel = (1, channels, 1, 1)
         else:
-            weight = relax.const((w.T if transposed else w).astype(narrow))
+            weight = relax.const((w.T if transposed else w).astype(w_dtype))
             acc = emit(relax.op.matmul(xi, weight, out_dtype=acc_dtype))
             per_channel = (channels,)
         if bias_q is not None:

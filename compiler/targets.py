@@ -66,7 +66,7 @@ class CpuPreset:
     parts: tuple[int, ...] = ()   # ARM "CPU part" numbers in /proc/cpuinfo that this preset stands for
     vector_bits: int = 128        # SIMD register width the kernels vectorise for (NEON, SSE: 128)
     vector_registers: int = 32    # SIMD registers the register tiles may fill (AArch64: 32, ARMv7: 16 q)
-    int_dot: str = ""             # integer dot-product instruction (schedules/kernels/integer.py): vpmaddwd, sdot
+    int_dot: str = ""             # integer dot-product instruction (schedules/kernels/integer.py): vpmaddwd, sdot, vpdpbusd
 
     @property
     def fma_by_lane(self) -> bool:
@@ -104,6 +104,9 @@ CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
     CpuPreset("skylake-avx512", "x86_64", "skylake-avx512", (), usable_cores(),
               needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"),
               vector_bits=512, vector_registers=32, int_dot="vpmaddwd"),
+    CpuPreset("cascadelake", "x86_64", "cascadelake", (), usable_cores(),  # AVX-512 with VNNI
+              needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni"),
+              vector_bits=512, vector_registers=32, int_dot="vpdpbusd"),
 ]}
 
 
@@ -127,7 +130,7 @@ def host_triple() -> str:
 # `--target host` picks by what /proc/cpuinfo says the machine (with its OS or hypervisor) offers:
 # an x86 CPU without AVX2 must not get AVX2 code, one with AVX-512 should get it. Only generic ISA
 # levels are candidates, so a shipped database (named by preset) applies to every CPU of a level.
-HOST_X86 = ("x86-64", "core-avx2", "skylake-avx512")
+HOST_X86 = ("x86-64", "core-avx2", "skylake-avx512", "cascadelake")
 
 
 def host_cpu(arch: str, cpuinfo: str | Path = "/proc/cpuinfo") -> Optional[str]:

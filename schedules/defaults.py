@@ -94,9 +94,9 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
         if params and tile and features % tile == 0:
             plans.append(WeightPacking(sch.get(block).name_hint, read, params[0], tile, group))
 
-    if len(reductions) == 1 and integer.takes_dot(sch, reductions[0], cpu) and (
-            names[0].startswith("matmul") or is_pointwise_1x1(sch, reductions[0])):
-        block, dot = reductions[0], integer.instruction(cpu.int_dot)
+    dot = integer.takes_dot(sch, reductions[0], cpu) if len(reductions) == 1 else None
+    if dot and (names[0].startswith("matmul") or is_pointwise_1x1(sch, reductions[0])):
+        block = reductions[0]
         plan(block, 1, int(sch.get(block).writes[0].source.shape[-1]), dot.lanes, dot.group)
     elif len(reductions) == 1 and is_pointwise_1x1(sch, reductions[0]):
         loops = sch.get_loops(reductions[0])  # n, y, x, f, ry, rx, rc

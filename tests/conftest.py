@@ -65,3 +65,22 @@ def moved_from_seed(record) -> bool:
 
     seed, mine = seed_of(record), decisions(record.trace)
     return min(float(t) for t in record.run_secs) < 1e9 and len(mine) == len(seed) > 0 and mine != seed
+
+
+def assembly(model, triple: str, cpu: str) -> str:
+    """The assembly of every kernel mobilec's pipeline builds for a model (ONNX file or proto)."""
+    import tvm
+
+    from mobilec.compiler.importer import import_onnx
+    from mobilec.compiler.pipeline import PipelineOptions, pipeline
+    from mobilec.compiler.targets import resolve
+
+    target = resolve(triple, cpu, 2).tvm_target()
+    ex = tvm.compile(import_onnx(model).mod, target=target, relax_pipeline=pipeline(target, PipelineOptions()))
+    asm = []
+    for m in [ex.mod, *ex.mod.imports]:
+        try:
+            asm.append(m.inspect_source("asm"))
+        except Exception:  # noqa: BLE001 - modules without assembly (the VM's) raise
+            continue
+    return "\n".join(asm)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
+from conftest import assembly
 from graphs import assert_matches_onnxruntime, const, conv, hswish_nodes, model
 
 
@@ -173,21 +174,7 @@ def test_pointwise_multiplies_by_vector_element_where_the_isa_can(triple, cpu, b
     emulated device: test_emulator.py.)"""
     import re
 
-    import tvm
-
-    from mobilec.compiler.importer import import_onnx
-    from mobilec.compiler.pipeline import PipelineOptions, pipeline
-    from mobilec.compiler.targets import resolve
-
-    target = resolve(triple, cpu, 2).tvm_target()
-    ex = tvm.compile(import_onnx(_pointwise(7, 64, 32)).mod, target=target, relax_pipeline=pipeline(target, PipelineOptions()))
-    asm = []
-    for m in [ex.mod, *ex.mod.imports]:
-        try:
-            asm.append(m.inspect_source("asm"))
-        except Exception:  # noqa: BLE001 - modules without assembly (the VM's) raise
-            continue
-    asm = "\n".join(asm)
+    asm = assembly(_pointwise(7, 64, 32), triple, cpu)
     if by_lane:
         assert re.search(r"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[[123]\]", asm)  # lanes past the first
     else:

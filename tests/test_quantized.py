@@ -2,6 +2,8 @@
 semantics (onnxruntime with graph optimisations off), the forms other tools write, and what stays
 float and why."""
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -9,9 +11,10 @@ from onnx import helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 import mobilec.runtime as mr
-from conftest import seeded_input
+from conftest import assembly, seeded_input
 from graphs import C, HW, const, conv, hswish_nodes, model
-from mobilec.compiler import CompileConfig, compile_model, inspect_model
+from mobilec.compiler import CompileConfig, compile_model, inspect_model, resolve
+from mobilec.compiler.targets import CPUS, missing_flags, preset_of
 from mobilec.frontends.quantize import QuantizeConfig, output_step, quantize_model, reference_session
 
 
@@ -76,8 +79,10 @@ def test_every_kernel_kind_matches_the_qdq_reference(kind, tmp_path):
     res = compile_model(qdq, tmp_path / "k.so")
     assert res.report.float_quantized == []
     op = "matmul" if kind == "classifier" else "conv2d"
-    # 1x1 convolutions and matrix products: AVX2's 16-bit pair instruction; kxk: exact float32 FMAs
-    how = "int16 pairs (vpmaddwd)" if kind in ("pointwise", "residual", "hswish", "wide") else "exact in float32"  # 10 classes: not 8k
+    # 1x1 convolutions and matrix products: the host's dot instruction (AVX2's 16-bit pairs, AVX-512
+    # VNNI's byte quads); kxk: exact float32 FMAs
+    dot = {"vpmaddwd": "int16 pairs (vpmaddwd)", "vpdpbusd": "uint8 x int8 dot (vpdpbusd)"}[preset_of(resolve("host").target).int_dot]
+    how = dot if kind in ("pointwise", "residual", "hswish", "wide") else "exact in float32"  # 10 classes: not 8k
     assert res.report.int8 == {f"{op} ({how})": 2 if kind in ("hswish", "residual") else 1}
     assert "unscheduled" not in res.manifest.default_schedules, res.manifest.default_schedules
     assert_within_one_step(res.library, qdq)
@@ -92,6 +97,28 @@ def test_without_the_pair_instruction(kind, how, tmp_path):
     res = compile_model(qdq, tmp_path / "k.so", CompileConfig(target="x86_64-linux-gnu", cpu="x86-64"))
     assert res.report.int8 == {f"conv2d ({how})": 1}
     assert_within_one_step(res.library, qdq)
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("cin, cout, form", [(C, C, "ymm"), (64, 32, "zmm")])
+@pytest.mark.parametrize("signed", [True, False])
+def test_avx512_vnni_pointwise(cin, cout, form, signed, tmp_path):
+    """AVX-512 VNNI's uint8 x int8 quads: the 512-bit form where the output channels are a multiple
+    of 16, the 256-bit one where they are of 8; an int8 input is read as x + 128. Built for the
+    cascadelake preset on any x86 host; run (and compared) where this CPU has VNNI."""
+    n, i = conv("input", "output", cin=cin, cout=cout, k=1)
+    src, qdq = tmp_path / "m.onnx", tmp_path / "m-int8.onnx"
+    onnx.save(model(n, i, inputs=(("input", (1, cin, 6, 6)),), output=("output", (1, cout, 6, 6))), src)
+    quantize_static(str(src), str(qdq), _Reader((1, cin, 6, 6)), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8 if signed else QuantType.QUInt8)
+    config = CompileConfig(target="x86_64-linux-gnu", cpu="cascadelake")
+    res = compile_model(str(qdq), tmp_path / "k.so", config)
+    assert res.report.int8 == {"conv2d (uint8 x int8 dot (vpdpbusd))": 1}
+    asm = assembly(str(qdq), "x86_64-linux-gnu", "cascadelake")
+    assert re.search(rf"vpdpbusd\s[^\n]*%{form}", asm) and "vpmaddwd" not in asm
+    if missing_flags(CPUS[("x86_64", "cascadelake")]):
+        return  # this CPU cannot run the code; the assembly above is what can be checked here
+    assert_within_one_step(res.library, str(qdq))
 
 
 @pytest.mark.build

@@ -20,8 +20,10 @@ def cpuinfo(tmp_path, text: str):
 
 @pytest.mark.parametrize("flags, preset", [
     (X86_BASE + " ssse3 sse4_1 sse4_2 popcnt", "x86-64"),               # no AVX2: no AVX2 code
-    (X86_BASE + " sse4_2 avx avx2 fma bmi2", "core-avx2"),              # this host's kind
+    (X86_BASE + " sse4_2 avx avx2 fma bmi2", "core-avx2"),
     (X86_BASE + " sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512dq avx512cd", "skylake-avx512"),
+    (X86_BASE + " sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512dq avx512cd avx512_vnni", "cascadelake"),
+    (X86_BASE + " sse4_2 avx avx2 fma avx_vnni", "core-avx2"),          # AVX-VNNI without AVX-512: AVX2's kernels
     (X86_BASE + " sse4_2 avx avx2 fma avx512f", "core-avx2"),           # partial AVX-512: not enough
 ])
 def test_x86_host_maps_to_the_highest_isa_level_it_has(tmp_path, flags, preset):

@@ -4,6 +4,9 @@
              fp32 FMA of the same width; int16 operands (8-bit values minus their zero points)
   sdot     (AArch64 dot product: Cortex-A55/A75/A76 and later): 4 int32 lanes, each += four 8-bit
              products: 16 multiply-adds, four times an fp32 FMA; int8 operands
+  vpdpbusd (x86 AVX-512 VNNI: Cascade Lake, Ice Lake, Sapphire Rapids, Zen 4): 16 int32 lanes (8 in
+             its 256-bit form, for channel counts that are multiples of 8 but not 16), each += four
+             uint8 x int8 products: four times an fp32 FMA; uint8 inputs (int8 ones read as x + 128)
 
 The kernels are the 1x1 convolutions and matrix products of a quantised model
 (``compiler/quantized.py``). The weights are packed at compile time so each step reads one
@@ -11,12 +14,13 @@ contiguous vector: [.., K, N] -> [N/lanes, .., K/group, lanes, group] (output ch
 vector's lanes, input channels in groups, the group innermost). The schedule is the fp32 pointwise
 one's: a register tile of pixels x vectors of output channels, the accumulators in registers across
 the whole reduction, the requantisation epilogue applied per tile; the innermost lanes x group is
-one tensor intrinsic (ours for vpmaddwd, TVM's own for sdot).
+one tensor intrinsic (ours for vpmaddwd and vpdpbusd, TVM's own for sdot).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import tvm
 from tvm.s_tir import Schedule, TensorIntrin
@@ -30,9 +34,14 @@ from mobilec.schedules.tile_cost import best_tile
 class DotInstruction:
     lanes: int   # int32 lanes of one vector
     group: int   # input channels summed into each lane
-    dtype: str   # operand type
+    dtype: str   # the weights' type
     intrinsic: str  # the registered TVM tensor intrinsic
-    fused_add: bool  # accumulates in place (sdot); else a separate add, and a register for the product
+    fused_add: bool  # accumulates in place (sdot, vpdpbusd); else a separate add, and a register for the product
+    data: str = ""  # the input's type, when it is not the weights' (vpdpbusd: uint8)
+
+    @property
+    def data_dtype(self) -> str:
+        return self.data or self.dtype
 
 
 def _pmaddwd_desc_impl():
@@ -65,23 +74,68 @@ def _pmaddwd_desc_impl():
     return desc, impl
 
 
-_REGISTERED: dict[str, DotInstruction] = {}
+def _vpdpbusd_desc_impl(lanes: int):
+    group = 4
+    bits = 32 * lanes
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((group,), "uint8", offset_factor=1), b: T.Buffer((lanes, group), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((group,), "uint8", offset_factor=1), b: T.Buffer((lanes, group), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+            T.writes(c[0:lanes])
+            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")  # one input quad, broadcast
+            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(  # LLVM 21 and later: byte vectors
+                T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{bits}"),
+                c.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(quad, lanes), dtype=f"int8x{lanes * group}"),
+                b.vload([0, 0], dtype=f"int8x{lanes * group}"), dtype=f"int32x{lanes}")
+
+    return desc, impl
 
 
-def instruction(name: str) -> DotInstruction:
-    """The dot-product instruction a CPU preset names (``CpuPreset.int_dot``), its tensor intrinsic
-    registered on first use."""
+_REGISTERED: dict[str, tuple[DotInstruction, ...]] = {}
+
+
+def instructions(name: str) -> tuple[DotInstruction, ...]:
+    """The forms of the dot-product instruction a CPU preset names (``CpuPreset.int_dot``), widest
+    first, their tensor intrinsics registered on first use."""
     if name not in _REGISTERED:
         if name == "vpmaddwd":
             TensorIntrin.register("mobilec.vpmaddwd_8x2", *_pmaddwd_desc_impl(), override=True)
-            _REGISTERED[name] = DotInstruction(8, 2, "int16", "mobilec.vpmaddwd_8x2", fused_add=False)
+            _REGISTERED[name] = (DotInstruction(8, 2, "int16", "mobilec.vpmaddwd_8x2", fused_add=False),)
         elif name == "sdot":
             from tvm.s_tir.tensor_intrin import arm_cpu  # registers TVM's dot_4x4_i8i8s32_sdot
 
-            _REGISTERED[name] = DotInstruction(4, 4, "int8", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, fused_add=True)
+            _REGISTERED[name] = (DotInstruction(4, 4, "int8", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, fused_add=True),)
+        elif name == "vpdpbusd":
+            forms = []
+            for lanes in (16, 8):
+                TensorIntrin.register(f"mobilec.vpdpbusd_{lanes}x4", *_vpdpbusd_desc_impl(lanes), override=True)
+                forms.append(DotInstruction(lanes, 4, "int8", f"mobilec.vpdpbusd_{lanes}x4", fused_add=True,
+                                            data="uint8"))
+            _REGISTERED[name] = tuple(forms)
         else:
             raise ValueError(f"no integer dot-product instruction {name!r}")
     return _REGISTERED[name]
+
+
+def instruction(name: str, k: int, n: int) -> Optional[DotInstruction]:
+    """The widest form of ``name`` that a reduction over ``k`` input channels into ``n`` output
+    channels fits (k a multiple of its group, n of its lanes), or None."""
+    return next((d for d in instructions(name) if k % d.group == 0 and n % d.lanes == 0), None) if name else None
 
 
 def grouped_layout(ndim: int, lanes: int, group: int) -> tvm.tirx.IndexMap:
@@ -90,27 +144,28 @@ def grouped_layout(ndim: int, lanes: int, group: int) -> tvm.tirx.IndexMap:
         lambda *ax: (ax[-1] // lanes, *ax[:-2], ax[-2] // group, ax[-1] % lanes, ax[-2] % group), ndim=ndim)
 
 
-def takes_dot(sch: Schedule, block, cpu) -> bool:
-    """A 1x1 convolution or matrix product of the instruction's operand type into int32, whose
-    channels fit it (K a multiple of the group, N of the lanes), on a CPU that has it."""
+def takes_dot(sch: Schedule, block, cpu) -> Optional[DotInstruction]:
+    """The form of the CPU's instruction for a 1x1 convolution or matrix product of its operand
+    types into int32 whose channels fit it (K a multiple of the group, N of the lanes); None if
+    there is none."""
     stmt = sch.get(block)
     if not cpu.int_dot or str(stmt.writes[0].source.dtype) != "int32" or len(stmt.reads) < 2:
-        return False
-    dot = instruction(cpu.int_dot)
+        return None
     data, weight = stmt.reads[0].source, stmt.reads[1].source
-    if str(data.dtype) != dot.dtype or str(weight.dtype) != dot.dtype:
-        return False
-    k, n = int(data.shape[-1]), int(stmt.writes[0].source.shape[-1])
-    return k % dot.group == 0 and n % dot.lanes == 0
+    dot = instruction(cpu.int_dot, int(data.shape[-1]), int(stmt.writes[0].source.shape[-1]))
+    if dot is None or str(data.dtype) != dot.data_dtype or str(weight.dtype) != dot.dtype:
+        return None
+    return dot
 
 
-def packed_for(sch: Schedule, block, cpu) -> bool:
-    """Weights packed by ``grouped_layout`` for this CPU's instruction (a trailing lanes x group block)."""
+def packed_for(sch: Schedule, block, cpu) -> Optional[DotInstruction]:
+    """The form of this CPU's instruction the kernel's weights are packed for by ``grouped_layout``
+    (a trailing lanes x group block), or None."""
     if not cpu.int_dot:
-        return False
-    dot = instruction(cpu.int_dot)
+        return None
     weight = sch.get(block).reads[1].source
-    return str(weight.dtype) == dot.dtype and [int(d) for d in weight.shape[-2:]] == [dot.lanes, dot.group]
+    return next((d for d in instructions(cpu.int_dot) if str(weight.dtype) == d.dtype
+                 and [int(x) for x in weight.shape[-2:]] == [d.lanes, d.group]), None)
 
 
 def _tiles(y: int, x: int, vectors: int, registers: int, dot: DotInstruction) -> tuple[int, int, int]:
@@ -127,7 +182,7 @@ def _tiles(y: int, x: int, vectors: int, registers: int, dot: DotInstruction) ->
 def schedule_dot(sch: Schedule, block, epilogue, cpu) -> str:
     """Schedule one packed integer 1x1 convolution (NHWC: n, y, x, f, ry, rx, rc) or matrix product
     (m, n, k), tile sizes through ``loops.split`` (sampled when searching)."""
-    dot = instruction(cpu.int_dot)
+    dot = packed_for(sch, block, cpu)
     loops = sch.get_loops(block)
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
     spatial = [l for l, k in zip(loops, kinds) if k == 0]
