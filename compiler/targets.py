@@ -66,6 +66,7 @@ class CpuPreset:
     parts: tuple[int, ...] = ()   # ARM "CPU part" numbers in /proc/cpuinfo that this preset stands for
     vector_bits: int = 128        # SIMD register width the kernels vectorise for (NEON, SSE: 128)
     vector_registers: int = 32    # SIMD registers the register tiles may fill (AArch64: 32, ARMv7: 16 q)
+    wide_bits: int = 0            # wider vectors for kernels whose channels fill them (AVX-512: pointwise)
     int_dot: str = ""             # integer dot-product instruction (schedules/kernels/integer.py): vpmaddwd, sdot, vpdpbusd
 
     @property
@@ -103,10 +104,10 @@ CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
               vector_bits=256, vector_registers=16, int_dot="vpmaddwd"),
     CpuPreset("skylake-avx512", "x86_64", "skylake-avx512", (), usable_cores(),
               needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"),
-              vector_bits=512, vector_registers=32, int_dot="vpmaddwd"),
+              vector_bits=256, wide_bits=512, vector_registers=32, int_dot="vpmaddwd"),
     CpuPreset("cascadelake", "x86_64", "cascadelake", (), usable_cores(),  # AVX-512 with VNNI
               needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni"),
-              vector_bits=512, vector_registers=32, int_dot="vpdpbusd"),
+              vector_bits=256, wide_bits=512, vector_registers=32, int_dot="vpdpbusd"),
 ]}
 
 

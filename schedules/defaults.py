@@ -101,7 +101,7 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
     elif len(reductions) == 1 and is_pointwise_1x1(sch, reductions[0]):
         loops = sch.get_loops(reductions[0])  # n, y, x, f, ry, rx, rc
         y, x, f, k = (loop_extent(sch, loops[i]) for i in (1, 2, 3, 6))
-        plan(reductions[0], 1, f, pointwise.nhwc_tiles(y, x, f, k, cpu)[3] * cpu.lanes)
+        plan(reductions[0], 1, f, pointwise.nhwc_tiles(y, x, f, k, cpu)[3] * cpu.for_channels(f).lanes)
     elif len(reductions) == 1 and names[0].startswith("matmul"):  # the classifier
         block = reductions[0]
         if len(sch.get(block).reads[1].source.shape) == 2:

@@ -12,7 +12,7 @@ which axes are tiled, by how much and in what order; ``CpuParams`` is what they 
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import tvm
@@ -30,6 +30,14 @@ class CpuParams:
     cores: int
     int_dot: str = ""  # the integer dot-product instruction (schedules/kernels/integer.py; "": none)
     fma_by_lane: bool = False  # multiply-adds by vector element (``CpuPreset.fma_by_lane``)
+    wide_lanes: int = 0  # fp32 lanes of the widest vectors, where wider than ``lanes`` (``CpuPreset.wide_bits``)
+
+    def for_channels(self, channels: int) -> "CpuParams":
+        """These parameters with the widest vectors when they divide ``channels`` (AVX-512's 16
+        lanes for a pointwise kernel's 16k output channels), else unchanged."""
+        if self.wide_lanes and channels % self.wide_lanes == 0:
+            return replace(self, lanes=self.wide_lanes)
+        return self
 
     @classmethod
     def from_target(cls, target: tvm.target.Target) -> "CpuParams":
@@ -41,7 +49,8 @@ class CpuParams:
         cores = int(target.attrs.get("num-cores", 1))
         if preset is None:
             return cls(4, 16, cores)
-        return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int_dot, preset.fma_by_lane)
+        return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int_dot, preset.fma_by_lane,
+                   preset.wide_bits // 32)
 
 
 def is_reduction(sch: Schedule, block) -> bool:

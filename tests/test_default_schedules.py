@@ -88,16 +88,21 @@ def kernel_zoo():
 # --------------------------------------------------------------------------------------------- structure
 
 @pytest.mark.structure
-@pytest.mark.parametrize("triple,cpu,lanes,registers", [
-    ("x86_64-linux-gnu", "core-avx2", 8, 16), ("x86_64-linux-gnu", "skylake-avx512", 16, 32),
-    ("aarch64-linux-gnu", "cortex-a72", 4, 32), ("aarch64-linux-android", "cortex-a76", 4, 32),
-    ("armv7a-linux-gnueabihf", "cortex-a53", 4, 16)])
-def test_target_parameters(triple, cpu, lanes, registers):
+@pytest.mark.parametrize("triple,cpu,lanes,wide,registers", [
+    ("x86_64-linux-gnu", "core-avx2", 8, 8, 16), ("x86_64-linux-gnu", "skylake-avx512", 8, 16, 32),
+    ("x86_64-linux-gnu", "cascadelake", 8, 16, 32),
+    ("aarch64-linux-gnu", "cortex-a72", 4, 4, 32), ("aarch64-linux-android", "cortex-a76", 4, 4, 32),
+    ("armv7a-linux-gnueabihf", "cortex-a53", 4, 4, 16)])
+def test_target_parameters(triple, cpu, lanes, wide, registers):
+    """AVX-512 kernels vectorise for 256 bits (with its 32 registers) and take 512-bit vectors only
+    where the channels fill them (measured, Large on a Sapphire Rapids host: 512 everywhere 7.50 ms,
+    256 everywhere 4.49, 512 for 16k-channel pointwise and depthwise kernels 3.94)."""
     from mobilec.compiler.targets import resolve
     from mobilec.schedules.defaults import CpuParams
 
     p = CpuParams.from_target(resolve(triple, cpu, num_cores=3).tvm_target())
     assert (p.lanes, p.registers, p.cores) == (lanes, registers, 3)
+    assert p.for_channels(48).lanes == (wide if 48 % wide == 0 else lanes) and p.for_channels(24).lanes == lanes
 
 
 @pytest.mark.structure

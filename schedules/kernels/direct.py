@@ -41,6 +41,7 @@ def schedule_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise
     border is a condition on the row and column only (uniform across the vector)."""
     loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
     n, y, x, f = (loop_extent(sch, l) for l in loops[:4])
+    cpu = cpu.for_channels(f)
     vectors = next((v for v in (2, 1) if f % (v * cpu.lanes) == 0), 0)
     cols = vectors * cpu.lanes if vectors else (f if f <= 2 * cpu.lanes else cpu.lanes)
     budget = max(1, (DEPTHWISE_ACCUMULATORS if depthwise else cpu.registers - 4) // max(1, vectors))

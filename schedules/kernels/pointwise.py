@@ -70,6 +70,7 @@ def nhwc_tiles(y: int, x: int, f: int, k: int, cpu: CpuParams) -> tuple[float, i
     broadcast must fit the register file (one spilled accumulator measured 1.8x slower).
     (0.0, 1, 1, 0) when no whole vector of channels
     divides ``f``."""
+    cpu = cpu.for_channels(f)
     by_lane = cpu.lanes if cpu.fma_by_lane and k % cpu.lanes == 0 else 0  # see schedule_nhwc
     best = best_tile(y, x, [v for v in (1, 2, 3, 4) if f % (v * cpu.lanes) == 0],
                      lambda v: cpu.registers - v - (0 if by_lane else 1), k=k, by_lane=by_lane)
@@ -88,6 +89,7 @@ def schedule_nhwc(sch: Schedule, block, epilogue, cpu: CpuParams) -> str:
     loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
     n, y, x, f = (loop_extent(sch, l) for l in loops[:4])
     k = loop_extent(sch, loops[6])
+    cpu = cpu.for_channels(f)
     _, rows, pixels, vectors = nhwc_tiles(y, x, f, k, cpu)
     cols = vectors * cpu.lanes if vectors else (f if f <= 4 * cpu.lanes else cpu.lanes)
     # the bigger operand streams through once: the weights (channel tiles outside) or the map
