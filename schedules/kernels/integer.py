@@ -44,11 +44,12 @@ class DotInstruction:
         return self.data or self.dtype
 
 
-def _pmaddwd_desc_impl():
-    lanes, group = 8, 2
+def _desc(lanes: int, group: int, data: str, weight: str):
+    """What a dot-product instruction computes: ``lanes`` int32 sums, each += ``group`` products of
+    one broadcast input group and a row of the packed weights."""
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((group,), "int16", offset_factor=1), b: T.Buffer((lanes, group), "int16", offset_factor=1),
+    def desc(a: T.Buffer((group,), data, offset_factor=1), b: T.Buffer((lanes, group), weight, offset_factor=1),
              c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
@@ -58,6 +59,12 @@ def _pmaddwd_desc_impl():
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    return desc
+
+
+def _pmaddwd_impl():
+    lanes, group = 8, 2
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((group,), "int16", offset_factor=1), b: T.Buffer((lanes, group), "int16", offset_factor=1),
@@ -71,24 +78,12 @@ def _pmaddwd_desc_impl():
                 T.reinterpret(T.broadcast(pair, lanes), dtype="int16x16"), b.vload([0, 0], dtype="int16x16"),
                 dtype="int32x8")
 
-    return desc, impl
+    return impl
 
 
-def _vpdpbusd_desc_impl(lanes: int):
+def _vpdpbusd_impl(lanes: int):
     group = 4
     bits = 32 * lanes
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((group,), "uint8", offset_factor=1), b: T.Buffer((lanes, group), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
-            T.writes(c[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, group):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((group,), "uint8", offset_factor=1), b: T.Buffer((lanes, group), "int8", offset_factor=1),
@@ -103,7 +98,7 @@ def _vpdpbusd_desc_impl(lanes: int):
                 T.reinterpret(T.broadcast(quad, lanes), dtype=f"int8x{lanes * group}"),
                 b.vload([0, 0], dtype=f"int8x{lanes * group}"), dtype=f"int32x{lanes}")
 
-    return desc, impl
+    return impl
 
 
 _REGISTERED: dict[str, tuple[DotInstruction, ...]] = {}
@@ -114,7 +109,7 @@ def instructions(name: str) -> tuple[DotInstruction, ...]:
     first, their tensor intrinsics registered on first use."""
     if name not in _REGISTERED:
         if name == "vpmaddwd":
-            TensorIntrin.register("mobilec.vpmaddwd_8x2", *_pmaddwd_desc_impl(), override=True)
+            TensorIntrin.register("mobilec.vpmaddwd_8x2", _desc(8, 2, "int16", "int16"), _pmaddwd_impl(), override=True)
             _REGISTERED[name] = (DotInstruction(8, 2, "int16", "mobilec.vpmaddwd_8x2", fused_add=False),)
         elif name == "sdot":
             from tvm.s_tir.tensor_intrin import arm_cpu  # registers TVM's dot_4x4_i8i8s32_sdot
@@ -123,7 +118,8 @@ def instructions(name: str) -> tuple[DotInstruction, ...]:
         elif name == "vpdpbusd":
             forms = []
             for lanes in (16, 8):
-                TensorIntrin.register(f"mobilec.vpdpbusd_{lanes}x4", *_vpdpbusd_desc_impl(lanes), override=True)
+                TensorIntrin.register(f"mobilec.vpdpbusd_{lanes}x4", _desc(lanes, 4, "uint8", "int8"), _vpdpbusd_impl(lanes),
+                                      override=True)
                 forms.append(DotInstruction(lanes, 4, "int8", f"mobilec.vpdpbusd_{lanes}x4", fused_add=True,
                                             data="uint8"))
             _REGISTERED[name] = tuple(forms)
