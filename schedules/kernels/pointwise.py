@@ -72,7 +72,10 @@ def nhwc_tiles(y: int, x: int, f: int, k: int, cpu: CpuParams) -> tuple[float, i
     divides ``f``."""
     cpu = cpu.for_channels(f)
     by_lane = cpu.lanes if cpu.fma_by_lane and k % cpu.lanes == 0 else 0  # see schedule_nhwc
-    best = best_tile(y, x, [v for v in (1, 2, 3, 4) if f % (v * cpu.lanes) == 0],
+    # up to 4 vectors of channels; 6 where 32 registers hold broadcast tiles (AVX-512: 40-channel
+    # kernels get 5 vectors x 4 pixels instead of 1 vector x 28 pixels)
+    most = 6 if cpu.registers >= 32 and not cpu.fma_by_lane else 4
+    best = best_tile(y, x, [v for v in range(1, most + 1) if f % (v * cpu.lanes) == 0],
                      lambda v: cpu.registers - v - (0 if by_lane else 1), k=k, by_lane=by_lane)
     if best is None:
         return 0.0, 1, 1, 0
