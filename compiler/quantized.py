@@ -130,6 +130,8 @@ class _Rewrite(relax.PyExprMutator):
 
     def _integer(self, q):
         """The integer replacement of one QuantizeLinear and the kernel below it, or _Refused."""
+        from mobilec.schedules.kernels.integer import instruction  # here: the schedules import the compiler
+
         out_dtype = str(q.ty.dtype)
         y_scale, y_zp = _scalar(q.args[1]), _scalar(q.args[2])
         v = self._binding(q.args[0])
@@ -198,15 +200,14 @@ class _Rewrite(relax.PyExprMutator):
         bound = max(x_zp - lo_x, hi_x - x_zp) * int(np.abs(w_rows.astype(np.int64)).sum(axis=1).max(initial=0))
         bound += int(np.abs(bias_q.astype(np.int64)).max(initial=0)) if bias_q is not None else 0
         k, w_max = w_rows.shape[1], int(np.abs(w_rows).max(initial=0))
-        shift = 0  # x - shift is what the kernel reads; sum_k (shift - x_zp) * w[c, k] joins the bias
-        if self.dot == "vpmaddwd" and self._pointwise(kernel) and k % 2 == 0 and channels % 8 == 0:
-            acc_dtype, narrow, shift, how = "int32", "int16", x_zp, "int16 pairs (vpmaddwd)"
-        elif (self.dot == "sdot" and self._pointwise(kernel) and k % 4 == 0 and channels % 4 == 0
-              and w_max <= 127):  # int8 x int8: a uint8 input is read as x - 128
-            acc_dtype, narrow, shift, how = "int32", "int8", 128 if lo_x == 0 else 0, "int8 dot (sdot)"
-        elif (self.dot == "vpdpbusd" and self._pointwise(kernel) and k % 4 == 0 and channels % 8 == 0
-              and w_max <= 127):  # uint8 x int8: an int8 input is read as x + 128
-            acc_dtype, narrow, shift, how = "int32", "uint8", -128 if lo_x < 0 else 0, "uint8 x int8 dot (vpdpbusd)"
+        # x - shift is what the kernel reads; sum_k (shift - x_zp) * w[c, k] joins the bias
+        dot = instruction(self.dot, k, channels) if self._pointwise(kernel) else None  # its channels fit it
+        if dot is not None and (dot.dtype not in _INT8 or w_max <= 127):  # 8-bit weights: w - w_zp fits int8
+            # int16 operands: x - x_zp; 8-bit ones: x moved into the operand's range (a uint8 input
+            # read as x - 128 for sdot, an int8 one as x + 128 for vpdpbusd)
+            narrow = dot.data_dtype
+            shift = x_zp if narrow not in _INT8 else lo_x - _RANGE[narrow][0]
+            acc_dtype, how = "int32", f"{dot.what} ({self.dot})"
         elif bound < _FLOAT_EXACT:
             acc_dtype, narrow, shift, how = "float32", "float32", x_zp, "exact in float32"
         else:

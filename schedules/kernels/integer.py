@@ -43,6 +43,12 @@ class DotInstruction:
     def data_dtype(self) -> str:
         return self.data or self.dtype
 
+    @property
+    def what(self) -> str:
+        """Its operands, as reports name them: "int16 pairs", "int8 dot", "uint8 x int8 dot"."""
+        operands = self.dtype if self.data_dtype == self.dtype else f"{self.data_dtype} x {self.dtype}"
+        return f"{operands} {'pairs' if self.group == 2 else 'dot'}"
+
 
 def _desc(lanes: int, group: int, data: str, weight: str):
     """What a dot-product instruction computes: ``lanes`` int32 sums, each += ``group`` products of
