@@ -76,10 +76,8 @@ class Kernel:
 def compile_assembly(model: str, workdir: Path, int8: bool = False) -> tuple[str, dict[str, str]]:
     """The model's AArch64 assembly, and {kernel name: default schedule} from the pipeline;
     ``int8``: of the model quantised by ``mobilec quantize`` (4 random calibration inputs)."""
-    import tvm
-
     from mobilec.compiler.importer import import_onnx
-    from mobilec.compiler.pipeline import PipelineOptions, pipeline
+    from mobilec.compiler.pipeline import PipelineOptions, build
     from mobilec.compiler.targets import resolve
     from mobilec.frontends import export_model
     from mobilec.frontends.quantize import QuantizeConfig, quantize_model
@@ -90,7 +88,7 @@ def compile_assembly(model: str, workdir: Path, int8: bool = False) -> tuple[str
         onnx_path = quantize_model(onnx_path, workdir / f"{model}-int8.onnx", QuantizeConfig(random=4, held_out=1)).path
     target = resolve("aarch64-linux-gnu", "cortex-a76", 4).tvm_target()
     opts = PipelineOptions()
-    ex = tvm.compile(import_onnx(onnx_path, {}).mod, target=target, relax_pipeline=pipeline(target, opts))
+    ex = build(import_onnx(onnx_path, {}).mod, target, opts)
     for module in _modules(ex.mod):
         try:
             asm = module.inspect_source("asm")

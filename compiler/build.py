@@ -13,7 +13,7 @@ import onnx
 from mobilec import __version__
 from mobilec.compiler.artifacts import check_output, write_pair
 from mobilec.compiler.importer import import_onnx
-from mobilec.compiler.pipeline import PipelineOptions, check_layout, pipeline, run_until
+from mobilec.compiler.pipeline import PipelineOptions, build, check_layout, run_until
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.targets import TargetError, export_function, resolve
 from mobilec.compiler.verdict import lookup, model_key
@@ -50,8 +50,6 @@ class CompileResult:
 
 def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, Path],
                   config: Optional[CompileConfig] = None) -> CompileResult:
-    import tvm
-
     cfg = config or CompileConfig()
     start = time.perf_counter()
     output = Path(output)
@@ -72,7 +70,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
     target = resolved.tvm_target()
     opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules,
                            layout=cfg.layout, integer=cfg.integer)
-    ex = tvm.compile(imported.mod, target=target, relax_pipeline=pipeline(target, opts))
+    ex = build(imported.mod, target, opts)
     if db and not opts.tuned_kernels:
         warnings.append(_unmatched_database(db, opts, resolved))
 

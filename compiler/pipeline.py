@@ -12,6 +12,8 @@
                         schedules for the rest (schedules/defaults.py); the weights each
                         schedule lays out for its own tiles packed at compile time
   Phase 5 finalize      TVM's CPU dataflow lowering and VM finalization
+  then, for the kernels, TVM's TIR lowering with register tiles on the stack, not in the
+  workspace pool (compiler/tir_lowering.py; ``build`` runs both)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
 from mobilec.compiler.quantized import integer_kernels
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.resize import TransposeBeforeUpsample, legalize_resize2d
+from mobilec.compiler.tir_lowering import TIR_PIPELINE
 from mobilec.schedules.database import for_target
 from mobilec.schedules.defaults import apply_defaults, is_scheduled
 
@@ -199,6 +202,11 @@ def pipeline(target: tvm.target.Target, opts: Optional[PipelineOptions] = None) 
             return tvm.transform.Sequential(passes)(mod)
 
     return run
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target, opts: Optional[PipelineOptions] = None):
+    """The executable of an imported module: this Relax pipeline, then mobilec's TIR lowering."""
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline(target, opts), tir_pipeline=TIR_PIPELINE)
 
 
 @relax.register_pipeline(PIPELINE_NAME)

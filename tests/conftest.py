@@ -69,14 +69,11 @@ def moved_from_seed(record) -> bool:
 
 def assembly(model, triple: str, cpu: str) -> str:
     """The assembly of every kernel mobilec's pipeline builds for a model (ONNX file or proto)."""
-    import tvm
-
     from mobilec.compiler.importer import import_onnx
-    from mobilec.compiler.pipeline import PipelineOptions, pipeline
+    from mobilec.compiler.pipeline import build
     from mobilec.compiler.targets import resolve
 
-    target = resolve(triple, cpu, 2).tvm_target()
-    ex = tvm.compile(import_onnx(model).mod, target=target, relax_pipeline=pipeline(target, PipelineOptions()))
+    ex = build(import_onnx(model).mod, resolve(triple, cpu, 2).tvm_target())
     asm = []
     for m in [ex.mod, *ex.mod.imports]:
         try:

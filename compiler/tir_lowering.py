@@ -1,0 +1,92 @@
+"""The TIR lowering every mobilec build uses: TVM's own, plus register tiles on the stack.
+
+TVM lowers a kernel's local buffer of 1 KB or more (kMaxStackAlloca) to a TVMBackendAllocWorkspace
+/ TVMBackendFreeWorkspace pair around its scope. A default schedule keeps each register tile's
+accumulators in such a buffer (14 pixels x 32 channels of float32 is 1.75 KB), scoped inside the
+parallel loop, so every tile of every kernel called the workspace pool twice: 4,360 pairs per
+MobileNetV3-Large inference, about 3% of one core's time in the pool's lookup (perf), and an
+accumulator LLVM sees as heap memory. ``StackTiles`` marks each constant-size buffer up to
+``STACK_BUDGET`` bytes per kernel with TVM's ``disable_lower_builtin`` annotation, so LLVM gives it
+a stack slot in the function's entry block (once per call, not per tile) and can keep it in
+registers. Measured, interleaved in one process, 2 threads: Large 4.30-4.54 -> 4.06-4.11 ms, Small
+1.87 -> 1.64 ms; 1 thread unchanged.
+
+The budget keeps well inside the smallest thread stack a kernel runs on (Android's 1 MB default
+for a pthread); anything bigger, or of a size known only at run time, stays with the pool.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+from tvm.tirx import compilation_pipeline
+from tvm.tirx import stmt as S
+
+TIR_PIPELINE = "mobilec"
+STACK_BUDGET = 32 * 1024  # bytes of stack per kernel function for tiles
+_STACK_MIN = 1024  # TVM already puts smaller constant buffers on the stack
+_ON_STACK = "disable_lower_builtin"  # tvm::tirx::transform::kDisableLowerTVMBuiltin
+
+
+def _size(buffer) -> int | None:
+    """Bytes of a buffer of constant shape, else None."""
+    n = buffer.dtype.bits * buffer.dtype.lanes // 8
+    for d in buffer.shape:
+        if not isinstance(d, tvm.tirx.IntImm):
+            return None
+        n *= int(d)
+    return n
+
+
+def _on_stack(stmt, budget: list[int]):
+    """``stmt`` with its eligible allocations annotated (``budget[0]``: bytes left); the same object
+    where nothing changed."""
+    def same(new, old):
+        return new is old or new.same_as(old)
+
+    if isinstance(stmt, S.SeqStmt):
+        seq = [_on_stack(s, budget) for s in stmt.seq]
+        return stmt if all(same(a, b) for a, b in zip(seq, stmt.seq)) else S.SeqStmt(seq, stmt.span)
+    if isinstance(stmt, S.For):
+        body = _on_stack(stmt.body, budget)
+        return stmt if same(body, stmt.body) else S.For(
+            stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding, stmt.annotations, stmt.step,
+            stmt.span)
+    if isinstance(stmt, S.AttrStmt):
+        body = _on_stack(stmt.body, budget)
+        return stmt if same(body, stmt.body) else S.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body, stmt.span)
+    if isinstance(stmt, S.While):
+        body = _on_stack(stmt.body, budget)
+        return stmt if same(body, stmt.body) else S.While(stmt.condition, body, stmt.span)
+    if isinstance(stmt, S.IfThenElse):
+        then = _on_stack(stmt.then_case, budget)
+        other = _on_stack(stmt.else_case, budget) if stmt.else_case is not None else None
+        if same(then, stmt.then_case) and (other is None or same(other, stmt.else_case)):
+            return stmt
+        return S.IfThenElse(stmt.condition, then, other, stmt.span)
+    if isinstance(stmt, S.AllocBuffer) and stmt.buffer.scope() in ("global", "local"):
+        size = _size(stmt.buffer)
+        if size is None or size < _STACK_MIN or size > budget[0] or _ON_STACK in (stmt.annotations or {}):
+            return stmt
+        budget[0] -= size
+        return S.AllocBuffer(stmt.buffer, {**dict(stmt.annotations or {}), _ON_STACK: tvm.tirx.IntImm("int32", 1)},
+                             stmt.span)
+    return stmt
+
+
+@tirx.transform.prim_func_pass(opt_level=0, name="mobilec.StackTiles")
+def StackTiles(func, _mod, _ctx):  # noqa: N802 - a pass, named like TVM's
+    body = _on_stack(func.body, [STACK_BUDGET])
+    return func if body.same_as(func.body) else func.with_body(body)
+
+
+def _pipeline(**kwargs):
+    lower, host_passes, device = compilation_pipeline.get_tir_pipeline("s_tir", **kwargs)
+
+    def host():  # TVM's host finalisation (LowerTVMBuiltin first) after ours
+        return tvm.ir.transform.Sequential([StackTiles, host_passes()])
+
+    return lower, host, device
+
+
+compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, _pipeline)

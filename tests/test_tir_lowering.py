@@ -1,0 +1,59 @@
+"""mobilec's TIR lowering: register tiles on the stack, not in TVM's workspace pool."""
+
+import numpy as np
+import pytest
+
+
+def _tiled_matmul(n: int, tile: int):
+    """C = A @ A + 1 with a per-task accumulator tile of ``tile`` rows (``tile * n * 4`` bytes)."""
+    import tvm
+    from tvm import te
+
+    a = te.placeholder((n, n), name="A")
+    k = te.reduce_axis((0, n), "k")
+    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * a[k, j], axis=k), name="C")
+    d = te.compute((n, n), lambda i, j: c[i, j] + 1.0, name="D")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, d]))
+    outer, _ = sch.split(sch.get_loops(sch.get_sblock("C"))[0], [None, tile])
+    sch.parallel(outer)
+    sch.reverse_compute_at(sch.get_sblock("D"), outer)  # C's tile allocated inside the parallel loop
+    return sch.mod
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("tile, pooled", [(16, False), (256, True)])
+def test_register_tiles_go_on_the_stack_up_to_the_budget(tile, pooled):
+    """A 4 KB tile (over TVM's 1 KB stack limit) is a stack slot with mobilec's lowering and a
+    workspace-pool pair per task with TVM's; a 64 KB one (over ``STACK_BUDGET``) stays pooled. The
+    values are the same either way."""
+    import tvm
+
+    from mobilec.compiler.targets import resolve
+    from mobilec.compiler.tir_lowering import STACK_BUDGET, TIR_PIPELINE
+
+    assert (tile * 64 * 4 > STACK_BUDGET) == pooled
+    target = resolve("x86_64-linux-gnu", "core-avx2", 2).tvm_target()
+    mod = _tiled_matmul(64 if tile < 64 else tile, tile)
+    theirs, ours = (tvm.compile(mod, target=target, tir_pipeline=p) for p in ("default", TIR_PIPELINE))
+    assert "TVMBackendAllocWorkspace" in theirs.mod.inspect_source("asm")
+    assert ("TVMBackendAllocWorkspace" in ours.mod.inspect_source("asm")) == pooled
+    n = 64 if tile < 64 else tile
+    x = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    y = tvm.runtime.tensor(np.zeros((n, n), np.float32))
+    ours(tvm.runtime.tensor(x), y)
+    np.testing.assert_allclose(y.numpy(), x @ x + 1, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("cpu", ["core-avx2", "cascadelake"])
+def test_a_model_build_calls_no_workspace_pool(cpu):
+    """A model's kernels keep their tiles off the pool: Large's 14x14 112 -> 672 expansion, whose
+    accumulator tile is 1.75 KB on AVX-512 (one pool pair per tile before: 4,360 per Large
+    inference). Assembly only: builds on any x86 host."""
+    from conftest import assembly
+    from graphs import conv, model
+
+    nodes, inits = conv("input", "output", 112, 672, k=1)
+    asm = assembly(model(nodes, inits, inputs=[("input", (1, 112, 14, 14))], output=("output", (1, 672, 14, 14))),
+                   "x86_64-linux-gnu", cpu)
+    assert "vfmadd" in asm and "TVMBackendAllocWorkspace" not in asm
