@@ -3,7 +3,9 @@
   Phase 1 canonicalize  quantised (QDQ) convolutions and matrix products made integer kernels;
                         exporters' leftovers removed: BN decomposed, constants folded; every
                         convolution converted to NHWC and the transposes this leaves (and those
-                        NHWC exporters leave) cancelled, so the network converts once at its input
+                        NHWC exporters leave) cancelled, so the network converts once at its input;
+                        on CPUs with wider vectors for some kernels (AVX-512), hidden channel counts
+                        padded to whole wide vectors where that is exact (pad_channels.py)
   Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid)
   Phase 3 lower         ops to TIR (bilinear resizes as two 1-D passes); what no rule claimed is
                         fused by TVM's generic FuseOps;
@@ -30,12 +32,13 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from mobilec.compiler.fusions import RULES, CancelTransposes
 from mobilec.errors import ConfigError
 from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
+from mobilec.compiler.pad_channels import PadChannels
 from mobilec.compiler.quantized import integer_kernels
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.resize import TransposeBeforeUpsample, legalize_resize2d
 from mobilec.compiler.tir_lowering import TIR_PIPELINE
 from mobilec.schedules.database import for_target
-from mobilec.schedules.defaults import apply_defaults, is_scheduled
+from mobilec.schedules.defaults import CpuParams, apply_defaults, is_scheduled
 
 PIPELINE_NAME = "mobilec"
 log = logging.getLogger("mobilec.compiler")
@@ -157,6 +160,8 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             relax.transform.EliminateCommonSubexpr(),  # one transpose of an input read twice
             TransposeBeforeUpsample(),  # LR-ASPP's NCHW output: transposed at 64x64, not 512x512
             relax.transform.FoldConstant(),
+            PadChannels(CpuParams.from_target(target).wide_lanes) if opts.layout == "NHWC"
+            else tvm.transform.Sequential([]),
             PackConvWeights() if opts.default_schedules else tvm.transform.Sequential([]),
             relax.transform.DeadCodeElimination(),
         ]),

@@ -1,0 +1,104 @@
+"""Hidden channel counts padded to whole AVX-512 vectors (compiler/pad_channels.py): which groups
+are padded, and the padded network's values."""
+
+import re
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from conftest import onnxruntime_outputs, seeded_input
+from graphs import assert_matches_onnxruntime, conv, hswish_nodes, model
+from mobilec.compiler.targets import CPUS, missing_flags
+
+
+def _chain(*parts):
+    nodes, inits = [], []
+    for n, i in parts:
+        nodes += n
+        inits += i
+    return nodes, inits
+
+
+def _block(hidden=72):
+    """An inverted residual with SE: 24 -> ``hidden`` (ReLU), depthwise 3x3 (h-swish), SE with a
+    hard-sigmoid gate, projection back to 24, the input added."""
+    n, i = _chain(
+        conv("input", "e", 24, hidden, k=1), ([helper.make_node("Relu", ["e"], ["er"])], []),
+        conv("er", "d", hidden, hidden, k=3, group=hidden, seed=1), hswish_nodes("d", "dh", "onnx"),
+        ([helper.make_node("GlobalAveragePool", ["dh"], ["pool"])], []),
+        conv("pool", "fc1", hidden, 24, k=1, seed=2), ([helper.make_node("Relu", ["fc1"], ["r"])], []),
+        conv("r", "fc2", 24, hidden, k=1, seed=3),
+        ([helper.make_node("HardSigmoid", ["fc2"], ["gate"], alpha=1 / 6, beta=0.5),
+          helper.make_node("Mul", ["dh", "gate"], ["g"])], []),
+        conv("g", "p", hidden, 24, k=1, seed=4), ([helper.make_node("Add", ["input", "p"], ["output"])], []))
+    return model(n, i, inputs=[("input", (1, 24, 14, 14))], output=("output", (1, 24, 14, 14)))
+
+
+def _leaking():
+    """72 channels added to the 72-channel input: the group reaches a tensor it cannot pad."""
+    n, i = _chain(conv("input", "e", 72, 72, k=1), ([helper.make_node("Relu", ["e"], ["er"]),
+                                                     helper.make_node("Add", ["input", "er"], ["output"])], []))
+    return model(n, i, inputs=[("input", (1, 72, 14, 14))], output=("output", (1, 72, 14, 14)))
+
+
+def _grouped():
+    """72 channels read by a convolution of 2 groups: padding its input would shift the groups."""
+    n, i = _chain(conv("input", "e", 24, 72, k=1), conv("e", "output", 72, 24, k=1, group=2, seed=1))
+    return model(n, i, inputs=[("input", (1, 24, 14, 14))], output=("output", (1, 24, 14, 14)))
+
+
+def _canonical(proto, cpu: str):
+    from mobilec.compiler.importer import import_onnx
+    from mobilec.compiler.pipeline import PipelineOptions, run_until
+    from mobilec.compiler.targets import resolve
+
+    target = resolve("x86_64-linux-gnu", cpu, 2).tvm_target()
+    return run_until(import_onnx(proto).mod, target, PipelineOptions(), "canonicalize")
+
+
+def _channels(mod) -> set[int]:
+    """The channel counts of the NHWC tensors the graph computes (the NCHW input left out)."""
+    bound = [line for line in mod["main"].script().splitlines() if "= R." in line and "permute_dims" not in line]
+    return {int(c) for line in bound for c in re.findall(r"R\.Tensor\(\(\d+, \d+, \d+, (\d+)\), dtype", line)}
+
+
+@pytest.mark.build
+def test_a_blocks_hidden_channels_are_padded_on_avx512_only():
+    """72 -> 80 through expansion, depthwise, SE (FC2's output joins through the gate) up to the
+    projection, which reads 80 channels; the block's own 24 channels (a residual) stay; AVX2, whose
+    vectors divide 72, gets the graph as it was."""
+    assert _channels(_canonical(_block(), "cascadelake")) == {24, 80}
+    assert _channels(_canonical(_block(), "core-avx2")) == {24, 72}
+    assert _channels(_canonical(_block(hidden=40), "cascadelake")) == {24, 40}  # 48 would add a fifth
+    assert _channels(_canonical(_leaking(), "cascadelake")) == {72}
+    assert _channels(_canonical(_grouped(), "cascadelake")) == {24, 72}
+
+
+@pytest.mark.build
+def test_padded_block_computes_the_same_values():
+    """The padded graph, built by TVM's own pipeline for any x86 CPU, equals onnxruntime on the
+    unpadded model."""
+    import tvm
+    from tvm import relax
+
+    proto = _block()
+    mod = _canonical(proto, "cascadelake")
+    assert 80 in _channels(mod)
+    ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
+    x = seeded_input((1, 24, 14, 14)) * 4
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    want = onnxruntime_outputs(proto.SerializeToString(), {"input": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+@pytest.mark.build
+def test_padded_block_on_the_avx512_preset(tmp_path):
+    """Through mobilec's whole build for the cascadelake preset; run where the CPU has AVX-512."""
+    if missing_flags(CPUS[("x86_64", "cascadelake")]):
+        from mobilec.compiler import CompileConfig, compile_model
+
+        res = compile_model(_block(), tmp_path / "m.so", CompileConfig(target="x86_64-linux-gnu", cpu="cascadelake"))
+        assert res.library.exists()
+        return  # built, not run: this CPU lacks the preset's instructions
+    assert_matches_onnxruntime(_block(), tmp_path, target="x86_64-linux-gnu", cpu="cascadelake")
