@@ -27,6 +27,15 @@ def model(nodes, inits, inputs=(("input", (1, C, HW, HW)),), output=("output", (
     return m
 
 
+def chain(*parts):
+    """(nodes, initializers) of several (nodes, initializers) parts, in order."""
+    nodes, inits = [], []
+    for n, i in parts:
+        nodes += n
+        inits += i
+    return nodes, inits
+
+
 def conv(x: str, out: str, cin: int = C, cout: int = C, k: int = 3, seed: int = 0, group: int = 1,
          stride: int = 1, bias: bool = True):
     """Conv ("same" padding, optional bias); returns (nodes, initializers)."""

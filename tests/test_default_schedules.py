@@ -9,16 +9,8 @@ import pytest
 from onnx import helper
 
 from conftest import assembly
-from graphs import assert_matches_onnxruntime, const, conv, hswish_nodes, model
+from graphs import assert_matches_onnxruntime, chain, const, conv, hswish_nodes, model
 from mobilec.compiler.targets import CPUS, missing_flags
-
-
-def chain(*parts):
-    nodes, inits = [], []
-    for n, i in parts:
-        nodes += n
-        inits += i
-    return nodes, inits
 
 
 # one graph per kernel kind: (name, expected default schedule kind, graph)

@@ -8,22 +8,14 @@ import pytest
 from onnx import helper
 
 from conftest import onnxruntime_outputs, seeded_input
-from graphs import assert_matches_onnxruntime, conv, hswish_nodes, model
+from graphs import assert_matches_onnxruntime, chain, conv, hswish_nodes, model
 from mobilec.compiler.targets import CPUS, missing_flags
-
-
-def _chain(*parts):
-    nodes, inits = [], []
-    for n, i in parts:
-        nodes += n
-        inits += i
-    return nodes, inits
 
 
 def _block(hidden=72):
     """An inverted residual with SE: 24 -> ``hidden`` (ReLU), depthwise 3x3 (h-swish), SE with a
     hard-sigmoid gate, projection back to 24, the input added."""
-    n, i = _chain(
+    n, i = chain(
         conv("input", "e", 24, hidden, k=1), ([helper.make_node("Relu", ["e"], ["er"])], []),
         conv("er", "d", hidden, hidden, k=3, group=hidden, seed=1), hswish_nodes("d", "dh", "onnx"),
         ([helper.make_node("GlobalAveragePool", ["dh"], ["pool"])], []),
@@ -37,14 +29,14 @@ def _block(hidden=72):
 
 def _leaking():
     """72 channels added to the 72-channel input: the group reaches a tensor it cannot pad."""
-    n, i = _chain(conv("input", "e", 72, 72, k=1), ([helper.make_node("Relu", ["e"], ["er"]),
+    n, i = chain(conv("input", "e", 72, 72, k=1), ([helper.make_node("Relu", ["e"], ["er"]),
                                                      helper.make_node("Add", ["input", "er"], ["output"])], []))
     return model(n, i, inputs=[("input", (1, 72, 14, 14))], output=("output", (1, 72, 14, 14)))
 
 
 def _grouped():
     """72 channels read by a convolution of 2 groups: padding its input would shift the groups."""
-    n, i = _chain(conv("input", "e", 24, 72, k=1), conv("e", "output", 72, 24, k=1, group=2, seed=1))
+    n, i = chain(conv("input", "e", 24, 72, k=1), conv("e", "output", 72, 24, k=1, group=2, seed=1))
     return model(n, i, inputs=[("input", (1, 24, 14, 14))], output=("output", (1, 24, 14, 14)))
 
 
