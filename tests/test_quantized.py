@@ -122,6 +122,24 @@ def test_avx512_vnni_pointwise(cin, cout, form, signed, tmp_path):
 
 
 @pytest.mark.build
+@pytest.mark.parametrize("cin, lanes", [(32, [0, 1, 2, 3]), (C, [0, 1]), (12, [])])
+def test_sdot_reads_the_input_by_element(cin, lanes, tmp_path):
+    """AArch64 int8 1x1 kernels load an input pixel's 4 (or 2) quads of channels once and read each
+    as a lane of sdot's by-element form, not one ld1r broadcast per quad (on Cortex-A76 ld1r also
+    takes a vector-pipe slot: llvm-mca 21 -> 32 multiply-adds a cycle); input channels that are no
+    multiple of 8 keep the quad form. Assembly only (values: test_emulator.py)."""
+    n, i = conv("input", "output", cin=cin, cout=8, k=1)
+    src = tmp_path / "m.onnx"
+    onnx.save(model(n, i, inputs=(("input", (1, cin, 6, 6)),), output=("output", (1, 8, 6, 6))), src)
+    qdq = tmp_path / "m-int8.onnx"
+    quantize_model(src, qdq, QuantizeConfig(random=4, held_out=1))
+    asm = assembly(str(qdq), "aarch64-linux-gnu", "cortex-a76")
+    by_element = {int(i) for i in re.findall(r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[(\d)\]", asm)}
+    assert sorted(by_element) == lanes, by_element
+    assert bool(re.search(r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.16b", asm)) == (not lanes)
+
+
+@pytest.mark.build
 def test_float_epilogues_join_the_integer_kernel(tmp_path):
     report = inspect_model(quantized(tmp_path, kernel("hswish"))).report
     assert report.matched == {"mobilec.conv2d_requantize_hswish": 1, "mobilec.conv2d_requantize": 1}, \

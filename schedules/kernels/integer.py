@@ -3,7 +3,8 @@
   vpmaddwd (x86 AVX2): 8 int32 lanes, each += two 16-bit products: 16 multiply-adds, twice an
              fp32 FMA of the same width; int16 operands (8-bit values minus their zero points)
   sdot     (AArch64 dot product: Cortex-A55/A75/A76 and later): 4 int32 lanes, each += four 8-bit
-             products: 16 multiply-adds, four times an fp32 FMA; int8 operands
+             products: 16 multiply-adds, four times an fp32 FMA; int8 operands; by element (one
+             load of 4 or 2 input quads, each read as a lane) where the input channels allow
   vpdpbusd (x86 AVX-512 VNNI: Cascade Lake, Ice Lake, Sapphire Rapids, Zen 4): 16 int32 lanes (8 in
              its 256-bit form, for channel counts that are multiples of 8 but not 16), each += four
              uint8 x int8 products: four times an fp32 FMA; uint8 inputs (int8 ones read as x + 128)
@@ -14,7 +15,7 @@ contiguous vector: [.., K, N] -> [N/lanes, .., K/group, lanes, group] (output ch
 vector's lanes, input channels in groups, the group innermost). The schedule is the fp32 pointwise
 one's: a register tile of pixels x vectors of output channels, the accumulators in registers across
 the whole reduction, the requantisation epilogue applied per tile; the innermost lanes x group is
-one tensor intrinsic (ours for vpmaddwd and vpdpbusd, TVM's own for sdot).
+one tensor intrinsic (ours for vpmaddwd, vpdpbusd and sdot by element, TVM's own for sdot's quad form).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class DotInstruction:
     intrinsic: str  # the registered TVM tensor intrinsic
     fused_add: bool  # accumulates in place (sdot, vpdpbusd); else a separate add, and a register for the product
     data: str = ""  # the input's type, when it is not the weights' (vpdpbusd: uint8)
+    steps: int = 1  # groups one intrinsic call takes by element from one input vector (sdot's lane form: 4)
+
+    @property
+    def depth(self) -> int:
+        """Input channels one intrinsic call reduces: the reduction must be a multiple of it."""
+        return self.group * self.steps
 
     @property
     def data_dtype(self) -> str:
@@ -67,6 +74,53 @@ def _desc(lanes: int, group: int, data: str, weight: str):
                         c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
     return desc
+
+
+def _lane_desc(lanes: int, group: int, steps: int, dtype: str):
+    """``steps`` groups of a by-element dot product: c[i] += sum over s, k of a[s * group + k] * b[s, i, k]
+    (the packed weights of ``steps`` consecutive groups are one contiguous block)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((steps * group,), dtype, offset_factor=1),
+             b: T.Buffer((steps, lanes, group), dtype, offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:steps * group], b[0:steps, 0:lanes, 0:group])
+            T.writes(c[0:lanes])
+            for s in T.serial(0, steps):
+                for i in T.serial(0, lanes):
+                    for k in T.serial(0, group):
+                        with T.sblock("update"):  # the kernel's two axes: channel, input channel
+                            vi = T.axis.spatial(lanes, i)
+                            vk = T.axis.reduce(steps * group, s * group + k)
+                            c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vk // group, vi, vk % group], "int32")
+
+    return desc
+
+
+def _sdot_lane_impl(steps: int):
+    """``steps`` sdot by element (2 or 4): one load of the input's ``steps`` quads, each read as a
+    lane (``sdot v.4s, v.16b, v.4b[s]``), where the quad form broadcasts each quad with its own
+    ld1r, a load that also takes a vector-pipe slot beside sdot on Cortex-A76."""
+    width = 4 * steps
+
+    def dots(c, b, whole):
+        for s in range(steps):
+            c = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c, b.vload([s, 0, 0], dtype="int8x16"),
+                T.reinterpret(T.Shuffle([whole] * (4 // steps), [s, s, s, s]), dtype="int8x16"), dtype="int32x4")
+        return c
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((width,), "int8", offset_factor=1), b: T.Buffer((steps, 4, 4), "int8", offset_factor=1),
+             c: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:4], a[0:width], b[0:steps, 0:4, 0:4])
+            T.writes(c[0:4])
+            whole = T.reinterpret(a.vload([0], f"int8x{width}"), dtype=f"int32x{steps}")
+            c[T.ramp(T.int32(0), 1, 4)] = dots(c.vload([0], dtype="int32x4"), b, whole)
+
+    return impl
 
 
 def _pmaddwd_impl():
@@ -120,7 +174,12 @@ def instructions(name: str) -> tuple[DotInstruction, ...]:
         elif name == "sdot":
             from tvm.s_tir.tensor_intrin import arm_cpu  # registers TVM's dot_4x4_i8i8s32_sdot
 
-            _REGISTERED[name] = (DotInstruction(4, 4, "int8", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, fused_add=True),)
+            forms = []
+            for steps in (4, 2):
+                TensorIntrin.register(f"mobilec.sdot_lane_4x{4 * steps}", _lane_desc(4, 4, steps, "int8"),
+                                      _sdot_lane_impl(steps), override=True)
+                forms.append(DotInstruction(4, 4, "int8", f"mobilec.sdot_lane_4x{4 * steps}", fused_add=True, steps=steps))
+            _REGISTERED[name] = (*forms, DotInstruction(4, 4, "int8", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, fused_add=True))
         elif name == "vpdpbusd":
             forms = []
             for lanes in (16, 8):
@@ -135,9 +194,9 @@ def instructions(name: str) -> tuple[DotInstruction, ...]:
 
 
 def instruction(name: str, k: int, n: int) -> Optional[DotInstruction]:
-    """The widest form of ``name`` that a reduction over ``k`` input channels into ``n`` output
-    channels fits (k a multiple of its group, n of its lanes), or None."""
-    return next((d for d in instructions(name) if k % d.group == 0 and n % d.lanes == 0), None) if name else None
+    """The first (widest, then by element) form of ``name`` that a reduction over ``k`` input
+    channels into ``n`` output channels fits (k a multiple of its depth, n of its lanes), or None."""
+    return next((d for d in instructions(name) if k % d.depth == 0 and n % d.lanes == 0), None) if name else None
 
 
 def grouped_layout(ndim: int, lanes: int, group: int) -> tvm.tirx.IndexMap:
@@ -167,7 +226,8 @@ def packed_for(sch: Schedule, block, cpu) -> Optional[DotInstruction]:
         return None
     weight = sch.get(block).reads[1].source
     return next((d for d in instructions(cpu.int_dot) if str(weight.dtype) == d.dtype
-                 and [int(x) for x in weight.shape[-2:]] == [d.lanes, d.group]), None)
+                 and [int(x) for x in weight.shape[-2:]] == [d.lanes, d.group] and int(weight.shape[-3]) % d.steps == 0),
+                None)
 
 
 def _tiles(y: int, x: int, vectors: int, registers: int, dot: DotInstruction) -> tuple[int, int, int]:
@@ -198,7 +258,7 @@ def schedule_dot(sch: Schedule, block, epilogue, cpu) -> str:
         pixels *= int(sch.get(l).extent)
     rows, cols, vectors = _tiles(y, x, f // dot.lanes, cpu.registers, dot)
     fo, fi = sch.split(channel, [None, dot.lanes])
-    ko, ki = sch.split(reduce[-1], [None, dot.group])
+    ko, ks, ki = sch.split(reduce[-1], [None, dot.steps, dot.group])
     yo, yi = split(sch, row, rows, 16) if row is not None else (None, None)
     po, pi = split(sch, pixel, cols, 16)
     vo, vi = split(sch, fo, vectors, 4)
@@ -206,7 +266,7 @@ def schedule_dot(sch: Schedule, block, epilogue, cpu) -> str:
     tiles = [yo, po] if row is not None else [po]
     outer = spatial[:-3 if row is not None else -2] + ([vo, *tiles] if f >= pixels else [*tiles, vo])
     register_tile = ([yi] if row is not None else []) + [pi, vi]
-    sch.reorder(*outer, *reduce[:-1], ko, *register_tile, fi, ki)
+    sch.reorder(*outer, *reduce[:-1], ko, *register_tile, ks, fi, ki)
     par = sch.fuse(*outer)
     sch.parallel(par)
     if epilogue is not None:
@@ -216,7 +276,7 @@ def schedule_dot(sch: Schedule, block, epilogue, cpu) -> str:
             _, lanes = sch.split(inner, [None, dot.lanes])
             sch.vectorize(lanes)
     init = sch.decompose_reduction(block, reduce[0] if len(reduce) > 1 else ko)
-    sch.tensorize(fi, dot.intrinsic)
+    sch.tensorize(ks if dot.steps > 1 else fi, dot.intrinsic)
     for loop in register_tile:
         if int(sch.get(loop).extent) > 1:
             sch.unroll(loop)
