@@ -73,6 +73,11 @@ class _Graph:
     def __init__(self, func: relax.Function):
         self.value: dict = {}  # var -> the call bound to it
         self.users: dict = {}  # var -> [var whose call reads it, or None: read by something else]
+
+        def read_elsewhere(expr):
+            if isinstance(expr, relax.Var):
+                self.users.setdefault(expr, []).append(None)
+
         for block in func.body.blocks:
             for b in block.bindings:
                 if not isinstance(b, relax.VarBinding):
@@ -83,10 +88,8 @@ class _Graph:
                     if isinstance(arg, relax.Var):
                         self.users.setdefault(arg, []).append(b.var if _name(b.value) else None)
                 if not isinstance(b.value, relax.Call):  # tuples, aliases: read, never padded
-                    relax.analysis.post_order_visit(
-                        b.value, lambda e: self.users.setdefault(e, []).append(None) if isinstance(e, relax.Var) else None)
-        relax.analysis.post_order_visit(
-            func.body.body, lambda e: self.users.setdefault(e, []).append(None) if isinstance(e, relax.Var) else None)
+                    relax.analysis.post_order_visit(b.value, read_elsewhere)
+        relax.analysis.post_order_visit(func.body.body, read_elsewhere)
 
     def group(self, seed, channels: int) -> Optional[set]:
         """The group's vars grown from ``seed``, or None where a member or a reader outside it
@@ -136,10 +139,10 @@ class _Graph:
         return members
 
 
-def _pad(arr: np.ndarray, axis: int, to: int, value: float = 0.0) -> relax.Constant:
+def _pad(arr: np.ndarray, axis: int, to: int, value: float = 0.0) -> np.ndarray:
     widths = [(0, 0)] * arr.ndim
     widths[axis] = (0, to - arr.shape[axis])
-    return relax.const(np.pad(arr, widths, constant_values=value), str(arr.dtype))
+    return np.pad(arr, widths, constant_values=value)
 
 
 @relax.expr_functor.mutator
@@ -158,18 +161,19 @@ class _Padder(relax.PyExprMutator):
             a, w, groups = call.attrs, const_array(call.args[1]), int(call.attrs.groups)
             reads = _shape(args[0])
             if to and _depthwise(call):
-                w, groups = const_array(_pad(w, 3, to)), to
+                w, groups = _pad(w, 3, to), to
             elif groups == 1 and reads and w.shape[2] < reads[3]:  # reads a padded group
-                w = const_array(_pad(w, 2, reads[3]))
+                w = _pad(w, 2, reads[3])
             if to and groups == 1:
-                w = const_array(_pad(w, 3, to))
+                w = _pad(w, 3, to)
             return relax.op.nn.conv2d(args[0], relax.const(w, str(w.dtype)), a.strides, a.padding, a.dilation, groups,
                                       a.data_layout, a.kernel_layout, a.out_layout, a.out_dtype)
         if to:
             for i, arg in enumerate(args):
                 if isinstance(arg, Constant) and _shape(arg) and _shape(arg)[-1] > 1:
                     arr = const_array(arg)
-                    args[i] = _pad(arr, arr.ndim - 1, to, 1.0 if _name(call) == "relax.divide" and i == 1 else 0.0)
+                    padded = _pad(arr, arr.ndim - 1, to, 1.0 if _name(call) == "relax.divide" and i == 1 else 0.0)
+                    args[i] = relax.const(padded, str(padded.dtype))
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 

@@ -33,11 +33,11 @@ def test_register_tiles_go_on_the_stack_up_to_the_budget(tile, pooled):
 
     assert (tile * 64 * 4 > STACK_BUDGET) == pooled
     target = resolve("x86_64-linux-gnu", "core-avx2", 2).tvm_target()
-    mod = _tiled_matmul(64 if tile < 64 else tile, tile)
+    n = max(64, tile)
+    mod = _tiled_matmul(n, tile)
     theirs, ours = (tvm.compile(mod, target=target, tir_pipeline=p) for p in ("default", TIR_PIPELINE))
     assert "TVMBackendAllocWorkspace" in theirs.mod.inspect_source("asm")
     assert ("TVMBackendAllocWorkspace" in ours.mod.inspect_source("asm")) == pooled
-    n = 64 if tile < 64 else tile
     x = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     y = tvm.runtime.tensor(np.zeros((n, n), np.float32))
     ours(tvm.runtime.tensor(x), y)
