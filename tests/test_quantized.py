@@ -7,6 +7,7 @@ import re
 import numpy as np
 import onnx
 import pytest
+import tvm
 from onnx import helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -37,6 +38,11 @@ def kernel(kind: str) -> onnx.ModelProto:
         a, ai = conv("input", "a", k=1)
         n, i = conv("a", "c", k=1, seed=1)
         return model(a + n + [helper.make_node("Add", ["a", "c"], ["output"])], ai + i)
+    if kind == "expand_depthwise":  # an expansion whose only reader is a depthwise: it hands over float32
+        a, ai = conv("input", "a", k=1)
+        n, i = conv("r", "c", k=3, group=C, seed=1)
+        relu = [helper.make_node("Relu", [x], [y]) for x, y in (("a", "r"), ("c", "output"))]
+        return model(a + relu[:1] + n + relu[1:], ai + i)
     if kind == "hswish":  # followed by a convolution, which quantises the h-swish output
         n, i = conv("input", "c", k=1)
         h, hi = hswish_nodes("c", "h", "onnx")
@@ -50,7 +56,7 @@ def kernel(kind: str) -> onnx.ModelProto:
 
 
 KINDS = ["pointwise", "full3x3", "depthwise3x3", "depthwise3x3s2", "depthwise5x5", "stem", "classifier",
-         "residual", "hswish", "wide"]
+         "residual", "hswish", "wide", "expand_depthwise"]
 
 
 def quantized(tmp_path, proto: onnx.ModelProto, name: str = "m") -> str:
@@ -83,7 +89,10 @@ def test_every_kernel_kind_matches_the_qdq_reference(kind, tmp_path):
     # VNNI's byte quads); kxk: exact float32 FMAs
     dot = {"vpmaddwd": "int16 pairs (vpmaddwd)", "vpdpbusd": "uint8 x int8 dot (vpdpbusd)"}[preset_of(resolve("host").target).int_dot]
     how = dot if kind in ("pointwise", "residual", "hswish", "wide") else "exact in float32"  # 10 classes: not 8k
-    assert res.report.int8 == {f"{op} ({how})": 2 if kind in ("hswish", "residual") else 1}
+    want = {f"{op} ({how})": 2 if kind in ("hswish", "residual") else 1}
+    if kind == "expand_depthwise":
+        want = {f"{op} ({dot})": 1, f"{op} (exact in float32)": 1}
+    assert res.report.int8 == want
     assert "unscheduled" not in res.manifest.default_schedules, res.manifest.default_schedules
     assert_within_one_step(res.library, qdq)
 
@@ -97,6 +106,25 @@ def test_without_the_pair_instruction(kind, how, tmp_path):
     res = compile_model(qdq, tmp_path / "k.so", CompileConfig(target="x86_64-linux-gnu", cpu="x86-64"))
     assert res.report.int8 == {f"conv2d ({how})": 1}
     assert_within_one_step(res.library, qdq)
+
+
+@pytest.mark.build
+def test_a_depthwise_reads_its_producers_float_values(tmp_path):
+    """A float-exact depthwise whose input only it reads gets that input as float32 integers from
+    the producing kernel's epilogue, not as 8 bits it converts at each of its 9 taps."""
+    from mobilec.compiler.importer import import_onnx
+    from mobilec.compiler.pipeline import PipelineOptions, run_until
+
+    qdq = quantized(tmp_path, kernel("expand_depthwise"))
+    fused = run_until(import_onnx(qdq).mod, resolve("host").tvm_target(), PipelineOptions(), "fuse")
+    inputs = {}
+    for gv, f in fused.functions.items():
+        if isinstance(f, tvm.relax.Function) and "Composite" in (f.attrs or {}):
+            convs = []
+            tvm.relax.analysis.post_order_visit(f.body, lambda e: convs.append(e) if isinstance(e, tvm.relax.Call)
+                                                and getattr(e.op, "name", "") == "relax.nn.conv2d" else None)
+            inputs[int(convs[0].attrs.groups)] = str(f.params[0].ty.dtype)
+    assert inputs == {1: "uint8", C: "float32"}, inputs  # the expansion still reads the model's 8 bits
 
 
 @pytest.mark.build

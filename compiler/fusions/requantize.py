@@ -4,6 +4,8 @@ computes in float right after it, one kernel.
   conv2d(x, W) [+ b]                                               the accumulation (int32, or
                                                                    float32 where that is exact)
   astype(clip(round([astype] acc * m) + z, lo, hi), int8|uint8)    -> mobilec.conv2d_requantize
+    (or the clamped float32 itself, less the reader's zero point or not, where a float-exact
+    kernel is its only reader: compiler/quantized.py)
   ... then [quantize](h-swish(dequantize(.)))                      -> mobilec.conv2d_requantize_hswish
   ... then quantize(dequantize(.) + dequantize(shortcut))          -> mobilec.conv2d_requantize_residual
   the same with matmul(x, W)                                       -> mobilec.dense_requantize[_...]
@@ -35,10 +37,25 @@ def _q(x: DFPattern) -> DFPattern:
     return op("quantize", x, is_const(), is_const())
 
 
+def _clamped(scaled: DFPattern) -> DFPattern:
+    return op("clip", op("add", op("round", scaled), is_const()), wildcard(), wildcard())
+
+
+def _stored(clamped: DFPattern, eight_bit: DFPattern) -> list[DFPattern]:
+    """The ways a requantised value leaves the kernel: as 8 bits, or as the same integers in float32
+    (minus the reader's zero point or not) for a float kernel that reads it (compiler/quantized.py)."""
+    return [eight_bit, op("subtract", clamped, is_const()), clamped]
+
+
+def _quantized(x: DFPattern) -> list[DFPattern]:
+    """QuantizeLinear of x, or its formula in float32: clip(round(x / scale) + zero point)."""
+    return _stored(_clamped(op("divide", x, is_const())), _q(x))
+
+
 def requantized(core: DFPattern) -> DFPattern:
+    """The requantised accumulation, clamped to the output range (not yet cast to 8 bits)."""
     acc = core | op("add", core, is_const())
-    scaled = op("multiply", op("astype", acc) | acc, is_const())
-    return op("astype", op("clip", op("add", op("round", scaled), is_const()), wildcard(), wildcard()))
+    return _clamped(op("multiply", op("astype", acc) | acc, is_const()))
 
 
 def _integer_check(ctx) -> Optional[str]:
@@ -60,7 +77,8 @@ def _padded_check(ctx) -> Optional[str]:
 def _rules(kind: str, producer: Callable[[DFPattern], DFPattern], cast_input: bool = False) -> list[Rule]:
     x = wildcard()
     core = producer(op("subtract", op("astype", x), is_const()) | op("astype", x) if cast_input else x)
-    r = requantized(core)
+    clamped = requantized(core)
+    r = op("astype", clamped)
     dq = _dq(r)
     act = hswish.pattern(dq)
     shortcut = _dq(wildcard())
@@ -68,16 +86,17 @@ def _rules(kind: str, producer: Callable[[DFPattern], DFPattern], cast_input: bo
     check = _padded_check if cast_input else _integer_check
     # Both operands of a residual add may be ours; the matcher takes the left one first, and the
     # mirrored rule catches the case where the left one's output is also read elsewhere.
-    residuals = [Rule(f"mobilec.{kind}_requantize_residual", _q(add), named, check, not cast_input)
-                 for add in (op("add", dq, shortcut), op("add", shortcut, dq))]
+    residuals = [Rule(f"mobilec.{kind}_requantize_residual", out, named, check, not cast_input)
+                 for add in (op("add", dq, shortcut), op("add", shortcut, dq)) for out in _quantized(add)]
     def hswish_check(ctx):
         return check(ctx) or hswish.check_chain(ctx, ctx.annotated_expr["act"], ctx.annotated_expr["dq"])
 
     # h-swish requantised for the next convolution, or left float for a squeeze-and-excite block
-    return [Rule(f"mobilec.{kind}_requantize_hswish", _q(act), named | {"act": act}, hswish_check, not cast_input),
-            Rule(f"mobilec.{kind}_requantize_hswish", act, named | {"act": act}, hswish_check, not cast_input),
+    return [*(Rule(f"mobilec.{kind}_requantize_hswish", out, named | {"act": act}, hswish_check, not cast_input)
+              for out in _quantized(act) + [act]),
             *residuals,
-            Rule(f"mobilec.{kind}_requantize", r, {"core": core}, check, not cast_input)]
+            *(Rule(f"mobilec.{kind}_requantize", out, {"core": core}, check, not cast_input)
+              for out in _stored(clamped, r))]
 
 
 def _conv(x: DFPattern) -> DFPattern:
