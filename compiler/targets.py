@@ -102,6 +102,8 @@ CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
               vector_bits=256, vector_registers=16, int_dot="vpmaddwd"),
     CpuPreset("znver3", "x86_64", "znver3", (), usable_cores(), needs=("avx2", "fma"),
               vector_bits=256, vector_registers=16, int_dot="vpmaddwd"),
+    CpuPreset("avx2-vnni", "x86_64", "core-avx2", ("+avxvnni",), usable_cores(),  # AVX-VNNI, no AVX-512
+              needs=("avx2", "fma", "avx_vnni"), vector_bits=256, vector_registers=16, int_dot="avx-vnni"),
     CpuPreset("skylake-avx512", "x86_64", "skylake-avx512", (), usable_cores(),
               needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"),
               vector_bits=256, wide_bits=512, vector_registers=32, int_dot="vpmaddwd"),
@@ -112,14 +114,17 @@ CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
 
 
 def preset_of(target) -> Optional[CpuPreset]:
-    """The CPU preset a TVM target (or its dict) was made from: its triple's arch and its mcpu
-    (the triple's default CPU when mcpu names no preset); None for a triple mobilec does not know."""
+    """The CPU preset a TVM target (or its dict) was made from: its triple's arch, its mcpu and the
+    most of its mattr (avx2-vnni is core-avx2 plus +avxvnni); the triple's default CPU when no preset
+    has that mcpu; None for a triple mobilec does not know."""
     attrs = target if isinstance(target, dict) else target.attrs
     mtriple, mcpu = str(attrs.get("mtriple", "")), str(attrs.get("mcpu", ""))
+    mattr = {str(a) for a in attrs.get("mattr", ())}
     triple = next((p for p in TRIPLES.values() if p.mtriple == mtriple), None)
     if triple is None:
         return None
-    return CPUS.get((triple.arch, mcpu)) or CPUS[(triple.arch, triple.default_cpu)]
+    fits = [c for c in CPUS.values() if c.arch == triple.arch and c.mcpu == mcpu and set(c.mattr) <= mattr]
+    return max(fits, key=lambda c: len(c.mattr), default=CPUS[(triple.arch, triple.default_cpu)])
 
 
 def host_triple() -> str:
@@ -131,7 +136,7 @@ def host_triple() -> str:
 # `--target host` picks by what /proc/cpuinfo says the machine (with its OS or hypervisor) offers:
 # an x86 CPU without AVX2 must not get AVX2 code, one with AVX-512 should get it. Only generic ISA
 # levels are candidates, so a shipped database (named by preset) applies to every CPU of a level.
-HOST_X86 = ("x86-64", "core-avx2", "skylake-avx512", "cascadelake")
+HOST_X86 = ("x86-64", "core-avx2", "avx2-vnni", "skylake-avx512", "cascadelake")
 
 
 def host_cpu(arch: str, cpuinfo: str | Path = "/proc/cpuinfo") -> Optional[str]:

@@ -87,7 +87,8 @@ def test_every_kernel_kind_matches_the_qdq_reference(kind, tmp_path):
     op = "matmul" if kind == "classifier" else "conv2d"
     # 1x1 convolutions and matrix products: the host's dot instruction (AVX2's 16-bit pairs, AVX-512
     # VNNI's byte quads); kxk: exact float32 FMAs
-    dot = {"vpmaddwd": "int16 pairs (vpmaddwd)", "vpdpbusd": "uint8 x int8 dot (vpdpbusd)"}[preset_of(resolve("host").target).int_dot]
+    dot = {"vpmaddwd": "int16 pairs (vpmaddwd)", "vpdpbusd": "uint8 x int8 dot (vpdpbusd)",
+           "avx-vnni": "uint8 x int8 dot (avx-vnni)"}[preset_of(resolve("host").target).int_dot]
     how = dot if kind in ("pointwise", "residual", "hswish", "wide") else "exact in float32"  # 10 classes: not 8k
     want = {f"{op} ({how})": 2 if kind in ("hswish", "residual") else 1}
     if kind == "expand_depthwise":
@@ -145,6 +146,24 @@ def test_avx512_vnni_pointwise(cin, cout, form, signed, tmp_path):
     asm = assembly(str(qdq), "x86_64-linux-gnu", "cascadelake")
     assert re.search(rf"vpdpbusd\s[^\n]*%{form}", asm) and "vpmaddwd" not in asm
     if missing_flags(CPUS[("x86_64", "cascadelake")]):
+        return  # this CPU cannot run the code; the assembly above is what can be checked here
+    assert_within_one_step(res.library, str(qdq))
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("cin, cout", [(C, C), (64, 32)])
+def test_avx_vnni_pointwise(cin, cout, tmp_path):
+    """AVX-VNNI (no AVX-512): vpdpbusd's 256-bit form, VEX-encoded, for every channel count a
+    multiple of 8. Built for the avx2-vnni preset on any x86 host; run where this CPU has AVX-VNNI."""
+    n, i = conv("input", "output", cin=cin, cout=cout, k=1)
+    src, qdq = tmp_path / "m.onnx", tmp_path / "m-int8.onnx"
+    onnx.save(model(n, i, inputs=(("input", (1, cin, 6, 6)),), output=("output", (1, cout, 6, 6))), src)
+    quantize_model(src, qdq, QuantizeConfig(random=4, held_out=1))
+    res = compile_model(str(qdq), tmp_path / "k.so", CompileConfig(target="x86_64-linux-gnu", cpu="avx2-vnni"))
+    assert res.report.int8 == {"conv2d (uint8 x int8 dot (avx-vnni))": 1}
+    asm = assembly(str(qdq), "x86_64-linux-gnu", "avx2-vnni")
+    assert re.search(r"vpdpbusd\s[^\n]*%ymm", asm) and "%zmm" not in asm and "vpmaddwd" not in asm
+    if missing_flags(CPUS[("x86_64", "avx2-vnni")]):
         return  # this CPU cannot run the code; the assembly above is what can be checked here
     assert_within_one_step(res.library, str(qdq))
 

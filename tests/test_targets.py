@@ -23,12 +23,24 @@ def cpuinfo(tmp_path, text: str):
     (X86_BASE + " sse4_2 avx avx2 fma bmi2", "core-avx2"),
     (X86_BASE + " sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512dq avx512cd", "skylake-avx512"),
     (X86_BASE + " sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512dq avx512cd avx512_vnni", "cascadelake"),
-    (X86_BASE + " sse4_2 avx avx2 fma avx_vnni", "core-avx2"),          # AVX-VNNI without AVX-512: AVX2's kernels
+    (X86_BASE + " sse4_2 avx avx2 fma avx_vnni", "avx2-vnni"),          # AVX-VNNI without AVX-512: its int8 dot
+    (X86_BASE + " sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512dq avx512cd avx512_vnni avx_vnni",
+     "cascadelake"),                                                   # both VNNIs (Sapphire Rapids)
     (X86_BASE + " sse4_2 avx avx2 fma avx512f", "core-avx2"),           # partial AVX-512: not enough
 ])
 def test_x86_host_maps_to_the_highest_isa_level_it_has(tmp_path, flags, preset):
     info = cpuinfo(tmp_path, f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert host_cpu("x86_64", info) == preset
+
+
+@pytest.mark.parametrize("arch, name", sorted(CPUS))
+def test_a_target_names_the_preset_it_was_made_from(arch, name):
+    """``preset_of`` reads a target back to its preset, also where two presets share an LLVM CPU
+    and differ by features (avx2-vnni: core-avx2 plus +avxvnni)."""
+    from mobilec.compiler.targets import TRIPLES, preset_of
+
+    triple = next(t for t, p in TRIPLES.items() if p.arch == arch)
+    assert preset_of(resolve(triple, name).target) is CPUS[(arch, name)]
 
 
 def test_arm_host_maps_to_its_big_core(tmp_path):

@@ -8,6 +8,8 @@
   vpdpbusd (x86 AVX-512 VNNI: Cascade Lake, Ice Lake, Sapphire Rapids, Zen 4): 16 int32 lanes (8 in
              its 256-bit form, for channel counts that are multiples of 8 but not 16), each += four
              uint8 x int8 products: four times an fp32 FMA; uint8 inputs (int8 ones read as x + 128)
+  avx-vnni (x86 AVX-VNNI without AVX-512: Alder Lake and later client cores, Zen 5): vpdpbusd's
+             256-bit form, VEX-encoded (LLVM picks the encoding from the CPU's features)
 
 The kernels are the 1x1 convolutions and matrix products of a quantised model
 (``compiler/quantized.py``). The weights are packed at compile time so each step reads one
@@ -180,9 +182,9 @@ def instructions(name: str) -> tuple[DotInstruction, ...]:
                                       _sdot_lane_impl(steps), override=True)
                 forms.append(DotInstruction(4, 4, "int8", f"mobilec.sdot_lane_4x{4 * steps}", fused_add=True, steps=steps))
             _REGISTERED[name] = (*forms, DotInstruction(4, 4, "int8", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, fused_add=True))
-        elif name == "vpdpbusd":
+        elif name in ("vpdpbusd", "avx-vnni"):  # AVX-VNNI: the same instruction, 256 bits only
             forms = []
-            for lanes in (16, 8):
+            for lanes in (16, 8) if name == "vpdpbusd" else (8,):
                 TensorIntrin.register(f"mobilec.vpdpbusd_{lanes}x4", _desc(lanes, 4, "uint8", "int8"), _vpdpbusd_impl(lanes),
                                       override=True)
                 forms.append(DotInstruction(lanes, 4, "int8", f"mobilec.vpdpbusd_{lanes}x4", fused_add=True,
