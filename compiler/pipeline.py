@@ -7,7 +7,9 @@
                         on CPUs with wider vectors for some kernels (AVX-512), hidden channel counts
                         padded to whole wide vectors where that is exact (pad_channels.py)
   Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid)
-  Phase 3 lower         ops to TIR (bilinear resizes as two 1-D passes); what no rule claimed is
+  Phase 3 lower         ops to TIR (bilinear resizes as two 1-D passes; QuantizeLinear and division
+                        by one value as multiply-adds rounded exactly as the division:
+                        exact_division.py); what no rule claimed is
                         fused by TVM's generic FuseOps;
                         float weights marked layout-free, integer ones packed (folded)
   Phase 4 schedule      kernels from the tuning database where it has them, mobilec's default
@@ -29,6 +31,7 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+from mobilec.compiler.exact_division import LEGALIZE as EXACT_DIVISION
 from mobilec.compiler.fusions import RULES, CancelTransposes
 from mobilec.errors import ConfigError
 from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
@@ -167,7 +170,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
         ]),
         ("fuse", [fusion if opts.fuse else tvm.transform.Sequential([]), _count(opts.report)]),
         ("lower", cpu_generic.library_dispatch_passes(target) + [
-            relax.transform.LegalizeOps({"relax.image.resize2d": legalize_resize2d}),  # the rest: TVM's
+            relax.transform.LegalizeOps({"relax.image.resize2d": legalize_resize2d, **EXACT_DIVISION}),  # the rest: TVM's
         ] + cpu_generic.legalize_passes(target) + [
             pack_kernel_weights(target) if opts.default_schedules else tvm.transform.Sequential([]),
         ]),
