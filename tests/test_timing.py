@@ -31,10 +31,26 @@ def test_engines_alternate_in_blocks_after_the_warmup(monkeypatch):
     out = present.interleaved(engines, warmup=2, rounds=4, block=3)
     warm, timed = clock.log[:4], clock.log[4:]
     assert sorted(warm) == ["a", "a", "b", "b"]
-    assert timed == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    blocks = [timed[i:i + 3] for i in range(0, len(timed), 3)]
+    assert all(len(set(b)) == 1 for b in blocks)  # blocks of 3 calls of one engine
+    assert all(sorted(b[0] for b in blocks[i:i + 2]) == ["a", "b"] for i in range(0, 8, 2))  # each once a round
     assert out["a"] == {"median_ms": approx(2.0), "min_ms": approx(2.0), "max_ms": approx(2.0), "rounds": 4,
                         "block": 3, "calls": 12}
     assert out["b"]["median_ms"] == approx(3.0)
+
+
+@pytest.mark.structure
+def test_no_engine_always_runs_after_the_same_one(monkeypatch):
+    """With three or more engines the order changes each round, so each engine follows every other
+    one (a rotation kept the cyclic order: one engine always paid for the same neighbour's pool)."""
+    clock = Clock()
+    monkeypatch.setattr(present.time, "perf_counter", clock)
+    names = ["mobilec fp32", "mobilec int8", "onnxruntime fp32", "onnxruntime int8"]
+    present.interleaved({n: clock.engine(n, 1.0) for n in names}, warmup=0, rounds=20, block=2)
+    starts = clock.log[::2]
+    after = {(a, b) for a, b in zip(starts, starts[1:]) if a != b}
+    assert after == {(a, b) for a in names for b in names if a != b}
+    assert all(sorted(starts[i:i + 4]) == sorted(names) for i in range(0, 80, 4))  # each engine once a round
 
 
 @pytest.mark.structure
