@@ -115,20 +115,25 @@ def interleaved(engines: dict[str, Callable[[], object]], warmup: int = 5, round
     return alternating({name: timed(fn) for name, fn in engines.items()}, rounds)
 
 
+SETTLE_S = 0.02  # idle between blocks: longer than TVM's, onnxruntime's and OpenMP's spin-waits
+
+
 def alternating(blocks: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, dict]:
     """The alternation ``interleaved`` times with: ``rounds`` rounds, each engine's ``blocks[name]()``
     once per round (returning its calls' times, ms), in a new order each round (a seeded shuffle:
     the same every run). Also for engines timed elsewhere (a device's own timer: one median per
     block).
 
-    Not a rotation: rotating keeps the cyclic order, so with three or more engines each one always
-    ran right after the same other engine and paid for that engine's spinning pool in every round
-    (measured: mobilec fp32 timed after onnxruntime's int8 read 4.3-4.5 ms where it runs 2.9)."""
+    Each block starts after ``SETTLE_S`` idle, and the order is not a rotation: a rotation keeps
+    the cyclic order, so with three or more engines each one always ran right after the same other
+    engine and paid for that engine's spinning pool in every round (measured: mobilec fp32 timed
+    after onnxruntime's int8 read 4.3-4.5 ms where it runs 2.9)."""
     names = list(blocks)
     medians: dict[str, list[float]] = {n: [] for n in names}
     calls: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         for name in random.Random(r).sample(names, len(names)):
+            time.sleep(SETTLE_S)  # the last engine's pool stops spinning before this one is timed
             ms = blocks[name]()
             medians[name].append(float(np.median(ms)))
             calls[name] += ms

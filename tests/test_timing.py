@@ -43,10 +43,12 @@ def test_engines_alternate_in_blocks_after_the_warmup(monkeypatch):
 def test_no_engine_always_runs_after_the_same_one(monkeypatch):
     """With three or more engines the order changes each round, so each engine follows every other
     one (a rotation kept the cyclic order: one engine always paid for the same neighbour's pool)."""
-    clock = Clock()
+    clock, idle = Clock(), []
     monkeypatch.setattr(present.time, "perf_counter", clock)
+    monkeypatch.setattr(present.time, "sleep", idle.append)
     names = ["mobilec fp32", "mobilec int8", "onnxruntime fp32", "onnxruntime int8"]
     present.interleaved({n: clock.engine(n, 1.0) for n in names}, warmup=0, rounds=20, block=2)
+    assert idle == [present.SETTLE_S] * 80  # each block after the last engine's pool went quiet
     starts = clock.log[::2]
     after = {(a, b) for a, b in zip(starts, starts[1:]) if a != b}
     assert after == {(a, b) for a in names for b in names if a != b}
