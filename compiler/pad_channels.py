@@ -15,6 +15,13 @@ channels. Padded channels hold finite values and are multiplied by zero weights:
 outputs are unchanged bit for bit up to summation order. Any other consumer (a residual add with an
 unpadded tensor, a reshape, the output) leaves the group as it is. Padding is applied where it adds
 at most an eighth (72 -> 80), so the 2x wider vectors win.
+
+An int8 model's groups pad the same way (compiler/quantized.py runs first): its int32
+accumulators, 8-bit tensors, requantisation and per-tensor (de)quantisations are channel-wise,
+a padded channel holds the zero point (zero weights, bias and multiplier) and zero weight rows
+drop it; the 80-channel kernels take AVX-512 VNNI's 512-bit vpdpbusd. Measured, Large int8: the
+kernels' sum 5-6% less in both orders of two runs, the whole model 2.99 -> 2.86 ms in one
+interleaved run and unchanged in another; outputs identical.
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from mobilec.compiler.fusions.base import const_array
 
 MAX_WASTE = 1 / 8  # padded channels / channels, at most
 _CHANNELWISE = {"relax.nn.relu", "relax.clip", "relax.add", "relax.subtract", "relax.multiply", "relax.divide",
-                "relax.maximum", "relax.minimum", "relax.sigmoid", "relax.tanh", "relax.nn.silu"}
+                "relax.maximum", "relax.minimum", "relax.sigmoid", "relax.tanh", "relax.nn.silu",
+                "relax.astype", "relax.round", "relax.quantize", "relax.dequantize"}  # and an int8 model's
+_PER_TENSOR = {"relax.quantize", "relax.dequantize"}  # a scale per channel would be padded with zeros
+_DTYPES = ("float32", "int32", "uint8", "int8")  # an int8 model's accumulators and 8-bit tensors too
 _POOLS = {"relax.mean", "relax.sum", "relax.max"}
 
 
@@ -39,9 +49,9 @@ def _name(call) -> str:
 
 
 def _shape(expr) -> Optional[list[int]]:
-    """The static shape of a float32 tensor, else None."""
+    """The static shape of a float32 (or int8 model's integer) tensor, else None."""
     ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or ty.shape is None or str(ty.dtype) != "float32":
+    if not isinstance(ty, relax.TensorType) or ty.shape is None or str(ty.dtype) not in _DTYPES:
         return None
     try:
         return [int(d) for d in ty.shape]
@@ -116,6 +126,8 @@ class _Graph:
                         if name == "relax.divide" and i == 1:
                             return None  # a padded divisor could be zero
                         todo.append(arg)
+                    elif name in _PER_TENSOR and i > 0 and s and s[-1] > 1:
+                        return None
                     elif s and s[-1] not in (1, channels) or isinstance(arg, relax.Var) and not s:
                         return None  # broadcast along the channels, or an operand of another shape
             elif name in _POOLS:

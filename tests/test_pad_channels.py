@@ -94,3 +94,27 @@ def test_padded_block_on_the_avx512_preset(tmp_path):
         assert res.library.exists()
         return  # built, not run: this CPU lacks the preset's instructions
     assert_matches_onnxruntime(_block(), tmp_path, target="x86_64-linux-gnu", cpu="cascadelake")
+
+
+@pytest.mark.build
+def test_a_quantised_block_is_padded_and_computes_the_same_values(tmp_path):
+    """An int8 (QDQ) block's hidden channels pad the same way: its integer accumulators, 8-bit
+    tensors, requantisation and (de)quantisations are channel-wise; padded channels hold the zero
+    point, which their zero weight rows drop. The 80-channel kernels take VNNI's 512-bit form.
+    Values within one output step of the QDQ reference, where this CPU has the preset's VNNI."""
+    import onnx
+
+    from mobilec.compiler import CompileConfig, compile_model
+    from mobilec.frontends.quantize import QuantizeConfig, quantize_model
+    from test_quantized import assert_within_one_step
+
+    src, qdq = tmp_path / "b.onnx", tmp_path / "b-int8.onnx"
+    onnx.save(_block(), src)
+    quantize_model(src, qdq, QuantizeConfig(random=4, held_out=1))
+    int32 = lambda mod: {int(c) for c in re.findall(r'R\.Tensor\(\(1, \d+, \d+, (\d+)\), dtype="int32"',  # noqa: E731
+                                                    mod["main"].script())}
+    assert int32(_canonical(onnx.load(qdq), "cascadelake")) == {24, 80}
+    assert int32(_canonical(onnx.load(qdq), "core-avx2")) == {24, 72}
+    res = compile_model(str(qdq), tmp_path / "b.so", CompileConfig(target="x86_64-linux-gnu", cpu="cascadelake"))
+    if not missing_flags(CPUS[("x86_64", "cascadelake")]):
+        assert_within_one_step(res.library, str(qdq))
