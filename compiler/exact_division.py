@@ -1,9 +1,9 @@
 """Division by one value as multiplications, rounded exactly as the division.
 
 QuantizeLinear is ``round(x / scale) + zero_point``, and onnxruntime (MLAS) divides, so mobilec must
-round ``x / scale`` exactly as a division does. A vector division is slow (x86 vdivps: a 16-lane one
-every 8 or more cycles on one port, against two FMAs a cycle) and every quantised h-swish, residual
-add and squeeze-and-excite output of an int8 model divides each element once. Markstein's
+round ``x / scale`` exactly as a division does. A vector division is slow (several cycles per
+vector on one port, where FMAs issue two a cycle; far slower on phone cores) and every quantised
+h-swish, residual add and squeeze-and-excite output of an int8 model divides each element once. Markstein's
 theorem gives the division's exact result from multiply-adds: with ``r`` the reciprocal of ``s``
 rounded to nearest (one division per kernel call: loop-invariant, hoisted),
 
@@ -13,8 +13,9 @@ rounded to nearest (one division per kernel call: loop-invariant, hoisted),
 
 provided nothing overflows or underflows: |s| and |1/s| normal (checked at run time, once: else
 the division itself), a quotient past float32's range is kept infinite, and a subnormal one
-(|x / s| < 2**-126) may differ in its last bit (QuantizeLinear rounds it to 0 either way). ``tests/test_exact_division.py`` checks bit equality
-with numpy's division on ties, near-ties and random values for awkward divisors.
+(|x / s| < 2**-126) may differ in its last bit (QuantizeLinear rounds it to 0 either way).
+``tests/test_exact_division.py`` checks bit equality with numpy's division on ties, near-ties and
+random values for awkward divisors.
 
 Measured: outputs unchanged (Large int8 and fp32 bit-identical). On this AVX-512 host the
 whole model did not get measurably faster (its quantising kernels wait on memory), but on the
@@ -70,7 +71,7 @@ def legalize_divide(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     """float32 ``a / b`` with a one-element ``b``: multiply-adds; anything else as TVM does."""
     a, b = call.args
     shape = getattr(b.ty, "shape", None)
-    if shape is None or _numel(shape) != 1 or str(a.ty.dtype) != "float32" or str(b.ty.dtype) != "float32" or str(call.ty.dtype) != "float32":
+    if shape is None or _numel(shape) != 1 or {str(a.ty.dtype), str(b.ty.dtype), str(call.ty.dtype)} != {"float32"}:
         return _default("relax.divide")(bb, call)
 
     def divide(x: te.Tensor, y):

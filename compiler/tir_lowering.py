@@ -96,6 +96,6 @@ compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, _pipeline)
 # vectorised loop that rounds scalar, and LLVM's own vectoriser may pick another loop: the
 # requantisation of Large's 112x112x16 int8 depthwise kernel stored its bytes one by one
 # (128 vpextrb, 16 gathers per tile) and took 109 us against 21 for the fp32 kernel. LLVM lowers
-# the vector form to one instruction (x86 vroundps, AArch64 frintx) or splits it where none exists.
+# the vector form to one instruction (x86 vroundps or vrndscaleps, AArch64 frinti) or splits it where none exists.
 if tvm.ir.Op.get("tirx.nearbyint").get_attr("TVectorizable") is None:
     tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
