@@ -92,9 +92,9 @@ def interleaved(engines: dict[str, Callable[[], object]], warmup: int = 5, round
     """Time several engines fairly on one machine: ``warmup`` untimed calls of each, then ``rounds``
     rounds in which every engine runs a block of ``block`` timed calls, in a new order each round
     (``alternating``). Engines alternate in blocks because a thread pool still spinning after one
-    engine's last call (TVM's and onnxruntime's both spin) steals cores from whatever runs next; the first call
-    of a block pays for it and the block's median drops it. Per engine: the median of the block
-    medians, min and max over every call (ms)."""
+    engine's last call (TVM's and onnxruntime's both spin) steals cores from whatever runs next;
+    the first call of a block pays for it and the block's median drops it. Per engine: the median
+    of the block medians, min and max over every call (ms)."""
     if warmup < 0 or rounds < 1 or block < 1:
         raise ConfigError(f"warmup={warmup}, rounds={rounds}, block={block}: need warmup >= 0, rounds >= 1, block >= 1")
     names = list(engines)

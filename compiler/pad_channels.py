@@ -29,10 +29,10 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from mobilec.compiler.bindings import Bindings, op_name
 from mobilec.compiler.fusions.base import const_array
 
 MAX_WASTE = 1 / 8  # padded channels / channels, at most
@@ -44,8 +44,7 @@ _DTYPES = ("float32", "int32", "uint8", "int8")  # an int8 model's accumulators 
 _POOLS = {"relax.mean", "relax.sum", "relax.max"}
 
 
-def _name(call) -> str:
-    return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else ""
+
 
 
 def _shape(expr) -> Optional[list[int]]:
@@ -60,7 +59,7 @@ def _shape(expr) -> Optional[list[int]]:
 
 
 def _nhwc_conv(call) -> bool:
-    if _name(call) != "relax.nn.conv2d":
+    if op_name(call) != "relax.nn.conv2d":
         return False
     a = call.attrs
     return a.data_layout == "NHWC" and a.kernel_layout == "HWIO" and a.out_layout == "NHWC" and isinstance(
@@ -79,28 +78,7 @@ def _depthwise(call) -> bool:
         _shape(call.args[1])[2] == 1
 
 
-class _Graph:
-    def __init__(self, func: relax.Function):
-        self.value: dict = {}  # var -> the call bound to it
-        self.users: dict = {}  # var -> [var whose call reads it, or None: read by something else]
-
-        def read_elsewhere(expr):
-            if isinstance(expr, relax.Var):
-                self.users.setdefault(expr, []).append(None)
-
-        for block in func.body.blocks:
-            for b in block.bindings:
-                if not isinstance(b, relax.VarBinding):
-                    continue
-                self.value[b.var] = b.value
-                reads = b.value.args if isinstance(b.value, relax.Call) else []
-                for arg in reads:
-                    if isinstance(arg, relax.Var):
-                        self.users.setdefault(arg, []).append(b.var if _name(b.value) else None)
-                if not isinstance(b.value, relax.Call):  # tuples, aliases: read, never padded
-                    relax.analysis.post_order_visit(b.value, read_elsewhere)
-        relax.analysis.post_order_visit(func.body.body, read_elsewhere)
-
+class _Graph(Bindings):
     def group(self, seed, channels: int) -> Optional[set]:
         """The group's vars grown from ``seed``, or None where a member or a reader outside it
         (which must be a dense convolution reading it as its input) cannot be padded."""
@@ -114,7 +92,7 @@ class _Graph:
             shape = _shape(v)
             if call is None or shape is None or len(shape) != 4 or shape[3] != channels:
                 return None
-            name = _name(call)
+            name = op_name(call)
             if _depthwise(call):
                 todo.append(call.args[0])
             elif _dense(call):
@@ -144,7 +122,7 @@ class _Graph:
                 if _dense(use) and use.args[0].same_as(v):
                     if _shape(user) and _shape(user)[3] == channels:
                         todo.append(user)  # a C -> C conv: its output is in the group too
-                elif _name(use) in _CHANNELWISE or _name(use) in _POOLS or _depthwise(use):
+                elif op_name(use) in _CHANNELWISE or op_name(use) in _POOLS or _depthwise(use):
                     todo.append(user)
                 else:
                     return None
@@ -169,7 +147,7 @@ class _Padder(relax.PyExprMutator):
     def visit_call_(self, call):
         args = [self.visit_expr(arg) for arg in call.args]
         to = self.members.get(call)
-        if _name(call) == "relax.nn.conv2d" and isinstance(call.args[1], Constant):
+        if op_name(call) == "relax.nn.conv2d" and isinstance(call.args[1], Constant):
             a, w, groups = call.attrs, const_array(call.args[1]), int(call.attrs.groups)
             reads = _shape(args[0])
             if to and _depthwise(call):
@@ -184,7 +162,7 @@ class _Padder(relax.PyExprMutator):
             for i, arg in enumerate(args):
                 if isinstance(arg, Constant) and _shape(arg) and _shape(arg)[-1] > 1:
                     arr = const_array(arg)
-                    padded = _pad(arr, arr.ndim - 1, to, 1.0 if _name(call) == "relax.divide" and i == 1 else 0.0)
+                    padded = _pad(arr, arr.ndim - 1, to, 1.0 if op_name(call) == "relax.divide" and i == 1 else 0.0)
                     args[i] = relax.const(padded, str(padded.dtype))
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 

@@ -170,7 +170,8 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
         ]),
         ("fuse", [fusion if opts.fuse else tvm.transform.Sequential([]), _count(opts.report)]),
         ("lower", cpu_generic.library_dispatch_passes(target) + [
-            relax.transform.LegalizeOps({"relax.image.resize2d": legalize_resize2d, **EXACT_DIVISION}),  # the rest: TVM's
+            relax.transform.LegalizeOps(  # the rest: TVM's
+                {"relax.image.resize2d": legalize_resize2d, **EXACT_DIVISION}),
         ] + cpu_generic.legalize_passes(target) + [
             pack_kernel_weights(target) if opts.default_schedules else tvm.transform.Sequential([]),
         ]),

@@ -39,6 +39,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from mobilec.compiler.bindings import Bindings
 from mobilec.compiler.fusions.base import const_array
 from mobilec.compiler.report import FusionReport
 
@@ -311,24 +312,11 @@ def _has_quantize(func) -> bool:
 def _single_readers(func: relax.Function) -> set:
     """The quantised values (QuantizeLinear outputs) whose only reader is one DequantizeLinear that
     only one convolution reads."""
-    readers: dict = {}
-    values = {}
-    for block in func.body.blocks:
-        for b in block.bindings:
-            values[b.var] = b.value
-            for v in relax.analysis.free_vars(b.value):
-                readers.setdefault(v, []).append(b)
-    for v in relax.analysis.free_vars(func.body.body):
-        readers.setdefault(v, []).append(None)  # a function output
-
-    def only(var, name):
-        r = readers.get(var, [])
-        return r[0] if len(r) == 1 and r[0] is not None and _op(r[0].value, name) else None
-
+    graph = Bindings(func)
     single = set()
-    for var, value in values.items():
+    for var, value in graph.value.items():
         if _op(value, "quantize"):
-            dq = only(var, "dequantize")
-            if dq is not None and only(dq.var, "nn.conv2d") is not None:
+            dq = graph.only_reader(var, "dequantize")
+            if dq is not None and graph.only_reader(dq, "nn.conv2d") is not None:
                 single.add(var)
     return single
