@@ -29,6 +29,8 @@ class Bindings:
                 for arg in reads:
                     if isinstance(arg, relax.Var):
                         self.users.setdefault(arg, []).append(b.var if op_name(b.value) else None)
+                    else:  # inside an argument, e.g. concat's tuple: read, never rewritten
+                        relax.analysis.post_order_visit(arg, read_elsewhere)
                 if not isinstance(b.value, relax.Call):  # tuples, aliases: read, never rewritten
                     relax.analysis.post_order_visit(b.value, read_elsewhere)
         relax.analysis.post_order_visit(func.body.body, read_elsewhere)

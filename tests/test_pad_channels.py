@@ -34,6 +34,14 @@ def _leaking():
     return model(n, i, inputs=[("input", (1, 72, 14, 14))], output=("output", (1, 72, 14, 14)))
 
 
+def _concatenated():
+    """72 channels concatenated with the input (concat reads them inside its tuple argument): the
+    output has 96 channels, whatever the group's width inside."""
+    n, i = chain(conv("input", "e", 24, 72, k=1), ([helper.make_node("Relu", ["e"], ["er"]),
+                                                    helper.make_node("Concat", ["er", "input"], ["output"], axis=1)], []))
+    return model(n, i, inputs=[("input", (1, 24, 14, 14))], output=("output", (1, 96, 14, 14)))
+
+
 def _grouped():
     """72 channels read by a convolution of 2 groups: padding its input would shift the groups."""
     n, i = chain(conv("input", "e", 24, 72, k=1), conv("e", "output", 72, 24, k=1, group=2, seed=1))
@@ -65,6 +73,7 @@ def test_a_blocks_hidden_channels_are_padded_on_avx512_only():
     assert _channels(_canonical(_block(hidden=40), "cascadelake")) == {24, 40}  # 48 would add a fifth
     assert _channels(_canonical(_leaking(), "cascadelake")) == {72}
     assert _channels(_canonical(_grouped(), "cascadelake")) == {24, 72}
+    assert _channels(_canonical(_concatenated(), "cascadelake")) == {72, 96}  # was {80, 104}: a wrong output
 
 
 @pytest.mark.build
