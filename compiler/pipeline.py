@@ -1,6 +1,8 @@
 """The one mobilec Relax pipeline, used by every build. Read top to bottom; phases are named.
 
-  Phase 1 canonicalize  quantised (QDQ) convolutions and matrix products made integer kernels;
+  Phase 1 canonicalize  quantised (QDQ) convolutions and matrix products made integer kernels,
+                        and where one's output is read back less its zero point, the zero
+                        point's add and subtract dropped (cancel_zero_points.py);
                         exporters' leftovers removed: BN decomposed, constants folded; every
                         convolution converted to NHWC and the transposes this leaves (and those
                         NHWC exporters leave) cancelled, so the network converts once at its input;
@@ -31,6 +33,7 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+from mobilec.compiler.cancel_zero_points import CancelZeroPoints
 from mobilec.compiler.exact_division import LEGALIZE as EXACT_DIVISION
 from mobilec.compiler.fusions import RULES, CancelTransposes
 from mobilec.errors import ConfigError
@@ -155,6 +158,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
     return [
         ("canonicalize", [
             integer_kernels(opts.report, target) if opts.integer else tvm.transform.Sequential([]),  # before folding DQ(W)
+            CancelZeroPoints(),  # requantised then dequantised: the zero point's add and subtract dropped
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.FoldConstant(),

@@ -41,21 +41,27 @@ def _clamped(scaled: DFPattern) -> DFPattern:
     return op("clip", op("add", op("round", scaled), is_const()), wildcard(), wildcard())
 
 
-def _stored(clamped: DFPattern, eight_bit: DFPattern) -> list[DFPattern]:
+def _centred(scaled: DFPattern) -> DFPattern:
+    """The same less its zero point: clip(round(x), lo - zp, hi - zp) (compiler/cancel_zero_points.py)."""
+    return op("clip", op("round", scaled), wildcard(), wildcard())
+
+
+def _stored(scaled: DFPattern, eight_bit: DFPattern) -> list[DFPattern]:
     """The ways a requantised value leaves the kernel: as 8 bits, or as the same integers in float32
     (minus the reader's zero point or not) for a float kernel that reads it (compiler/quantized.py)."""
-    return [eight_bit, op("subtract", clamped, is_const()), clamped]
+    clamped = _clamped(scaled)
+    return [eight_bit, _centred(scaled), op("subtract", clamped, is_const()), clamped]
 
 
 def _quantized(x: DFPattern) -> list[DFPattern]:
     """QuantizeLinear of x, or its formula in float32: clip(round(x / scale) + zero point)."""
-    return _stored(_clamped(op("divide", x, is_const())), _q(x))
+    return _stored(op("divide", x, is_const()), _q(x))
 
 
-def requantized(core: DFPattern) -> DFPattern:
-    """The requantised accumulation, clamped to the output range (not yet cast to 8 bits)."""
+def _scaled(core: DFPattern) -> DFPattern:
+    """The accumulation (plus its bias) times the requantisation multiplier."""
     acc = core | op("add", core, is_const())
-    return _clamped(op("multiply", op("astype", acc) | acc, is_const()))
+    return op("multiply", op("astype", acc) | acc, is_const())
 
 
 def _integer_check(ctx) -> Optional[str]:
@@ -77,9 +83,9 @@ def _padded_check(ctx) -> Optional[str]:
 def _rules(kind: str, producer: Callable[[DFPattern], DFPattern], cast_input: bool = False) -> list[Rule]:
     x = wildcard()
     core = producer(op("subtract", op("astype", x), is_const()) | op("astype", x) if cast_input else x)
-    clamped = requantized(core)
-    r = op("astype", clamped)
-    dq = _dq(r)
+    scaled = _scaled(core)
+    r = op("astype", _clamped(scaled))
+    dq = _dq(r) | op("multiply", _centred(scaled), is_const())  # dequantised, or its cancelled form
     act = hswish.pattern(dq)
     shortcut = _dq(wildcard())
     named = {"core": core, "dq": dq}
@@ -96,7 +102,7 @@ def _rules(kind: str, producer: Callable[[DFPattern], DFPattern], cast_input: bo
               for out in _quantized(act) + [act]),
             *residuals,
             *(Rule(f"mobilec.{kind}_requantize", out, {"core": core}, check, not cast_input)
-              for out in _stored(clamped, r))]
+              for out in [dq] + _stored(scaled, r))]  # the dequantised value first: it ends later
 
 
 def _conv(x: DFPattern) -> DFPattern:

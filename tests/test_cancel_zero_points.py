@@ -1,0 +1,107 @@
+"""Zero points that cancel (compiler/cancel_zero_points.py): a requantised value that is read back
+less its zero point becomes clip(round(t), lo - zp, hi - zp), with the same values, and the
+kernels take the shorter form in."""
+
+import numpy as np
+import pytest
+import tvm
+from onnx import helper
+from tvm import relax
+
+from conftest import seeded_input
+from graphs import C, HW, const, conv, model
+from mobilec.compiler import compile_model, resolve
+from mobilec.compiler.bindings import op_name
+from mobilec.compiler.cancel_zero_points import CancelZeroPoints
+from mobilec.compiler.importer import import_onnx
+from mobilec.compiler.pipeline import PipelineOptions, run_until
+from mobilec.compiler.quantized import integer_kernels
+from mobilec.compiler.report import FusionReport
+from test_quantized import assert_within_one_step, kernel, quantized
+
+
+def squeeze_excite():
+    """depthwise, ReLU, then a squeeze-and-excite block: the ReLU's output has two readers"""
+    n, i = conv("input", "c", k=3, group=C)
+    s1, i1 = conv("p", "s1", k=1, cout=4, seed=1)
+    s2, i2 = conv("r1", "s2", k=1, cin=4, seed=2)
+    nodes = n + [helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"])] + s1 \
+        + [helper.make_node("Relu", ["s1"], ["r1"])] + s2 \
+        + [helper.make_node("HardSigmoid", ["s2"], ["g"], alpha=1 / 6), helper.make_node("Mul", ["r", "g"], ["output"])]
+    return model(nodes, i + i1 + i2)
+
+
+def _requantised_reads(mod) -> int:
+    """Dequantisations and zero-point subtractions of a clamped requantisation left in ``mod``."""
+    found = []
+
+    def visit(e):
+        if op_name(e) in ("relax.dequantize", "relax.subtract"):
+            found.append(e)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return len(found)
+
+
+def _run(mod, x):
+    ex = tvm.compile(mod, target="llvm")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+GRAPHS = {"hswish": lambda: kernel("hswish"), "residual": lambda: kernel("residual"),
+          "expand_depthwise": lambda: kernel("expand_depthwise"), "squeeze_excite": squeeze_excite}
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("graph, reads", [
+    ("hswish", (2, 0)),  # the h-swish's input and the model's output
+    ("residual", (3, 2)),  # the first convolution's output is also read as 8 bits by the second: kept
+    ("expand_depthwise", (1, 0)),
+    ("squeeze_excite", (3, 0)),  # the block's two DequantizeLinears of one value become one value
+])
+def test_cancelled_chains_compute_the_same_values(graph, reads, tmp_path):
+    """Each graph's requantised values read back less their zero point are rewritten, and the
+    rewritten module's output is bit-identical to the one before."""
+    target = resolve("host").tvm_target()
+    qdq = quantized(tmp_path, GRAPHS[graph]())
+    with target:
+        before = integer_kernels(FusionReport(), target)(import_onnx(qdq).mod)
+    after = CancelZeroPoints()(before)
+    assert (_requantised_reads(before), _requantised_reads(after)) == reads
+    x = seeded_input((1, C, HW, HW), 1) * 4  # wide enough to reach both ends of the clamps
+    np.testing.assert_array_equal(_run(after, x), _run(before, x))
+
+
+@pytest.mark.build
+def test_a_squeeze_excite_input_leaves_the_depthwise_as_float(tmp_path):
+    """The depthwise's requantised output, which the block's two DequantizeLinears read, leaves its
+    kernel dequantised (no dequantisation kernel of its own) and the model matches the QDQ file."""
+    qdq = quantized(tmp_path, squeeze_excite())
+    lowered = run_until(import_onnx(qdq).mod, resolve("host").tvm_target(), PipelineOptions(), "lower")
+    kernels = [gv.name_hint for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert not [k for k in kernels if k.startswith("dequantize")], kernels
+    res = compile_model(qdq, tmp_path / "se.so")
+    assert res.report.matched.get("mobilec.conv2d_requantize") == 1, res.report.to_dict()
+    assert_within_one_step(res.library, qdq)
+
+
+@pytest.mark.parametrize("dq_zero_point, left", [(3, 0), (4, 1)])
+def test_only_the_same_zero_point_cancels(dq_zero_point, left):
+    """clip(round(x) + 3) cast to uint8 and dequantised: with zero point 3 it becomes
+    clip(round(x), -3, 252) * 0.5; with another one it reads the 8 bits as before. Same values."""
+    x = relax.Var("x", relax.TensorType((1, 512), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            r = bb.emit(relax.op.round(x))
+            c = bb.emit(relax.op.clip(bb.emit(relax.op.add(r, relax.const(3.0, "float32"))), 0.0, 255.0))
+            q = bb.emit(relax.op.astype(c, "uint8"))
+            dq = bb.emit(relax.op.dequantize(q, relax.const(0.5, "float32"), relax.const(dq_zero_point, "uint8")))
+            out = bb.emit_output(dq)
+        bb.emit_func_output(out)
+    before = bb.get()
+    after = CancelZeroPoints()(before)
+    assert _requantised_reads(after) == left
+    values = np.concatenate([np.linspace(-300, 300, 506), [1e30, -1e30, 2.5, -3.5, np.inf, -np.inf]]).astype(np.float32)[None]
+    np.testing.assert_array_equal(_run(after, values), _run(before, values))
