@@ -4,7 +4,8 @@ compiler/quantized.py writes each integer kernel's requantisation as onnxruntime
 
     c = clip(round(t) + zp, lo, hi)        float32, then cast to 8 bits
 
-and the op of the quantised graph that reads it takes the zero point off again:
+(a zero point of 0, a ReLU's output, needs no add: it is dropped), and the op of the quantised
+graph that reads it takes the zero point off again:
 
     dequantize(astype(c, uint8), scale, zp) = (c - zp) * scale    an h-swish, residual add or
                                                                   squeeze-and-excite input
@@ -59,6 +60,8 @@ class _Chains:
                 self._dequantize(value)
             elif op_name(value) == "relax.subtract":
                 self._subtract(value)
+            elif op_name(value) == "relax.clip":
+                self._zero(value)
 
     def _read_once(self, var) -> bool:
         return len(self.graph.users.get(var, [])) == 1
@@ -97,6 +100,16 @@ class _Chains:
         low, high = _RANGE[str(cast.ty.dtype)]
         if zp == requant_zp and low <= lo <= hi <= high:
             self.found[dq] = (rounded, lo - zp, hi - zp, scale)
+
+    def _zero(self, clip):
+        """clip(round(t) + 0, lo, hi), a zero point of 0 (a ReLU's output): the add dropped. Exact
+        in every integer it gives: the -0.0 it would have made +0.0 casts, rounds, sums and
+        multiplies to the same values."""
+        add = self.graph.value.get(clip.args[0])
+        if (op_name(add) == "relax.add" and self._read_once(clip.args[0]) and _scalar(add.args[1]) == 0
+                and op_name(self.graph.value.get(add.args[0])) == "relax.round" and str(clip.ty.dtype) == "float32"
+                and None not in (_bound(clip.args[1]), _bound(clip.args[2]))):
+            self.found[clip] = (add.args[0], _bound(clip.args[1]), _bound(clip.args[2]), None)
 
     def _subtract(self, sub):
         chain = self._requantised(sub.args[0])

@@ -84,7 +84,7 @@ def _rules(kind: str, producer: Callable[[DFPattern], DFPattern], cast_input: bo
     x = wildcard()
     core = producer(op("subtract", op("astype", x), is_const()) | op("astype", x) if cast_input else x)
     scaled = _scaled(core)
-    r = op("astype", _clamped(scaled))
+    r = op("astype", _clamped(scaled) | _centred(scaled))  # the latter: a zero point of 0
     dq = _dq(r) | op("multiply", _centred(scaled), is_const())  # dequantised, or its cancelled form
     act = hswish.pattern(dq)
     shortcut = _dq(wildcard())
