@@ -7,6 +7,16 @@ import tvm
 from tvm import relax
 
 
+def numel(shape) -> int | None:
+    """Elements of a shape of constant dimensions, else None."""
+    n = 1
+    for d in shape:
+        if not isinstance(d, tvm.tirx.IntImm):
+            return None
+        n *= int(d)
+    return n
+
+
 def op_name(call) -> str:
     return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else ""
 

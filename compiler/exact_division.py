@@ -32,6 +32,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.transform.legalize_ops import qdq
 
+from mobilec.compiler.bindings import numel
+
 _NORMAL_MIN = 2.0 ** -126  # the smallest normal float32
 _RECIPROCAL_MAX = 2.0 ** 126  # a divisor above this has a subnormal reciprocal
 
@@ -54,15 +56,6 @@ def _one(t):
     return t[(0,) * len(t.shape)] if isinstance(t, te.Tensor) else t
 
 
-def _numel(shape) -> int | None:
-    n = 1
-    for d in shape:
-        if not isinstance(d, tvm.tirx.IntImm):
-            return None
-        n *= int(d)
-    return n
-
-
 def _default(name: str):
     return tvm.ir.Op.get(name).get_attr("FLegalize")
 
@@ -71,7 +64,7 @@ def legalize_divide(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     """float32 ``a / b`` with a one-element ``b``: multiply-adds; anything else as TVM does."""
     a, b = call.args
     shape = getattr(b.ty, "shape", None)
-    if shape is None or _numel(shape) != 1 or {str(a.ty.dtype), str(b.ty.dtype), str(call.ty.dtype)} != {"float32"}:
+    if shape is None or numel(shape) != 1 or {str(a.ty.dtype), str(b.ty.dtype), str(call.ty.dtype)} != {"float32"}:
         return _default("relax.divide")(bb, call)
 
     def divide(x: te.Tensor, y):
@@ -87,7 +80,7 @@ def legalize_quantize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     data, scale, zp = call.args
     out_dtype = str(call.attrs.out_dtype)
     if (str(data.ty.dtype) != "float32" or "int" not in out_dtype or str(scale.ty.dtype) != "float32"
-            or any(getattr(t.ty, "shape", None) is None or _numel(t.ty.shape) != 1 for t in (scale, zp))):
+            or any(getattr(t.ty, "shape", None) is None or numel(t.ty.shape) != 1 for t in (scale, zp))):
         return _default("relax.quantize")(bb, call)
 
     def quantize(x: te.Tensor, s, z):

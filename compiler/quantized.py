@@ -21,7 +21,10 @@ type (a Relu or ReLU6 before the QuantizeLinear is that clamp). The accumulation
 The 8-bit data flows between kernels as uint8/int8, not float, with one exception: a value whose
 only reader is a float-exact kernel (a depthwise or stem convolution reads each input 9 to 25
 times) leaves its producer as the same integers in float32, so the reader does not convert bytes
-at every tap (measured on Large's int8 build: 3.03 -> 2.91 ms).
+at every tap (measured on Large's int8 build: 3.03 -> 2.91 ms), where that float copy fits in the
+core's L2 (``CpuPreset.l2_kb``). A larger one would go to memory and back at four times the bytes:
+Large's 112x112x64 expansion (3.2 MB as float) stays 8-bit on AVX-512 (1 MB L2): it and its
+depthwise took 143-179 us, now 122-125 (both orders; caps of 150 and 500 KB were slower).
 
 What cannot be integer stays float between its DequantizeLinear and QuantizeLinear, exactly as the
 file says, and the fusion report lists it with the reason (16-bit activations or weights, a bias
@@ -39,7 +42,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from mobilec.compiler.bindings import Bindings
+from mobilec.compiler.bindings import Bindings, numel
 from mobilec.compiler.fusions.base import const_array
 from mobilec.compiler.report import FusionReport
 
@@ -77,10 +80,11 @@ class _Refused(Exception):
 
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
-    def __init__(self, mod, report: FusionReport, dot: str, single: set):
+    def __init__(self, mod, report: FusionReport, dot: str, single: set, l2_bytes: int):
         super().__init__(mod)
         self.report = report
         self.dot = dot  # the CPU's integer dot-product instruction ("vpmaddwd", "sdot", ""; schedules/kernels/integer.py)
+        self.l2_bytes = l2_bytes  # the largest float32 copy of an 8-bit value worth handing over (_float_values)
         self.single = single  # 8-bit values one convolution reads, through one DequantizeLinear (_single_readers)
         self.single_now = set()  # the same, as this rewrite renamed them
 
@@ -142,6 +146,9 @@ class _Rewrite(relax.PyExprMutator):
         """
         if xq not in self.single_now:
             return None  # another reader needs the 8 bits: a float copy too would cost more than it saves
+        shape = getattr(xq.ty, "shape", None)
+        if shape is not None and 4 * (numel(shape) or 0) > self.l2_bytes:
+            return None  # four times the bytes, past the cache: costs more than the conversions it saves
         bound = self._binding(xq)
         if _op(bound, "astype") and str(bound.args[0].ty.dtype) == "float32":
             return bound.args[0]  # an integer kernel's clamped requantisation
@@ -289,7 +296,7 @@ class _Rewrite(relax.PyExprMutator):
 def integer_kernels(report: FusionReport, target: tvm.target.Target) -> tvm.transform.Pass:
     from mobilec.schedules.defaults import CpuParams
 
-    dot = CpuParams.from_target(target).int_dot
+    cpu = CpuParams.from_target(target)
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.IntegerKernels")
     def run(mod, _ctx):
@@ -297,7 +304,7 @@ def integer_kernels(report: FusionReport, target: tvm.target.Target) -> tvm.tran
             return mod
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
-                mod[gv] = _Rewrite(mod, report, dot, _single_readers(func)).visit_expr(func)
+                mod[gv] = _Rewrite(mod, report, cpu.int_dot, _single_readers(func), cpu.l2_bytes).visit_expr(func)
         return relax.transform.DeadCodeElimination()(mod)
 
     return run

@@ -68,6 +68,7 @@ class CpuPreset:
     vector_registers: int = 32    # SIMD registers the register tiles may fill (AArch64: 32, ARMv7: 16 q)
     wide_bits: int = 0            # wider vectors for kernels whose channels fill them (AVX-512: pointwise)
     int_dot: str = ""             # integer dot-product instruction (schedules/kernels/integer.py): vpmaddwd, sdot, vpdpbusd
+    l2_kb: int = 256              # L2 cache a core reads from, usual configuration (compiler/quantized.py)
 
     @property
     def fma_by_lane(self) -> bool:
@@ -78,38 +79,39 @@ class CpuPreset:
 
 CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
     # phone and board cores (ARMv8.0 little/big, ARMv8.2 with dot product); parts: MIDR part numbers
-    CpuPreset("cortex-a53", "aarch64", "cortex-a53", (), 4, parts=(0xD03, 0xD04)),  # and A35
+    CpuPreset("cortex-a53", "aarch64", "cortex-a53", (), 4, parts=(0xD03, 0xD04), l2_kb=512),  # and A35
     CpuPreset("cortex-a55", "aarch64", "cortex-a55", ("+dotprod", "+fullfp16"), 4, parts=(0xD05,),
-              int_dot="sdot"),
-    CpuPreset("cortex-a72", "aarch64", "cortex-a72", (), 2, parts=(0xD07, 0xD08)),  # and A57
-    CpuPreset("cortex-a73", "aarch64", "cortex-a73", (), 4, parts=(0xD09,)),
+              int_dot="sdot", l2_kb=128),
+    CpuPreset("cortex-a72", "aarch64", "cortex-a72", (), 2, parts=(0xD07, 0xD08), l2_kb=1024),  # and A57
+    CpuPreset("cortex-a73", "aarch64", "cortex-a73", (), 4, parts=(0xD09,), l2_kb=1024),
     CpuPreset("cortex-a75", "aarch64", "cortex-a75", ("+dotprod", "+fullfp16"), 4, parts=(0xD0A,),
-              int_dot="sdot"),
+              int_dot="sdot", l2_kb=256),
     CpuPreset("cortex-a76", "aarch64", "cortex-a76", ("+dotprod", "+fullfp16"), 4, parts=(0xD0B, 0xD0C, 0xD0E),
-              int_dot="sdot"),
+              int_dot="sdot", l2_kb=256),
     CpuPreset("cortex-a77", "aarch64", "cortex-a77", ("+dotprod", "+fullfp16"), 4, parts=(0xD0D,),
-              int_dot="sdot"),
+              int_dot="sdot", l2_kb=512),
     CpuPreset("cortex-a78", "aarch64", "cortex-a78", ("+dotprod", "+fullfp16"), 4, parts=(0xD41, 0xD4B),
-              int_dot="sdot"),
+              int_dot="sdot", l2_kb=512),
     CpuPreset("cortex-x1", "aarch64", "cortex-x1", ("+dotprod", "+fullfp16"), 4, parts=(0xD44, 0xD4C),
-              int_dot="sdot"),
-    CpuPreset("cortex-a53", "armv7", "cortex-a53", (), 4, parts=(0xD03,), vector_registers=16),  # 32-bit
-    CpuPreset("cortex-a7", "armv7", "cortex-a7", (), 4, parts=(0xC07,), vector_registers=16),
-    CpuPreset("cortex-a72", "armv7", "cortex-a72", (), 4, parts=(0xD08,), vector_registers=16),
+              int_dot="sdot", l2_kb=1024),
+    CpuPreset("cortex-a53", "armv7", "cortex-a53", (), 4, parts=(0xD03,), vector_registers=16, l2_kb=512),  # 32-bit
+    CpuPreset("cortex-a7", "armv7", "cortex-a7", (), 4, parts=(0xC07,), vector_registers=16, l2_kb=512),
+    CpuPreset("cortex-a72", "armv7", "cortex-a72", (), 4, parts=(0xD08,), vector_registers=16, l2_kb=1024),
     # x86_64 by ISA level, lowest first: host detection takes the last one whose flags the CPU shows
-    CpuPreset("x86-64", "x86_64", "x86-64", (), usable_cores(), vector_registers=16),  # SSE2: any x86_64
+    CpuPreset("x86-64", "x86_64", "x86-64", (), usable_cores(), vector_registers=16, l2_kb=256),  # SSE2: any x86_64
     CpuPreset("core-avx2", "x86_64", "core-avx2", (), usable_cores(), needs=("avx2", "fma"),
-              vector_bits=256, vector_registers=16, int_dot="vpmaddwd"),
+              vector_bits=256, vector_registers=16, int_dot="vpmaddwd", l2_kb=256),
     CpuPreset("znver3", "x86_64", "znver3", (), usable_cores(), needs=("avx2", "fma"),
-              vector_bits=256, vector_registers=16, int_dot="vpmaddwd"),
+              vector_bits=256, vector_registers=16, int_dot="vpmaddwd", l2_kb=512),
     CpuPreset("avx2-vnni", "x86_64", "core-avx2", ("+avxvnni",), usable_cores(),  # AVX-VNNI, no AVX-512
-              needs=("avx2", "fma", "avx_vnni"), vector_bits=256, vector_registers=16, int_dot="avx-vnni"),
+              needs=("avx2", "fma", "avx_vnni"), vector_bits=256, vector_registers=16, int_dot="avx-vnni",
+              l2_kb=1280),
     CpuPreset("skylake-avx512", "x86_64", "skylake-avx512", (), usable_cores(),
               needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"),
-              vector_bits=256, wide_bits=512, vector_registers=32, int_dot="vpmaddwd"),
+              vector_bits=256, wide_bits=512, vector_registers=32, int_dot="vpmaddwd", l2_kb=1024),
     CpuPreset("cascadelake", "x86_64", "cascadelake", (), usable_cores(),  # AVX-512 with VNNI
               needs=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni"),
-              vector_bits=256, wide_bits=512, vector_registers=32, int_dot="vpdpbusd"),
+              vector_bits=256, wide_bits=512, vector_registers=32, int_dot="vpdpbusd", l2_kb=1024),
 ]}
 
 

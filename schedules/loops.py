@@ -31,6 +31,7 @@ class CpuParams:
     int_dot: str = ""  # the integer dot-product instruction (schedules/kernels/integer.py; "": none)
     fma_by_lane: bool = False  # multiply-adds by vector element (``CpuPreset.fma_by_lane``)
     wide_lanes: int = 0  # fp32 lanes of the widest vectors, where wider than ``lanes`` (``CpuPreset.wide_bits``)
+    l2_bytes: int = 256 * 1024  # the L2 cache a core reads from (``CpuPreset.l2_kb``)
 
     def for_channels(self, channels: int) -> "CpuParams":
         """These parameters with the widest vectors when they divide ``channels`` (AVX-512's 16
@@ -50,7 +51,7 @@ class CpuParams:
         if preset is None:
             return cls(4, 16, cores)
         return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int_dot, preset.fma_by_lane,
-                   preset.wide_bits // 32)
+                   preset.wide_bits // 32, preset.l2_kb * 1024)
 
 
 def is_reduction(sch: Schedule, block) -> bool:

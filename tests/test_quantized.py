@@ -109,15 +109,12 @@ def test_without_the_pair_instruction(kind, how, tmp_path):
     assert_within_one_step(res.library, qdq)
 
 
-@pytest.mark.build
-def test_a_depthwise_reads_its_producers_float_values(tmp_path):
-    """A float-exact depthwise whose input only it reads gets that input as float32 integers from
-    the producing kernel's epilogue, not as 8 bits it converts at each of its 9 taps."""
+def _depthwise_input_dtype(qdq: str, target) -> dict:
+    """{groups: the dtype each fused convolution kernel reads} after phase 2."""
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import PipelineOptions, run_until
 
-    qdq = quantized(tmp_path, kernel("expand_depthwise"))
-    fused = run_until(import_onnx(qdq).mod, resolve("host").tvm_target(), PipelineOptions(), "fuse")
+    fused = run_until(import_onnx(qdq).mod, target, PipelineOptions(), "fuse")
     inputs = {}
     for gv, f in fused.functions.items():
         if isinstance(f, tvm.relax.Function) and "Composite" in (f.attrs or {}):
@@ -125,7 +122,36 @@ def test_a_depthwise_reads_its_producers_float_values(tmp_path):
             tvm.relax.analysis.post_order_visit(f.body, lambda e: convs.append(e) if isinstance(e, tvm.relax.Call)
                                                 and getattr(e.op, "name", "") == "relax.nn.conv2d" else None)
             inputs[int(convs[0].attrs.groups)] = str(f.params[0].ty.dtype)
+    return inputs
+
+
+@pytest.mark.build
+def test_a_depthwise_reads_its_producers_float_values(tmp_path):
+    """A float-exact depthwise whose input only it reads gets that input as float32 integers from
+    the producing kernel's epilogue, not as 8 bits it converts at each of its 9 taps."""
+    qdq = quantized(tmp_path, kernel("expand_depthwise"))
+    inputs = _depthwise_input_dtype(qdq, resolve("host").tvm_target())
     assert inputs == {1: "uint8", C: "float32"}, inputs  # the expansion still reads the model's 8 bits
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("triple, cpu, hw, dtype", [
+    ("x86_64-linux-gnu", "cascadelake", 184, "uint8"),  # 8 x 184 x 184 floats: 1,083,392 bytes, 1 MB L2
+    ("aarch64-linux-gnu", "cortex-a55", 64, "float32"),  # 131,072 bytes: the 128 KB L2 exactly
+    ("aarch64-linux-gnu", "cortex-a55", 66, "uint8"),
+    ("aarch64-linux-gnu", "cortex-a76", 66, "float32"),  # 256 KB
+])
+def test_a_float_copy_larger_than_the_cache_stays_8_bit(triple, cpu, hw, dtype, tmp_path):
+    """The float hand-over only where the float32 copy fits in the core's L2 (``CpuPreset.l2_kb``):
+    a larger one goes to memory and back at four times the bytes (Large's 112x112x64 expansion on
+    AVX-512: it and its depthwise 143-179 -> 122-125 us)."""
+    a, ai = conv("input", "a", k=1)
+    n, i = conv("r", "c", k=3, group=C, seed=1)
+    relu = [helper.make_node("Relu", [x], [y]) for x, y in (("a", "r"), ("c", "output"))]
+    proto = model(a + relu[:1] + n + relu[1:], ai + i, inputs=(("input", (1, C, hw, hw)),),
+                  output=("output", (1, C, hw, hw)))
+    qdq = quantized(tmp_path, proto)
+    assert _depthwise_input_dtype(qdq, resolve(triple, cpu).tvm_target())[C] == dtype
 
 
 @pytest.mark.build
