@@ -86,42 +86,45 @@ def test_a_squeeze_excite_input_leaves_the_depthwise_as_float(tmp_path):
     assert_within_one_step(res.library, qdq)
 
 
-@pytest.mark.parametrize("dq_zero_point, left", [(3, 0), (4, 1)])
-def test_only_the_same_zero_point_cancels(dq_zero_point, left):
-    """clip(round(x) + 3) cast to uint8 and dequantised: with zero point 3 it becomes
-    clip(round(x), -3, 252) * 0.5; with another one it reads the 8 bits as before. Same values."""
+def _requantisation(zero_point: float, dequantize_zero_point=None) -> tvm.IRModule:
+    """clip(round(x) + zero_point, 0, 255) cast to uint8, dequantised (scale 0.5) when given a
+    zero point for that, for 512 float32 inputs."""
     x = relax.Var("x", relax.TensorType((1, 512), "float32"))
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
             r = bb.emit(relax.op.round(x))
-            c = bb.emit(relax.op.clip(bb.emit(relax.op.add(r, relax.const(3.0, "float32"))), 0.0, 255.0))
-            q = bb.emit(relax.op.astype(c, "uint8"))
-            dq = bb.emit(relax.op.dequantize(q, relax.const(0.5, "float32"), relax.const(dq_zero_point, "uint8")))
-            out = bb.emit_output(dq)
+            c = bb.emit(relax.op.clip(bb.emit(relax.op.add(r, relax.const(zero_point, "float32"))), 0.0, 255.0))
+            out = relax.op.astype(c, "uint8")
+            if dequantize_zero_point is not None:
+                out = relax.op.dequantize(bb.emit(out), relax.const(0.5, "float32"),
+                                          relax.const(dequantize_zero_point, "uint8"))
+            out = bb.emit_output(out)
         bb.emit_func_output(out)
-    before = bb.get()
+    return bb.get()
+
+
+def _same_values(before, after, extra):
+    values = np.concatenate([np.linspace(-300, 300, 506), extra]).astype(np.float32)[None]
+    np.testing.assert_array_equal(_run(after, values), _run(before, values))
+
+
+@pytest.mark.parametrize("dq_zero_point, left", [(3, 0), (4, 1)])
+def test_only_the_same_zero_point_cancels(dq_zero_point, left):
+    """clip(round(x) + 3) cast to uint8 and dequantised: with zero point 3 it becomes
+    clip(round(x), -3, 252) * 0.5; with another one it reads the 8 bits as before. Same values."""
+    before = _requantisation(3.0, dq_zero_point)
     after = CancelZeroPoints()(before)
     assert _requantised_reads(after) == left
-    values = np.concatenate([np.linspace(-300, 300, 506), [1e30, -1e30, 2.5, -3.5, np.inf, -np.inf]]).astype(np.float32)[None]
-    np.testing.assert_array_equal(_run(after, values), _run(before, values))
+    _same_values(before, after, [1e30, -1e30, 2.5, -3.5, np.inf, -np.inf])
 
 
 def test_a_zero_point_of_zero_needs_no_add():
     """clip(round(x) + 0, 0, 255) stored as uint8 (a ReLU's requantisation) loses the add; the bytes
     are the same, for inputs that round to -0.0 too."""
-    x = relax.Var("x", relax.TensorType((1, 512), "float32"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            r = bb.emit(relax.op.round(x))
-            c = bb.emit(relax.op.clip(bb.emit(relax.op.add(r, relax.const(0.0, "float32"))), 0.0, 255.0))
-            out = bb.emit_output(relax.op.astype(c, "uint8"))
-        bb.emit_func_output(out)
-    before = bb.get()
+    before = _requantisation(0.0)
     after = CancelZeroPoints()(before)
     adds = []
     relax.analysis.post_order_visit(after["main"], lambda e: adds.append(e) if op_name(e) == "relax.add" else None)
     assert not adds
-    values = np.concatenate([np.linspace(-300, 300, 506), [-0.4, -0.0, 0.4, 255.5, np.inf, -np.inf]]).astype(np.float32)[None]
-    np.testing.assert_array_equal(_run(after, values), _run(before, values))
+    _same_values(before, after, [-0.4, -0.0, 0.4, 255.5, np.inf, -np.inf])
