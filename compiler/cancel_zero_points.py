@@ -55,13 +55,13 @@ class _Chains:
     def __init__(self, func: relax.Function):
         self.graph = Bindings(func)
         self.found: dict = {}
-        for value in self.graph.value.values():
+        for var, value in self.graph.value.items():
             if op_name(value) == "relax.dequantize":
                 self._dequantize(value)
             elif op_name(value) == "relax.subtract":
                 self._subtract(value)
             elif op_name(value) == "relax.clip":
-                self._zero(value)
+                self._zero(var, value)
 
     def _read_once(self, var) -> bool:
         return len(self.graph.users.get(var, [])) == 1
@@ -101,11 +101,17 @@ class _Chains:
         if zp == requant_zp and low <= lo <= hi <= high:
             self.found[dq] = (rounded, lo - zp, hi - zp, scale)
 
-    def _zero(self, clip):
-        """clip(round(t) + 0, lo, hi), a zero point of 0 (a ReLU's output): the add dropped. Exact
-        in every integer it gives: the -0.0 it would have made +0.0 casts, rounds, sums and
-        multiplies to the same values."""
-        add = self.graph.value.get(clip.args[0])
+    def _zero(self, var, clip):
+        """clip(round(t) + 0, lo, hi), a zero point of 0 (a ReLU's output), cast to 8 bits or read
+        by a convolution (the float hand-over): the add dropped. Exact in every integer it gives:
+        the -0.0 it would have made +0.0 casts, rounds, sums and multiplies to the same values (a
+        float model's clip, which a division might read, is left alone)."""
+        g = self.graph
+        readers = [g.value.get(r) for r in g.users.get(var, [])]
+        if not readers or not all(op_name(r) == "relax.nn.conv2d" or op_name(r) == "relax.astype"
+                                  and str(r.ty.dtype) in _RANGE for r in readers):
+            return
+        add = g.value.get(clip.args[0])
         if (op_name(add) == "relax.add" and self._read_once(clip.args[0]) and _scalar(add.args[1]) == 0
                 and op_name(self.graph.value.get(add.args[0])) == "relax.round" and str(clip.ty.dtype) == "float32"
                 and None not in (_bound(clip.args[1]), _bound(clip.args[2]))):

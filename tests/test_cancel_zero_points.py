@@ -86,16 +86,16 @@ def test_a_squeeze_excite_input_leaves_the_depthwise_as_float(tmp_path):
     assert_within_one_step(res.library, qdq)
 
 
-def _requantisation(zero_point: float, dequantize_zero_point=None) -> tvm.IRModule:
+def _requantisation(zero_point: float, dequantize_zero_point=None, divided=False) -> tvm.IRModule:
     """clip(round(x) + zero_point, 0, 255) cast to uint8, dequantised (scale 0.5) when given a
-    zero point for that, for 512 float32 inputs."""
+    zero point for that; or, ``divided``, a float model's 1 / clip(...). 512 float32 inputs."""
     x = relax.Var("x", relax.TensorType((1, 512), "float32"))
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
             r = bb.emit(relax.op.round(x))
             c = bb.emit(relax.op.clip(bb.emit(relax.op.add(r, relax.const(zero_point, "float32"))), 0.0, 255.0))
-            out = relax.op.astype(c, "uint8")
+            out = relax.op.divide(relax.const(1.0, "float32"), c) if divided else relax.op.astype(c, "uint8")
             if dequantize_zero_point is not None:
                 out = relax.op.dequantize(bb.emit(out), relax.const(0.5, "float32"),
                                           relax.const(dequantize_zero_point, "uint8"))
@@ -119,12 +119,14 @@ def test_only_the_same_zero_point_cancels(dq_zero_point, left):
     _same_values(before, after, [1e30, -1e30, 2.5, -3.5, np.inf, -np.inf])
 
 
-def test_a_zero_point_of_zero_needs_no_add():
+@pytest.mark.parametrize("divided", [False, True])
+def test_a_zero_point_of_zero_needs_no_add(divided):
     """clip(round(x) + 0, 0, 255) stored as uint8 (a ReLU's requantisation) loses the add; the bytes
-    are the same, for inputs that round to -0.0 too."""
-    before = _requantisation(0.0)
+    are the same, for inputs that round to -0.0 too. A float model's clip that a division reads
+    keeps it (1 / -0.0 is -inf)."""
+    before = _requantisation(0.0, divided=divided)
     after = CancelZeroPoints()(before)
     adds = []
     relax.analysis.post_order_visit(after["main"], lambda e: adds.append(e) if op_name(e) == "relax.add" else None)
-    assert not adds
+    assert len(adds) == divided
     _same_values(before, after, [-0.4, -0.0, 0.4, 255.5, np.inf, -np.inf])
