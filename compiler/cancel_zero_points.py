@@ -28,19 +28,11 @@ from typing import Optional
 
 import tvm
 from tvm import relax
-from tvm.ir.expr import Constant
 
 from mobilec.compiler.bindings import Bindings, op_name
-from mobilec.compiler.fusions.base import const_array
+from mobilec.compiler.fusions.base import one_value
 
 _RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
-
-
-def _scalar(expr) -> Optional[float]:
-    if not isinstance(expr, Constant):
-        return None
-    v = const_array(expr)
-    return float(v.reshape(-1)[0]) if v.size == 1 else None
 
 
 def _bound(expr) -> Optional[float]:
@@ -61,25 +53,29 @@ class _Chains:
             elif op_name(value) == "relax.subtract":
                 self._subtract(value)
             elif op_name(value) == "relax.clip":
-                self._zero(var, value)
+                self._zero(var)
 
     def _read_once(self, var) -> bool:
         return len(self.graph.users.get(var, [])) == 1
 
-    def _requantised(self, var) -> Optional[tuple]:
-        """(round(t), lo, hi, zp) when ``var`` is clip(round(t) + zp, lo, hi) in float32 and each
-        value of that chain is read once, by the next."""
+    def _clamp(self, var) -> Optional[tuple]:
+        """(round(t), lo, hi, zp) when ``var`` is clip(round(t) + zp, lo, hi) in float32 with an
+        integer zp, the add read only by the clip."""
         clip = self.graph.value.get(var)
-        if op_name(clip) != "relax.clip" or str(clip.ty.dtype) != "float32" or not self._read_once(var):
+        if op_name(clip) != "relax.clip" or str(clip.ty.dtype) != "float32":
             return None
         add = self.graph.value.get(clip.args[0])
         if op_name(add) != "relax.add" or not self._read_once(clip.args[0]):
             return None
-        rounded, zp = add.args[0], _scalar(add.args[1])
+        rounded, zp = add.args[0], one_value(add.args[1])
         lo, hi = _bound(clip.args[1]), _bound(clip.args[2])
         if op_name(self.graph.value.get(rounded)) != "relax.round" or None in (zp, lo, hi) or zp != round(zp):
             return None
         return rounded, lo, hi, zp
+
+    def _requantised(self, var) -> Optional[tuple]:
+        """The same, the clip read once too: each value of the chain read only by the next."""
+        return self._clamp(var) if self._read_once(var) else None
 
     def _dequantize(self, dq):
         """A requantised value that only DequantizeLinears read, all with the same scale and zero
@@ -87,11 +83,11 @@ class _Chains:
         g, cast = self.graph, self.graph.value.get(dq.args[0])
         if op_name(cast) != "relax.astype" or str(cast.ty.dtype) not in _RANGE:
             return
-        scale, zp = _scalar(dq.args[1]), _scalar(dq.args[2])
+        scale, zp = one_value(dq.args[1]), one_value(dq.args[2])
         for reader in g.users.get(dq.args[0], []):
             other = g.value.get(reader)
             if op_name(other) != "relax.dequantize" or str(other.ty.dtype) != "float32" \
-                    or (_scalar(other.args[1]), _scalar(other.args[2])) != (scale, zp):
+                    or (one_value(other.args[1]), one_value(other.args[2])) != (scale, zp):
                 return
         chain = self._requantised(cast.args[0])
         if chain is None or scale is None:
@@ -101,7 +97,7 @@ class _Chains:
         if zp == requant_zp and low <= lo <= hi <= high:
             self.found[dq] = (rounded, lo - zp, hi - zp, scale)
 
-    def _zero(self, var, clip):
+    def _zero(self, var):
         """clip(round(t) + 0, lo, hi), a zero point of 0 (a ReLU's output), cast to 8 bits or read
         by a convolution (the float hand-over): the add dropped. Exact in every integer it gives:
         the -0.0 it would have made +0.0 casts, rounds, sums and multiplies to the same values (a
@@ -111,15 +107,14 @@ class _Chains:
         if not readers or not all(op_name(r) == "relax.nn.conv2d" or op_name(r) == "relax.astype"
                                   and str(r.ty.dtype) in _RANGE for r in readers):
             return
-        add = g.value.get(clip.args[0])
-        if (op_name(add) == "relax.add" and self._read_once(clip.args[0]) and _scalar(add.args[1]) == 0
-                and op_name(self.graph.value.get(add.args[0])) == "relax.round" and str(clip.ty.dtype) == "float32"
-                and None not in (_bound(clip.args[1]), _bound(clip.args[2]))):
-            self.found[clip] = (add.args[0], _bound(clip.args[1]), _bound(clip.args[2]), None)
+        chain = self._clamp(var)
+        if chain is not None and chain[3] == 0:
+            rounded, lo, hi, _ = chain
+            self.found[g.value[var]] = (rounded, lo, hi, None)
 
     def _subtract(self, sub):
         chain = self._requantised(sub.args[0])
-        if chain is not None and _scalar(sub.args[1]) == chain[3] and str(sub.ty.dtype) == "float32":
+        if chain is not None and one_value(sub.args[1]) == chain[3] and str(sub.ty.dtype) == "float32":
             rounded, lo, hi, zp = chain
             self.found[sub] = (rounded, lo - zp, hi - zp, None)
 

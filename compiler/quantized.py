@@ -43,7 +43,7 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from mobilec.compiler.bindings import Bindings, numel
-from mobilec.compiler.fusions.base import const_array
+from mobilec.compiler.fusions.base import const_array, one_value
 from mobilec.compiler.report import FusionReport
 
 _INT8 = ("int8", "uint8")
@@ -61,11 +61,6 @@ def _const(expr) -> Optional[np.ndarray]:
 
 def _kernel(expr) -> bool:
     return _op(expr, "nn.conv2d") or _op(expr, "matmul")
-
-
-def _scalar(expr) -> Optional[float]:
-    v = _const(expr)
-    return None if v is None or v.size != 1 or len(np.unique(v)) != 1 else v.reshape(-1)[0].item()
 
 
 def _describe(call) -> str:
@@ -153,7 +148,7 @@ class _Rewrite(relax.PyExprMutator):
         if _op(bound, "astype") and str(bound.args[0].ty.dtype) == "float32":
             return bound.args[0]  # an integer kernel's clamped requantisation
         if _op(bound, "quantize") and str(bound.args[0].ty.dtype) == "float32":
-            scale, zp = _scalar(bound.args[1]), _scalar(bound.args[2])
+            scale, zp = one_value(bound.args[1]), one_value(bound.args[2])
             if scale is None or zp is None:
                 return None
             lo, hi = _RANGE[str(bound.ty.dtype)]  # relax.quantize's formula: clip(round(x / scale) + zp)
@@ -173,7 +168,7 @@ class _Rewrite(relax.PyExprMutator):
         from mobilec.schedules.kernels.integer import instruction  # here: the schedules import the compiler
 
         out_dtype = str(q.ty.dtype)
-        y_scale, y_zp = _scalar(q.args[1]), _scalar(q.args[2])
+        y_scale, y_zp = one_value(q.args[1]), one_value(q.args[2])
         v = self._binding(q.args[0])
         lo, hi = _RANGE.get(out_dtype, (None, None))
         if _op(v, "nn.relu") or _op(v, "clip"):
@@ -197,7 +192,7 @@ class _Rewrite(relax.PyExprMutator):
         w_arg = self._binding(kernel.args[1])
         transposed = _op(w_arg, "permute_dims")
         w_dq = self._dequantized(w_arg.args[0] if transposed else w_arg, "weight")
-        xq, x_scale, x_zp = x_dq.args[0], _scalar(x_dq.args[1]), _scalar(x_dq.args[2])
+        xq, x_scale, x_zp = x_dq.args[0], one_value(x_dq.args[1]), one_value(x_dq.args[2])
         if str(xq.ty.dtype) not in _INT8:
             raise _Refused(f"its input is {xq.ty.dtype}; integer kernels take int8/uint8 activations")
         if x_scale is None or x_zp is None:

@@ -108,6 +108,14 @@ def const_array(expr) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
+def one_value(expr) -> Optional[float]:
+    """The value of a one-element constant (a quantisation scale or zero point), else None."""
+    if not isinstance(expr, Constant):
+        return None
+    arr = const_array(expr)
+    return arr.reshape(-1)[0].item() if arr.size == 1 else None
+
+
 def _scalar(expr) -> float:
     if not isinstance(expr, Constant):
         raise NotElementwise(f"{type(expr).__name__} is not a constant")
