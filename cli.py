@@ -7,8 +7,9 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
+
+from mobilec import stops
 
 
 def _console():
@@ -396,24 +397,6 @@ def _user_errors() -> tuple:
     return (UserError, OSError)
 
 
-class _Stopped(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM or SIGHUP: the work in progress unwinds, so a tuning run's private
-    temporary folder and half-written outputs are removed and its database stays whole."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_signalled: list[int] = []  # raised inside a TVM callback, the exception reaches us as TVM's error
-
-
-def _stop(signum, _frame):
-    _signalled.append(signum)
-    raise _Stopped(signum)
-
-
 def _stopped(signum: int) -> int:
     print("interrupted" if signum == signal.SIGINT else f"stopped by signal {signum}", file=sys.stderr)
     return 128 + signum
@@ -421,17 +404,12 @@ def _stopped(signum: int) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    previous = {}
-    _signalled.clear()
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, _stop) for sig in _STOP_SIGNALS}
+    restore = stops.install()
     try:
         return args.func(args) or 0
     except KeyboardInterrupt as e:
-        return _stopped(e.signum if isinstance(e, _Stopped) else signal.SIGINT)
+        return _stopped(e.signum if isinstance(e, stops.Stopped) else signal.SIGINT)
     except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below
-        if _signalled:  # the stop raised inside a TVM callback comes back wrapped in TVM's error
-            return _stopped(_signalled[0])
         if os.environ.get("MOBILEC_DEBUG"):
             raise  # the full traceback, for bug reports
         if isinstance(e, _user_errors()):
@@ -442,5 +420,4 @@ def main(argv=None) -> int:
               f"  rerun with MOBILEC_DEBUG=1 for the traceback and report it", file=sys.stderr)
         return 3
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()

@@ -36,6 +36,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from mobilec.compiler.cancel_zero_points import CancelZeroPoints
 from mobilec.compiler.exact_division import LEGALIZE as EXACT_DIVISION
 from mobilec.compiler.fusions import RULES, CancelTransposes
+from mobilec import stops
 from mobilec.errors import ConfigError
 from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
 from mobilec.compiler.pad_channels import PadChannels
@@ -195,7 +196,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
 def run_until(mod: tvm.IRModule, target: tvm.target.Target, opts: PipelineOptions, last: str) -> tvm.IRModule:
     """Run the phases up to and including ``last``: "fuse" for inspection, "lower" for tuning
     (the kernels tuning extracts are exactly the ones a build schedules)."""
-    with target:
+    with target, stops.inside_tvm():  # TVM calls mobilec's Python passes
         for name, passes in phases(target, opts):
             mod = tvm.transform.Sequential(passes)(mod)
             if name == last:
@@ -219,7 +220,8 @@ def pipeline(target: tvm.target.Target, opts: Optional[PipelineOptions] = None) 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target, opts: Optional[PipelineOptions] = None):
     """The executable of an imported module: this Relax pipeline, then mobilec's TIR lowering."""
-    return tvm.compile(mod, target=target, relax_pipeline=pipeline(target, opts), tir_pipeline=TIR_PIPELINE)
+    with stops.inside_tvm():  # TVM calls mobilec's Python passes
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline(target, opts), tir_pipeline=TIR_PIPELINE)
 
 
 @relax.register_pipeline(PIPELINE_NAME)

@@ -36,6 +36,7 @@ class InProcessBuilder(PyBuilder):
         from tvm.driver import build as tvm_build
         from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+        from mobilec import stops
         from mobilec.compiler.tir_lowering import TIR_PIPELINE  # candidates lowered like the build
 
         def export(lib) -> BuilderResult:
@@ -50,7 +51,8 @@ class InProcessBuilder(PyBuilder):
         for item in build_inputs:
             try:
                 mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
-                built.append(tvm_build(mod, target=item.target, pipeline=TIR_PIPELINE))
+                with stops.inside_tvm():  # TVM calls mobilec's Python TIR passes
+                    built.append(tvm_build(mod, target=item.target, pipeline=TIR_PIPELINE))
             except Exception as e:  # noqa: BLE001
                 built.append(BuilderResult(None, f"{type(e).__name__}: {e}"))
         with ThreadPoolExecutor(max_workers=self.workers) as pool:

@@ -12,6 +12,8 @@ from typing import Callable, Optional
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
+from mobilec import stops
+
 
 @dataclass
 class TaskStats:
@@ -208,8 +210,8 @@ class ProgressCallback(PyMeasureCallback):
     """Feeds every measured batch into ``Progress`` and refreshes the live display, or hands one
     plain line per round to ``echo``. Stops the search (by raising, which ends MetaSchedule's loop)
     when the device is gone, when every task had a round and no candidate ran at all, or after the
-    round that passed the time budget (its records are in the database by then: the database
-    callbacks come first)."""
+    round that passed the time budget or in which a stop (Ctrl-C, SIGTERM) arrived (its records
+    are in the database by then: the database callbacks come first)."""
 
     def __init__(self, progress: Progress, live=None, echo: Optional[Callable[[str], None]] = None):
         super().__init__()
@@ -234,3 +236,5 @@ class ProgressCallback(PyMeasureCallback):
         if p.past_deadline():
             p.out_of_time = True
             raise RuntimeError("time budget spent")  # ends MetaSchedule's loop; not an error
+        if stops.pending():  # Ctrl-C or SIGTERM held while TVM ran: stop here, raised once back in Python
+            raise RuntimeError("stopped")

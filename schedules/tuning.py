@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from mobilec import stops
 from mobilec.errors import UserError
 from mobilec.schedules.confirm import confirm, seedings
 from mobilec.schedules.database import open_database, records_for, searched, seed_record, valid_records
@@ -333,13 +334,14 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
             else:  # a log or a pipe: a live table would be reprinted whole on every refresh
                 echo = lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
         try:
-            ms.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
-                max_trials_global=remaining, max_trials_per_task=per_task, num_trials_per_iter=opts.per_round,
-                builder=builder, runner=runner, database=db, cost_model="xgb",
-                measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-                + [ProgressCallback(progress, live, echo)],
-                task_scheduler="gradient")
+            with stops.inside_tvm():  # a stop ends the search after its round (ProgressCallback)
+                ms.tune_tasks(
+                    tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
+                    max_trials_global=remaining, max_trials_per_task=per_task, num_trials_per_iter=opts.per_round,
+                    builder=builder, runner=runner, database=db, cost_model="xgb",
+                    measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                    + [ProgressCallback(progress, live, echo)],
+                    task_scheduler="gradient")
         except Exception:
             if progress.lost is not None:
                 n = len(open_database(db_dir))
