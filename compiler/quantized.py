@@ -234,10 +234,11 @@ class _Rewrite(relax.PyExprMutator):
         # (FMA: twice AVX2's int32 multiply rate) give exactly the int32 result
         bound = max(x_zp - lo_x, hi_x - x_zp) * int(np.abs(w_rows.astype(np.int64)).sum(axis=1).max(initial=0))
         bound += int(np.abs(bias_q.astype(np.int64)).max(initial=0)) if bias_q is not None else 0
-        k, w_max = w_rows.shape[1], int(np.abs(w_rows).max(initial=0))
+        k = w_rows.shape[1]
+        fits_int8 = w_rows.size == 0 or (int(w_rows.min()) >= -128 and int(w_rows.max()) <= 127)
         # x - shift is what the kernel reads; sum_k (shift - x_zp) * w[c, k] joins the bias
         dot = instruction(self.dot, k, channels) if self._pointwise(kernel) else None  # its channels fit it
-        if dot is not None and (dot.dtype not in _INT8 or w_max <= 127):  # 8-bit weights: w - w_zp fits int8
+        if dot is not None and (dot.dtype not in _INT8 or fits_int8):  # 8-bit weights: w - w_zp fits int8
             # int16 operands: x - x_zp; 8-bit ones: x moved into the operand's range (a uint8 input
             # read as x - 128 for sdot, an int8 one as x + 128 for vpdpbusd)
             narrow = dot.data_dtype

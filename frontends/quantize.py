@@ -238,15 +238,25 @@ def quantize_model(model: Union[str, Path], output: Union[str, Path],
 
 
 def output_step(model: Union[str, Path, onnx.ModelProto]) -> float:
-    """The quantisation step of a QDQ model's output: the scale of its last QuantizeLinear."""
+    """The quantisation step of a QDQ model's (first) output: the scale of the DequantizeLinear or
+    QuantizeLinear it comes from, read through casts and reshapes (PyTorch's exporter writes
+    scales as Constant nodes, onnxruntime's tools as initializers)."""
     from onnx import numpy_helper
 
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    scales = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    last = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
-    if not last or last[-1].input[1] not in scales:
+    graph = proto.graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get(graph.output[0].name) if graph.output else None
+    while node is not None and node.op_type in ("Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Transpose"):
+        node = producer.get(node.input[0])
+    if node is None or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+        node = next((n for n in reversed(graph.node) if n.op_type == "QuantizeLinear"), None)
+    if node is None or node.input[1] not in constants:
         raise QuantizeError("no QuantizeLinear with a constant scale: not a quantised (QDQ) model")
-    return float(scales[last[-1].input[1]].reshape(-1)[0])
+    return float(constants[node.input[1]].reshape(-1)[0])
 
 
 def reference_session(model: Union[str, Path]):

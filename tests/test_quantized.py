@@ -294,6 +294,79 @@ def test_registry_model_int8(exported, tmp_path):
     assert float(np.median(np.abs(got - want))) <= 2 * output_step(qdq) * 1.001
 
 
+def pytorch_quantised(path, input_size: int = 112) -> None:
+    """MobileNetV3-Small quantised by PyTorch itself (FX graph mode, the "x86" backend's per-channel
+    symmetric weights, which reach -128) and written by its TorchScript ONNX exporter: scales and
+    zero points as Constant nodes, a Cast after each QuantizeLinear, biases as int32 DequantizeLinear
+    with a computed zero point."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from mobilec.frontends.registry import calibrate_batch_norm, get_spec
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (1, 3, input_size, input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        net = calibrate_batch_norm(get_spec("mobilenet_v3_small").build(), input_size).eval()
+        prepared = prepare_fx(net, get_default_qconfig_mapping("x86"), (torch.randn(shape, generator=gen),))
+        with torch.no_grad():
+            for _ in range(4):
+                prepared(torch.randn(shape, generator=gen))
+        torch.onnx.export(convert_fx(prepared), (torch.randn(shape, generator=gen),), str(path), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["output"])
+
+
+@pytest.mark.build
+def test_pytorch_quantised_export(tmp_path):
+    """Every convolution and the classifier of PyTorch's own int8 MobileNetV3-Small run as integer
+    kernels (its squeeze-and-excite FCs too: PyTorch quantises them), the h-swish and h-sigmoid
+    fused, and the output follows the file's QDQ semantics."""
+    qdq = tmp_path / "small-pytorch-int8.onnx"
+    pytorch_quantised(qdq)
+    convs = sum(n.op_type in ("Conv", "Gemm") for n in onnx.load(str(qdq)).graph.node)
+    res = compile_model(str(qdq), tmp_path / "small-pytorch-int8.so")
+    assert res.report.float_quantized == []
+    assert sum(res.report.int8.values()) == convs == 54, res.report.int8
+    assert res.report.matched.get("mobilec.conv2d_requantize_hswish", 0) > 0
+    assert res.report.matched.get("mobilec.hsigmoid") == 9, res.report.matched
+    sess = reference_session(str(qdq))
+    x = seeded_input((1, 3, 112, 112))
+    want = sess.run(None, {"input": x})[0]
+    got = mr.load(res.library)(x)
+    cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cos > 0.99, cos
+    assert float(np.median(np.abs(got - want))) <= 2 * output_step(qdq) * 1.001
+
+
+@pytest.mark.build
+def test_a_weight_of_minus_128_takes_the_dot_instruction(tmp_path):
+    """Symmetric int8 weights span -128..127 (PyTorch's per-channel observer reaches -128): they fit
+    the 8-bit operand of vpdpbusd and sdot as they are."""
+    n, i = conv("input", "output", cin=C, cout=C, k=1)
+    src, qdq = tmp_path / "m.onnx", tmp_path / "m-int8.onnx"
+    onnx.save(model(n, i), src)
+    quantize_model(src, qdq, QuantizeConfig(random=4, held_out=1))
+    proto = onnx.load(str(qdq))
+    weight = next(t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4)
+    w = onnx.numpy_helper.to_array(weight).copy()
+    w.flat[0] = -128
+    weight.CopyFrom(onnx.numpy_helper.from_array(w, weight.name))
+    onnx.save(proto, qdq)
+    host = resolve("host").triple
+    for triple, cpu, kind in (("x86_64-linux-gnu", "cascadelake", "uint8 x int8 dot (vpdpbusd)"),
+                              ("aarch64-linux-gnu", "cortex-a76", "int8 dot (sdot)"),
+                              ("x86_64-linux-gnu", "core-avx2", "int16 pairs (vpmaddwd)")):
+        res = compile_model(str(qdq), tmp_path / f"{cpu}.so", CompileConfig(target=triple, cpu=cpu))
+        assert res.report.int8 == {f"conv2d ({kind})": 1}, (cpu, res.report.int8)
+        if triple == host and not missing_flags(CPUS[(triple.split("-")[0], cpu)]):
+            assert_within_one_step(res.library, str(qdq))
+
+
 @pytest.mark.build
 def test_no_integer_flag_keeps_the_file_in_float(tmp_path):
     qdq = quantized(tmp_path, kernel("pointwise"))
