@@ -2,9 +2,11 @@
 
     .venv/bin/python benchmarks/int8.py [--models mobilenet_v3_large mobilenet_v3_small
         lraspp_mobilenet_v3_large] [--threads 2] [--repeat 60] [--calibration 16]
+        [--quantizer mobilec|pytorch]
 
 Per model: export fp32 (the registry's seeded weights), ``mobilec quantize`` it (QDQ, calibrated
-on seeded random inputs), compile both with the defaults, then time in one process, engines
+on seeded random inputs; ``--quantizer pytorch``: PyTorch's own FX quantisation and ONNX export
+of the same weights, ``frontends/torch_int8.py``), compile both with the defaults, then time in one process, engines
 alternating in blocks (``mobilec.present.interleaved``): mobilec fp32, mobilec int8, onnxruntime
 fp32 and onnxruntime int8 (all graph optimisations, on the same QDQ file).
 
@@ -32,7 +34,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
-def measure(name: str, tmp: Path, threads: int, repeat: int, calibration: int) -> dict:
+def measure(name: str, tmp: Path, threads: int, repeat: int, calibration: int, quantizer: str = "mobilec") -> dict:
     from mobilec.compiler import CompileConfig, compile_model
     from mobilec.frontends import export_model
     from mobilec.frontends.quantize import QuantizeConfig, output_step, quantize_model, reference_session
@@ -40,7 +42,12 @@ def measure(name: str, tmp: Path, threads: int, repeat: int, calibration: int) -
 
     fp32_onnx, int8_onnx = tmp / f"{name}.onnx", tmp / f"{name}-int8.onnx"
     export_model(name, fp32_onnx)
-    q = quantize_model(fp32_onnx, int8_onnx, QuantizeConfig(random=calibration))
+    if quantizer == "pytorch":
+        from mobilec.frontends.torch_int8 import export_pytorch_int8
+
+        export_pytorch_int8(name, int8_onnx, calibration=calibration)
+    else:
+        quantize_model(fp32_onnx, int8_onnx, QuantizeConfig(random=calibration))
     libs = {}
     for label, src in (("fp32", fp32_onnx), ("int8", int8_onnx)):
         res = compile_model(src, tmp / f"{name}-{label}.so", CompileConfig())
@@ -71,7 +78,7 @@ def measure(name: str, tmp: Path, threads: int, repeat: int, calibration: int) -
     rounds = max(2, repeat // 5)
     timed = interleaved(engines, warmup=5, rounds=rounds, block=max(1, repeat // rounds))
     return {"model": name, "ms": {k: v["median_ms"] for k, v in timed.items()}, "kernels": kernels,
-            "left_float": left_float, "quantize_top1": q.top1_agreement, "quantize_cos": q.cosine,
+            "left_float": left_float,
             **{k: (min(v) if "exact" in k else max(v) if "steps" in k else float(np.mean(v)))
                for k, v in numerics.items()}}
 
@@ -82,14 +89,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=60)
     ap.add_argument("--calibration", type=int, default=16)
+    ap.add_argument("--quantizer", choices=["mobilec", "pytorch"], default="mobilec",
+                    help="who writes the QDQ file: mobilec quantize, or PyTorch's FX quantisation and ONNX export")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="mobilec-int8-") as tmp:
         for name in args.models:
-            r = measure(name, Path(tmp), args.threads, args.repeat, args.calibration)
+            r = measure(name, Path(tmp), args.threads, args.repeat, args.calibration, args.quantizer)
             rows.append(r)
             print(f"{name}: integer kernels {r['kernels']}, quantised ops left float: {r['left_float']}", flush=True)
-    print(f"\n{args.threads} threads; median ms of block medians, engines alternating\n")
+    print(f"\nQDQ files by {args.quantizer}; {args.threads} threads; median ms of block medians, engines alternating\n")
     print("| model | mobilec fp32 | mobilec int8 | onnxruntime fp32 | onnxruntime int8 | int8 / mobilec fp32 "
           "| int8 / onnxruntime int8 |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -17,6 +17,7 @@ from graphs import C, HW, const, conv, hswish_nodes, model
 from mobilec.compiler import CompileConfig, compile_model, inspect_model, resolve
 from mobilec.compiler.targets import CPUS, missing_flags, preset_of
 from mobilec.frontends.quantize import QuantizeConfig, output_step, quantize_model, reference_session
+from mobilec.frontends.torch_int8 import export_pytorch_int8
 
 
 def kernel(kind: str) -> onnx.ModelProto:
@@ -294,40 +295,13 @@ def test_registry_model_int8(exported, tmp_path):
     assert float(np.median(np.abs(got - want))) <= 2 * output_step(qdq) * 1.001
 
 
-def pytorch_quantised(path, input_size: int = 112) -> None:
-    """MobileNetV3-Small quantised by PyTorch itself (FX graph mode, the "x86" backend's per-channel
-    symmetric weights, which reach -128) and written by its TorchScript ONNX exporter: scales and
-    zero points as Constant nodes, a Cast after each QuantizeLinear, biases as int32 DequantizeLinear
-    with a computed zero point."""
-    import warnings
-
-    import torch
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    from mobilec.frontends.registry import calibrate_batch_norm, get_spec
-
-    gen = torch.Generator().manual_seed(0)
-    shape = (1, 3, input_size, input_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        net = calibrate_batch_norm(get_spec("mobilenet_v3_small").build(), input_size).eval()
-        prepared = prepare_fx(net, get_default_qconfig_mapping("x86"), (torch.randn(shape, generator=gen),))
-        with torch.no_grad():
-            for _ in range(4):
-                prepared(torch.randn(shape, generator=gen))
-        torch.onnx.export(convert_fx(prepared), (torch.randn(shape, generator=gen),), str(path), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["output"])
-
-
 @pytest.mark.build
 def test_pytorch_quantised_export(tmp_path):
-    """Every convolution and the classifier of PyTorch's own int8 MobileNetV3-Small run as integer
-    kernels (its squeeze-and-excite FCs too: PyTorch quantises them), the h-swish and h-sigmoid
-    fused, and the output follows the file's QDQ semantics."""
-    qdq = tmp_path / "small-pytorch-int8.onnx"
-    pytorch_quantised(qdq)
+    """Every convolution and the classifier of PyTorch's own int8 MobileNetV3-Small (FX graph mode,
+    the "x86" backend's per-channel weights, which reach -128; the TorchScript exporter's form) run
+    as integer kernels, its squeeze-and-excite FCs too (PyTorch quantises them), the h-swish and
+    h-sigmoid fused, and the output follows the file's QDQ semantics."""
+    qdq = export_pytorch_int8("mobilenet_v3_small", tmp_path / "small-pytorch-int8.onnx", input_size=112)
     convs = sum(n.op_type in ("Conv", "Gemm") for n in onnx.load(str(qdq)).graph.node)
     res = compile_model(str(qdq), tmp_path / "small-pytorch-int8.so")
     assert res.report.float_quantized == []
