@@ -4,9 +4,11 @@ TVM calls back into Python all the time: a TIR pass, MetaSchedule's builder, run
 and measure callbacks. A Python exception raised by a signal handler in such a callback has to
 unwind through TVM's C++ frames, and some of them cannot pass it on: the process ends in
 ``std::terminate`` (seen as a SIGSEGV from TVM's crash handler) instead of unwinding. So work that
-calls into TVM runs in ``inside_tvm()``: a stop arriving there is held, and raised as ``Stopped``
-when the outermost such block returns to Python. A tuning search asks ``pending()`` after each
-measured round and ends its loop there, like its time budget.
+calls into TVM runs in ``inside_tvm()``: a stop arriving there is held (and said on stderr), and
+raised as ``Stopped`` when the outermost such block returns to Python. A tuning search asks
+``pending()`` after each measured round and ends its loop there, like its time budget. A second
+stop while one is held ends the process at once (exit status 128 + signal), as a user pressing
+Ctrl-C twice asks: no clean-up then.
 
 Outside such blocks a stop raises ``Stopped`` (a ``KeyboardInterrupt``) at once, so the work in
 progress unwinds: a tuning run's private temporary folder and half-written outputs are removed
@@ -16,6 +18,7 @@ and its database stays whole.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Callable
@@ -33,10 +36,13 @@ class Stopped(KeyboardInterrupt):
 
 
 def _handler(signum, _frame):
-    if _depth:
-        _held.append(signum)
-        return
-    raise Stopped(signum)
+    if not _depth:
+        raise Stopped(signum)
+    if _held:  # a second stop while the first waits for TVM: stop now, as asked
+        os.write(2, b"mobilec: stopped at once\n")
+        os._exit(128 + signum)
+    _held.append(signum)
+    os.write(2, b"mobilec: stopping when the current TVM step returns (press Ctrl-C again to stop at once)\n")
 
 
 def install() -> Callable[[], None]:
