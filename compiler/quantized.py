@@ -51,6 +51,13 @@ _RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 _FLOAT_EXACT = 2 ** 24  # integers below this are exact in float32
 
 
+def _fits_int16_sums(w_rows: np.ndarray, dot) -> bool:
+    """Widening kernels (smull) sum the products of weights k and k + group of each depth block in
+    an int16 lane: with inputs within -128..127 that lane holds at most 128 x (|w_a| + |w_b|)."""
+    blocks = np.abs(w_rows.astype(np.int64)).reshape(w_rows.shape[0], -1, dot.steps, dot.group)
+    return w_rows.size == 0 or int(blocks.sum(axis=2).max()) * 128 <= np.iinfo(np.int16).max
+
+
 def _op(call, name: str) -> bool:
     return isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == f"relax.{name}"
 
@@ -238,6 +245,8 @@ class _Rewrite(relax.PyExprMutator):
         fits_int8 = w_rows.size == 0 or (int(w_rows.min()) >= -128 and int(w_rows.max()) <= 127)
         # x - shift is what the kernel reads; sum_k (shift - x_zp) * w[c, k] joins the bias
         dot = instruction(self.dot, k, channels) if self._pointwise(kernel) else None  # its channels fit it
+        if dot is not None and dot.int16_sums and not _fits_int16_sums(w_rows, dot):
+            dot = None  # two weights of -128 (or asymmetric ones) that one int16 lane would sum
         if dot is not None and (dot.dtype not in _INT8 or fits_int8):  # 8-bit weights: w - w_zp fits int8
             # int16 operands: x - x_zp; 8-bit ones: x moved into the operand's range (a uint8 input
             # read as x - 128 for sdot, an int8 one as x + 128 for vpdpbusd)

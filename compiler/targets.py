@@ -67,7 +67,7 @@ class CpuPreset:
     vector_bits: int = 128        # SIMD register width the kernels vectorise for (NEON, SSE: 128)
     vector_registers: int = 32    # SIMD registers the register tiles may fill (AArch64: 32, ARMv7: 16 q)
     wide_bits: int = 0            # wider vectors for kernels whose channels fill them (AVX-512: pointwise)
-    int_dot: str = ""             # integer dot-product instruction (schedules/kernels/integer.py): vpmaddwd, sdot, vpdpbusd
+    int_dot: str = ""             # integer dot-product instruction (schedules/kernels/integer.py): vpmaddwd, sdot, vpdpbusd, smull
     l2_kb: int = 256              # L2 cache a core reads from, usual configuration (compiler/quantized.py)
 
     @property
@@ -79,11 +79,12 @@ class CpuPreset:
 
 CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
     # phone and board cores (ARMv8.0 little/big, ARMv8.2 with dot product); parts: MIDR part numbers
-    CpuPreset("cortex-a53", "aarch64", "cortex-a53", (), 4, parts=(0xD03, 0xD04), l2_kb=512),  # and A35
+    CpuPreset("cortex-a53", "aarch64", "cortex-a53", (), 4, parts=(0xD03, 0xD04), int_dot="smull", l2_kb=512),  # and A35
     CpuPreset("cortex-a55", "aarch64", "cortex-a55", ("+dotprod", "+fullfp16"), 4, parts=(0xD05,),
               int_dot="sdot", l2_kb=128),
-    CpuPreset("cortex-a72", "aarch64", "cortex-a72", (), 2, parts=(0xD07, 0xD08), l2_kb=1024),  # and A57
-    CpuPreset("cortex-a73", "aarch64", "cortex-a73", (), 4, parts=(0xD09,), l2_kb=1024),
+    CpuPreset("cortex-a72", "aarch64", "cortex-a72", (), 2, parts=(0xD07, 0xD08), int_dot="smull",
+              l2_kb=1024),  # and A57
+    CpuPreset("cortex-a73", "aarch64", "cortex-a73", (), 4, parts=(0xD09,), int_dot="smull", l2_kb=1024),
     CpuPreset("cortex-a75", "aarch64", "cortex-a75", ("+dotprod", "+fullfp16"), 4, parts=(0xD0A,),
               int_dot="sdot", l2_kb=256),
     CpuPreset("cortex-a76", "aarch64", "cortex-a76", ("+dotprod", "+fullfp16"), 4, parts=(0xD0B, 0xD0C, 0xD0E),

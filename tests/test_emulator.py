@@ -52,8 +52,9 @@ def test_missing_rootfs_is_a_clear_error(tmp_path):
 
 def test_int8_kernels_on_the_emulated_device_match_the_qdq_reference(emulated, tmp_path):
     """Every int8 kernel kind (test_quantized.KINDS), built for Cortex-A76 and A55 (1x1 kernels on
-    sdot) and A53 (no dot product: exact float32 or int32), run on the device, against the QDQ
-    file's own semantics within one output step."""
+    sdot) and A53 (no dot product: 1x1 kernels on the widening smull/smlal/sadalp, the rest exact
+    float32 or int32), run on the device, against the QDQ file's own semantics within one output
+    step."""
     from test_quantized import KINDS, kernel, quantized
     from mobilec.frontends.quantize import output_step, reference_session
 
@@ -74,3 +75,4 @@ def test_int8_kernels_on_the_emulated_device_match_the_qdq_reference(emulated, t
         assert float(np.abs(got - want).max()) <= output_step(qdq) * 1.001, (kind, cpu)
     assert ("cortex-a76", "conv2d (int8 dot (sdot))") in ways and ("cortex-a55", "conv2d (int8 dot (sdot))") in ways
     assert not any("sdot" in how for cpu, how in ways if cpu == "cortex-a53"), ways
+    assert ("cortex-a53", "conv2d (int8 pairs (smull))") in ways, ways

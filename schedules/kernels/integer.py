@@ -10,6 +10,12 @@
              uint8 x int8 products: four times an fp32 FMA; uint8 inputs (int8 ones read as x + 128)
   avx-vnni (x86 AVX-VNNI without AVX-512: Alder Lake and later client cores, Zen 5): vpdpbusd's
              256-bit form, VEX-encoded (LLVM picks the encoding from the CPU's features)
+  smull    (AArch64 without the dot product: Cortex-A53/A72/A73): widening
+             multiply-accumulate, 4 int32 lanes each += four 8-bit products: smull and smlal take
+             16 int8 products into 8 int16 lanes (two products each), sadalp adds the lanes' pairs
+             into the int32 accumulators: 16 multiply-adds in 3 instructions, where fp32's fmla
+             does 4 in one; int8 operands, whose weights must keep two products within int16
+             (|w_a| + |w_b| <= 255 for the two weights a lane sums: checked per layer)
 
 The kernels are the 1x1 convolutions and matrix products of a quantised model
 (``compiler/quantized.py``). The weights are packed at compile time so each step reads one
@@ -42,6 +48,7 @@ class DotInstruction:
     fused_add: bool  # accumulates in place (sdot, vpdpbusd); else a separate add, and a register for the product
     data: str = ""  # the input's type, when it is not the weights' (vpdpbusd: uint8)
     steps: int = 1  # groups one intrinsic call takes by element from one input vector (sdot's lane form: 4)
+    int16_sums: bool = False  # the products of a lane's ``steps`` groups are summed in int16 first (smull)
 
     @property
     def depth(self) -> int:
@@ -125,6 +132,35 @@ def _sdot_lane_impl(steps: int):
     return impl
 
 
+_WIDENING = {  # (multiply into int16, pairwise add into int32); ARMv7's vmull/vpadal would be a row
+    "smull": ("llvm.aarch64.neon.smull.v8i16", "llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+}
+
+
+def _widening_impl(name: str):
+    """Two steps of int8 pairs: each input pair (k, k+1) broadcast to 4 lanes and multiplied with
+    the packed weights' [4 channels x 2] block (smull), the second step added in int16 (smlal:
+    LLVM fuses the add), then the int16 lanes' pairs added into the int32 accumulators (sadalp)."""
+    multiply, pairwise = _WIDENING[name]
+
+    def product(pairs, s, b):
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(multiply), T.reinterpret(T.Shuffle([pairs, pairs], [s, s, s, s]), dtype="int8x8"),
+            b.vload([s, 0, 0], dtype="int8x8"), dtype="int16x8")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((2, 4, 2), "int8", offset_factor=1),
+             c: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:4], a[0:4], b[0:2, 0:4, 0:2])
+            T.writes(c[0:4])
+            pairs = T.reinterpret(a.vload([0], "int8x4"), dtype="int16x2")
+            c[T.ramp(T.int32(0), 1, 4)] = c.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(pairwise), product(pairs, 0, b) + product(pairs, 1, b), dtype="int32x4")
+
+    return impl
+
+
 def _pmaddwd_impl():
     lanes, group = 8, 2
 
@@ -182,6 +218,11 @@ def instructions(name: str) -> tuple[DotInstruction, ...]:
                                       _sdot_lane_impl(steps), override=True)
                 forms.append(DotInstruction(4, 4, "int8", f"mobilec.sdot_lane_4x{4 * steps}", fused_add=True, steps=steps))
             _REGISTERED[name] = (*forms, DotInstruction(4, 4, "int8", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, fused_add=True))
+        elif name in _WIDENING:
+            TensorIntrin.register(f"mobilec.{name}_4x2x2", _lane_desc(4, 2, 2, "int8"), _widening_impl(name),
+                                  override=True)
+            _REGISTERED[name] = (DotInstruction(4, 2, "int8", f"mobilec.{name}_4x2x2", fused_add=False, steps=2,
+                                                int16_sums=True),)
         elif name in ("vpdpbusd", "avx-vnni"):  # AVX-VNNI: the same instruction, 256 bits only
             forms = []
             for lanes in (16, 8) if name == "vpdpbusd" else (8,):
