@@ -1,6 +1,6 @@
 """Static estimate of ARM NEON kernel speed, for when there is no phone to measure on.
 
-    .venv/bin/python benchmarks/neon_estimate.py [--model mobilenet_v3_large] [--out benchmarks/results/neon_estimate.md]
+    .venv/bin/python benchmarks/neon_estimate.py [--model mobilenet_v3_large] [--int8] [--out benchmarks/results/neon_estimate.md]
 
 Compiles the model untuned for aarch64 (cortex-a76 preset, 4 cores) with mobilec's own pipeline,
 splits the generated AArch64 assembly into kernels (TVM's ``__tvm_parallel_lambda`` bodies belong
@@ -46,7 +46,9 @@ FUNC_TYPE = re.compile(r"^\s*\.type\s+([^,\s]+),\s*@function")
 BRANCH = re.compile(r"^(?:b\.\w+|cbn?z|tbn?z)\s+(?:.*,\s*)?(\.LBB\w+)$")
 VECTOR_FMLA = re.compile(r"^fmla\s+v\d+\.4s\b")
 VECTOR_SDOT = re.compile(r"^sdot\s+v\d+\.4s\b")  # int8 kernels: 16 multiply-adds, on the FMA pipes
-MACS = {VECTOR_FMLA: 4, VECTOR_SDOT: 16}  # multiply-adds per instruction
+VECTOR_SMULL = re.compile(r"^sm(?:ull|lal)2?\s+v\d+\.8h\b")  # int8 without sdot: 8 products into int16
+MACS = {VECTOR_FMLA: 4, VECTOR_SDOT: 16, VECTOR_SMULL: 8}  # multiply-adds per instruction
+WIDENING_CORES = ("cortex-a53", "cortex-a72")  # no dot product: int8 1x1 kernels on smull/smlal/sadalp
 RTHROUGHPUT = re.compile(r"Block RThroughput:\s*([\d.]+)")
 
 KINDS = ("pointwise", "depthwise", "direct", "squeeze-excite", "matmul", "generic")
@@ -73,9 +75,10 @@ class Kernel:
 # compile
 
 
-def compile_assembly(model: str, workdir: Path, int8: bool = False) -> tuple[str, dict[str, str]]:
-    """The model's AArch64 assembly, and {kernel name: default schedule} from the pipeline;
-    ``int8``: of the model quantised by ``mobilec quantize`` (4 random calibration inputs)."""
+def compile_assembly(model: str, workdir: Path, int8: bool = False, cpu: str = "cortex-a76") -> tuple[str, dict[str, str]]:
+    """The model's AArch64 assembly for ``cpu``'s preset, and {kernel name: default schedule} from
+    the pipeline; ``int8``: of the model quantised by ``mobilec quantize`` (4 random calibration
+    inputs)."""
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import PipelineOptions, build
     from mobilec.compiler.targets import resolve
@@ -86,7 +89,7 @@ def compile_assembly(model: str, workdir: Path, int8: bool = False) -> tuple[str
     export_model(model, onnx_path)
     if int8:
         onnx_path = quantize_model(onnx_path, workdir / f"{model}-int8.onnx", QuantizeConfig(random=4, held_out=1)).path
-    target = resolve("aarch64-linux-gnu", "cortex-a76", 4).tvm_target()
+    target = resolve("aarch64-linux-gnu", cpu, 4).tvm_target()
     opts = PipelineOptions()
     ex = build(import_onnx(onnx_path, {}).mod, target, opts)
     for module in _modules(ex.mod):
@@ -133,7 +136,7 @@ def split_functions(asm: str) -> dict[str, list[str]]:
 
 
 def _vector_mac(instr: str) -> bool:
-    return bool(VECTOR_FMLA.match(instr) or VECTOR_SDOT.match(instr))
+    return bool(VECTOR_FMLA.match(instr) or VECTOR_SDOT.match(instr) or VECTOR_SMULL.match(instr))
 
 
 def _instruction(line: str) -> str | None:
@@ -308,10 +311,31 @@ def int8_table(fp32: list[Kernel], fp32_schedules: dict, int8: list[Kernel], int
     return "\n".join(rows)
 
 
+def widening_table(mca: str, model: str, workdir: Path) -> str:
+    """Cores without the dot product: pointwise multiply-adds per cycle of the fp32 (fmla) and the
+    int8 (smull/smlal/sadalp) inner loops, each compiled for the core's preset and timed by
+    llvm-mca's own model of that core (Block RThroughput of the whole loop)."""
+    rows = ["| core (llvm-mca model) | fp32 pointwise MACs/cycle (median) | int8 pointwise MACs/cycle (median) "
+            "| int8 / fp32 |", "|---|---:|---:|---:|"]
+    for cpu in WIDENING_CORES:
+        medians = []
+        for int8 in (False, True):
+            asm, schedules = compile_assembly(model, workdir, int8=int8, cpu=cpu)
+            loops = [lp for name, lines in split_functions(asm).items() if kind_of(name, schedules) == "pointwise"
+                     for lp in innermost_loops(lines) if lp.fmla  # int8: the smull loops, not the epilogues' fmla
+                     and (not int8 or any(VECTOR_SMULL.match(i) for i in lp.body))]
+            rates = [lp.macs / block_rthroughput(mca, cpu, lp.body) for lp in loops]
+            medians.append((statistics.median(rates), len(rates)) if rates else (float("nan"), 0))
+        (f, nf), (q, nq) = medians
+        rows.append(f"| {cpu} | {f:.1f} ({nf} loops) | {q:.1f} ({nq} loops) | {q / f:.2f}x |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--int8", action="store_true", help="also the model quantised by mobilec quantize: "
-                    "pointwise multiply-adds per cycle, fp32 (fmla) against int8 (sdot)")
+                    "pointwise multiply-adds per cycle, fp32 (fmla) against int8 (sdot on A76/A55, "
+                    "smull/smlal/sadalp on A53/A72)")
     ap.add_argument("--model", default="mobilenet_v3_large")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "neon_estimate.md"))
     args = ap.parse_args()
@@ -321,6 +345,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asm, schedules = compile_assembly(args.model, Path(tmp))
         quantised = compile_assembly(args.model, Path(tmp), int8=True) if args.int8 else None
+        widening = widening_table(mca, args.model, Path(tmp)) if args.int8 else None
     compiled = time.perf_counter() - start
 
     peaks = {cpu: model_fma_peak(mca, cpu) for cpu in CORES}
@@ -357,6 +382,10 @@ def main() -> None:
                  "fmla's 4; LLVM 14's models take it for an integer ALU op, so, as above, the dot-product "
                  "bound is the hardware's and the rest llvm-mca's.\n\n"
                  + int8_table(kernels, schedules, analyse(mca, *quantised), quantised[1]) + "\n")
+        text += ("\n## int8 without the dot product (Cortex-A53, A72): pointwise multiply-adds per cycle\n\n"
+                 "Each core's own preset and llvm-mca's own model of it, fp32 (fmla) against int8 (smull and "
+                 "smlal, 8 products each into int16, then sadalp into int32: 16 multiply-adds in 3 "
+                 "instructions).\n\n" + widening + "\n")
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
