@@ -6,8 +6,8 @@
 
 Per model: export fp32 (the registry's seeded weights), ``mobilec quantize`` it (QDQ, calibrated
 on seeded random inputs; ``--quantizer pytorch``: PyTorch's own FX quantisation and ONNX export
-of the same weights, ``frontends/torch_int8.py``), compile both with the defaults, then time in one process, engines
-alternating in blocks (``mobilec.present.interleaved``): mobilec fp32, mobilec int8, onnxruntime
+of the same weights, ``frontends/torch_int8.py``), compile both with the defaults, then time in
+one process, engines alternating in blocks (``mobilec.present.interleaved``): mobilec fp32, mobilec int8, onnxruntime
 fp32 and onnxruntime int8 (all graph optimisations, on the same QDQ file).
 
 Numerics, on held-out seeded inputs:

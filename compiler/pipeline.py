@@ -33,10 +33,10 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+from mobilec import stops
 from mobilec.compiler.cancel_zero_points import CancelZeroPoints
 from mobilec.compiler.exact_division import LEGALIZE as EXACT_DIVISION
 from mobilec.compiler.fusions import RULES, CancelTransposes
-from mobilec import stops
 from mobilec.errors import ConfigError
 from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
 from mobilec.compiler.pad_channels import PadChannels
