@@ -48,7 +48,7 @@ VECTOR_FMLA = re.compile(r"^fmla\s+v\d+\.4s\b")
 VECTOR_SDOT = re.compile(r"^sdot\s+v\d+\.4s\b")  # int8 kernels: 16 multiply-adds, on the FMA pipes
 VECTOR_SMULL = re.compile(r"^sm(?:ull|lal)2?\s+v\d+\.8h\b")  # int8 without sdot: 8 products into int16
 MACS = {VECTOR_FMLA: 4, VECTOR_SDOT: 16, VECTOR_SMULL: 8}  # multiply-adds per instruction
-WIDENING_CORES = ("cortex-a53", "cortex-a72")  # no dot product: int8 1x1 kernels on smull/smlal/sadalp
+WIDENING_CORES = ("cortex-a72",)  # no dot product: int8 1x1 kernels on smull/smlal/sadalp (A53's preset has none)
 RTHROUGHPUT = re.compile(r"Block RThroughput:\s*([\d.]+)")
 
 KINDS = ("pointwise", "depthwise", "direct", "squeeze-excite", "matmul", "generic")
@@ -382,7 +382,7 @@ def main() -> None:
                  "fmla's 4; LLVM 14's models take it for an integer ALU op, so, as above, the dot-product "
                  "bound is the hardware's and the rest llvm-mca's.\n\n"
                  + int8_table(kernels, schedules, analyse(mca, *quantised), quantised[1]) + "\n")
-        text += ("\n## int8 without the dot product (Cortex-A53, A72): pointwise multiply-adds per cycle\n\n"
+        text += ("\n## int8 without the dot product (Cortex-A72): pointwise multiply-adds per cycle\n\n"
                  "Each core's own preset and llvm-mca's own model of it, fp32 (fmla) against int8 (smull and "
                  "smlal, 8 products each into int16, then sadalp into int32: 16 multiply-adds in 3 "
                  "instructions).\n\n" + widening + "\n")

@@ -79,7 +79,9 @@ class CpuPreset:
 
 CPUS: dict[tuple[str, str], CpuPreset] = {(c.arch, c.name): c for c in [
     # phone and board cores (ARMv8.0 little/big, ARMv8.2 with dot product); parts: MIDR part numbers
-    CpuPreset("cortex-a53", "aarch64", "cortex-a53", (), 4, parts=(0xD03, 0xD04), int_dot="smull", l2_kb=512),  # and A35
+    # A53: no int_dot. Its smull kernels spill (LLVM unrolls the reduction and hoists the int16
+    # products): 0.93x fp32's multiply-adds a cycle in llvm-mca's A53 model (benchmarks/neon_estimate.py)
+    CpuPreset("cortex-a53", "aarch64", "cortex-a53", (), 4, parts=(0xD03, 0xD04), l2_kb=512),  # and A35
     CpuPreset("cortex-a55", "aarch64", "cortex-a55", ("+dotprod", "+fullfp16"), 4, parts=(0xD05,),
               int_dot="sdot", l2_kb=128),
     CpuPreset("cortex-a72", "aarch64", "cortex-a72", (), 2, parts=(0xD07, 0xD08), int_dot="smull",

@@ -52,7 +52,7 @@ def test_missing_rootfs_is_a_clear_error(tmp_path):
 
 def test_int8_kernels_on_the_emulated_device_match_the_qdq_reference(emulated, tmp_path):
     """Every int8 kernel kind (test_quantized.KINDS), built for Cortex-A76 and A55 (1x1 kernels on
-    sdot) and A53 (no dot product: 1x1 kernels on the widening smull/smlal/sadalp, the rest exact
+    sdot) and A72 (no dot product: 1x1 kernels on the widening smull/smlal/sadalp, the rest exact
     float32 or int32), run on the device, against the QDQ file's own semantics within one output
     step."""
     from test_quantized import KINDS, kernel, quantized
@@ -62,7 +62,7 @@ def test_int8_kernels_on_the_emulated_device_match_the_qdq_reference(emulated, t
     ways = set()
     for i, kind in enumerate(KINDS):
         qdq = quantized(tmp_path, kernel(kind), kind)
-        cpu = ("cortex-a76", "cortex-a55", "cortex-a53")[i % 3]
+        cpu = ("cortex-a76", "cortex-a55", "cortex-a72")[i % 3]
         res = compile_model(qdq, tmp_path / f"{kind}.so", CompileConfig(target="aarch64-linux-gnu", cpu=cpu))
         assert res.report.float_quantized == [] and res.report.int8, kind
         assert "unscheduled" not in res.manifest.default_schedules, (kind, cpu)
@@ -74,5 +74,5 @@ def test_int8_kernels_on_the_emulated_device_match_the_qdq_reference(emulated, t
         got = remote.load(res.library)(x)
         assert float(np.abs(got - want).max()) <= output_step(qdq) * 1.001, (kind, cpu)
     assert ("cortex-a76", "conv2d (int8 dot (sdot))") in ways and ("cortex-a55", "conv2d (int8 dot (sdot))") in ways
-    assert not any("sdot" in how for cpu, how in ways if cpu == "cortex-a53"), ways
-    assert ("cortex-a53", "conv2d (int8 pairs (smull))") in ways, ways
+    assert not any("sdot" in how for cpu, how in ways if cpu == "cortex-a72"), ways
+    assert ("cortex-a72", "conv2d (int8 pairs (smull))") in ways, ways

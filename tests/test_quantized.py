@@ -334,7 +334,7 @@ def test_a_weight_of_minus_128_takes_the_dot_instruction(tmp_path):
     host = resolve("host").triple
     for triple, cpu, kind in (("x86_64-linux-gnu", "cascadelake", "uint8 x int8 dot (vpdpbusd)"),
                               ("aarch64-linux-gnu", "cortex-a76", "int8 dot (sdot)"),
-                              ("aarch64-linux-gnu", "cortex-a53", "int8 pairs (smull)"),
+                              ("aarch64-linux-gnu", "cortex-a72", "int8 pairs (smull)"),
                               ("x86_64-linux-gnu", "core-avx2", "int16 pairs (vpmaddwd)")):
         res = compile_model(str(qdq), tmp_path / f"{cpu}.so", CompileConfig(target=triple, cpu=cpu))
         assert res.report.int8 == {f"conv2d ({kind})": 1}, (cpu, res.report.int8)
@@ -343,12 +343,13 @@ def test_a_weight_of_minus_128_takes_the_dot_instruction(tmp_path):
 
 
 @pytest.mark.build
-@pytest.mark.parametrize("cpu", ["cortex-a53", "cortex-a72"])
+@pytest.mark.parametrize("cpu", ["cortex-a72", "cortex-a73"])
 def test_widening_kernels_where_arm_has_no_dot_product(cpu, tmp_path):
-    """AArch64 without the dot product: 1x1 kernels multiply int8 into int16 (smull, smlal) and add
-    the int16 lanes' pairs into int32 (sadalp). A lane sums two products, of weights k and k + 2:
-    two weights of -128 there would pass int16, so that layer takes the exact float32 path. (Run
-    on the emulated device: tests/test_emulator.py.)"""
+    """AArch64 without the dot product (A72, A73): 1x1 kernels multiply int8 into int16 (smull,
+    smlal) and add the int16 lanes' pairs into int32 (sadalp). A lane sums two products, of weights
+    k and k + 2: two weights of -128 there would pass int16, so that layer takes the exact float32
+    path, as every layer does on A53 (its preset has no int_dot). (Run on the emulated device:
+    tests/test_emulator.py.)"""
     n, i = conv("input", "output", cin=C, cout=C, k=1)
     src, qdq = tmp_path / "m.onnx", tmp_path / "m-int8.onnx"
     onnx.save(model(n, i), src)
@@ -359,6 +360,8 @@ def test_widening_kernels_where_arm_has_no_dot_product(cpu, tmp_path):
     asm = assembly(str(qdq), "aarch64-linux-gnu", cpu)
     steps = [len(re.findall(rf"\s{ins}\s", asm)) for ins in ("smull", "smlal", "sadalp")]
     assert steps[0] > 0 and steps[0] == steps[1] == steps[2], steps
+    a53 = CompileConfig(target="aarch64-linux-gnu", cpu="cortex-a53")
+    assert compile_model(str(qdq), tmp_path / "a53.so", a53).report.int8 == {"conv2d (exact in float32)": 1}
     proto = onnx.load(str(qdq))
     weight = next(t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4)
     w = onnx.numpy_helper.to_array(weight).copy()

@@ -10,7 +10,7 @@
              uint8 x int8 products: four times an fp32 FMA; uint8 inputs (int8 ones read as x + 128)
   avx-vnni (x86 AVX-VNNI without AVX-512: Alder Lake and later client cores, Zen 5): vpdpbusd's
              256-bit form, VEX-encoded (LLVM picks the encoding from the CPU's features)
-  smull    (AArch64 without the dot product: Cortex-A53/A72/A73): widening
+  smull    (AArch64 without the dot product: Cortex-A72/A73): widening
              multiply-accumulate, 4 int32 lanes each += four 8-bit products: smull and smlal take
              16 int8 products into 8 int16 lanes (two products each), sadalp adds the lanes' pairs
              into the int32 accumulators: 16 multiply-adds in 3 instructions, where fp32's fmla
