@@ -29,15 +29,10 @@ import numpy as np
 from mobilec.present import interleaved, onnxruntime_session
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
-
-
 def measure(name: str, tmp: Path, threads: int, repeat: int, calibration: int, quantizer: str = "mobilec") -> dict:
     from mobilec.compiler import CompileConfig, compile_model
     from mobilec.frontends import export_model
-    from mobilec.frontends.quantize import QuantizeConfig, output_step, quantize_model, reference_session
+    from mobilec.frontends.quantize import QuantizeConfig, agreement, output_step, quantize_model, reference_session
     from mobilec.runtime import load
 
     fp32_onnx, int8_onnx = tmp / f"{name}.onnx", tmp / f"{name}-int8.onnx"
@@ -69,8 +64,8 @@ def measure(name: str, tmp: Path, threads: int, repeat: int, calibration: int, q
         numerics["mobilec_steps"].append(float(np.abs(ours - ref).max()) / step)
         numerics["mobilec_exact"].append(float(np.mean(np.abs(ours - ref) <= step / 2)))
         numerics["ort_steps"].append(float(np.abs(theirs - ref).max()) / step)
-        numerics["mobilec_cos"].append(_cosine(ours, fp32))
-        numerics["ort_cos"].append(_cosine(theirs, fp32))
+        numerics["mobilec_cos"].append(agreement(fp32, ours)[1])
+        numerics["ort_cos"].append(agreement(fp32, theirs)[1])
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     engines = {"mobilec fp32": lambda: libs["fp32"](x), "mobilec int8": lambda: libs["int8"](x),
                "onnxruntime fp32": lambda: sessions["fp32"].run(None, {feed: x}),
