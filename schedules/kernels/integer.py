@@ -264,10 +264,11 @@ def takes_dot(sch: Schedule, block, cpu) -> Optional[DotInstruction]:
 
 def packed_for(sch: Schedule, block, cpu) -> Optional[DotInstruction]:
     """The form of this CPU's instruction the kernel's weights are packed for by ``grouped_layout``
-    (a trailing lanes x group block), or None."""
-    if not cpu.int_dot:
-        return None
+    (a trailing lanes x group block), or None. A float kernel is None at once: registering the
+    instructions imports TVM's tensor intrinsics (``instructions``: 40-100 s on a 2-core host)."""
     weight = sch.get(block).reads[1].source
+    if not cpu.int_dot or not str(weight.dtype).startswith("int"):
+        return None
     return next((d for d in instructions(cpu.int_dot) if str(weight.dtype) == d.dtype
                  and [int(x) for x in weight.shape[-2:]] == [d.lanes, d.group] and int(weight.shape[-3]) % d.steps == 0),
                 None)
