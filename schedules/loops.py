@@ -181,6 +181,8 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
         sch.unroll(lane)
         stage_lanes(sch, block, lane_read, steps)
         reduce[-1] = steps
+    if reduce and not (pad_at_channel or unroll_reduction):
+        reduce[-1:] = unroll_steps(sch, reduce[-1])
     # parallel over the leading tile loops; for depthwise only over channels, so each thread
     # stages whole padded planes
     lead = (outer if parallel_all else  # all tile loops, unit ones too (they sit between the others)
@@ -214,6 +216,28 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
     sch.vectorize(inner[-1])
     if reduce:  # last: the init copies the unrolled, vectorised tile loops
         sch.decompose_reduction(block, reduce[0])
+
+
+MAX_UNROLL = 8  # the search's largest unroll of a reduction loop (steps of the whole register tile)
+
+
+def unroll_steps(sch: Schedule, loop) -> list:
+    """The reduction loop as [steps, unrolled]: ``unrolled`` steps of the register tile written
+    out one after another, a ``sample_perfect_tile`` of up to ``MAX_UNROLL`` (so MetaSchedule's
+    tile-size mutator changes it). The heuristic's is 1, LLVM's own choice: on x86 one step of a
+    register tile is 12-48 instructions, and the loop's own 3 are noise; on in-order cores
+    (Cortex-A53/A55) the steps' loads and multiply-adds interleave only when unrolled, which is
+    for the device to measure. MetaSchedule's ``unroll_explicit`` annotation is not used: it
+    unrolls a loop only whole, and a whole reduction of a register tile is hundreds to thousands
+    of steps."""
+    extent = loop_extent(sch, loop)
+    if extent == 1:
+        return [loop]
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=MAX_UNROLL,
+                                      decision=None if SEARCHING.get() else [extent, 1])
+    steps, unrolled = sch.split(loop, factors)
+    sch.unroll(unrolled)
+    return [steps, unrolled]
 
 
 def stage_lanes(sch: Schedule, block, read: int, steps) -> None:

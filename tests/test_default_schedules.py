@@ -3,6 +3,7 @@ MobileNet is made of scheduled and numerically equal to onnxruntime (host build)
 kernels on the emulated aarch64 device are in test_emulator.py."""
 
 import itertools
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -200,6 +201,74 @@ def test_pointwise_multiplies_by_vector_element_where_the_isa_can(triple, cpu, b
         assert "vfmadd" in asm and "vbroadcastss" in asm
 
 
+def _kernel(onnx_model, target, kind: str):
+    """The one kernel of ``onnx_model`` whose TIR names ``kind``, as mobilec's pipeline lowers it,
+    in a module of its own ("main")."""
+    import tvm
+
+    from mobilec.compiler.importer import import_onnx
+    from mobilec.compiler.pipeline import PipelineOptions, run_until
+
+    lowered = run_until(import_onnx(onnx_model).mod, target, PipelineOptions(), "lower")
+    func = next(f for _, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and kind in f.script())
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def _run_kernel(sch, target, seed: int = 0):
+    """Build one scheduled kernel as the tuning builder does and run it on seeded random inputs;
+    the output (its last parameter)."""
+    import tvm
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    from mobilec.compiler.tir_lowering import TIR_PIPELINE
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(sch.mod)
+    lib = tvm_build(mod, target=target, pipeline=TIR_PIPELINE)
+    rng = np.random.default_rng(seed)
+    args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.ty.shape]).astype(str(p.ty.dtype)))
+            for p in mod["main"].params]
+    lib[lib.entry_name](*args)
+    return args[-1].numpy()
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("triple,cpu_name", [("x86_64-linux-gnu", "core-avx2"), ("aarch64-linux-gnu", "cortex-a55")])
+def test_the_search_samples_how_far_the_reduction_loop_is_unrolled(triple, cpu_name):
+    """The reduction loop of a pointwise kernel is split by a tile-size sample whose inner loop is
+    unrolled: 1 in the default schedule (LLVM decides), up to 8 in the search (what an in-order
+    core may want). On AArch64 it is the loop over vectors of input channels (``fma_by_lane``).
+    A candidate that unrolls 4 steps computes the same sums in the same order: on the host, its
+    output equals the default schedule's bit for bit."""
+    from tvm.s_tir import Schedule
+
+    from mobilec.compiler.targets import resolve
+    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule, pack_for_tiles, search_space
+    from mobilec.schedules.loops import MAX_UNROLL
+
+    target = resolve(triple, cpu_name, 2).tvm_target()
+    cpu = CpuParams.from_target(target)
+    mod = _kernel(_pointwise(14, 32, 64), target, "conv2d_nhwc")
+    default = default_schedule(mod, cpu)[0]
+    trace = default.trace
+    unroll = [i for i in trace.insts if i.kind.name == "SamplePerfectTile"][-1]  # sampled after the tiles
+    steps = 32 // cpu.lanes if cpu.fma_by_lane else 32
+    assert decisions(trace)[-1] == [steps, 1] and int(unroll.attrs[1]) == MAX_UNROLL
+    for space in search_space(Schedule(mod), cpu):  # every design space samples it too
+        assert [i.kind.name for i in space.trace.insts].count("SamplePerfectTile") == len(decisions(trace))
+    unrolled = Schedule(mod)
+    trace.with_decision(unroll, [steps // 4, 4], remove_postproc=True).apply_to_schedule(unrolled, remove_postproc=False)
+    pack_for_tiles(unrolled)
+    assert decisions(unrolled.trace)[-1] == [steps // 4, 4]
+    loops = [Counter((int(s.get(l).extent), int(s.get(l).kind)) for l in s.get_loops(s.get_sblock("conv2d_nhwc_update")))
+             for s in (default, unrolled)]
+    serial, unroll_kind = 0, 3  # tvm.tirx.ForKind
+    assert loops[0] - loops[1] == Counter({(steps, serial): 1, (1, unroll_kind): 1}), loops
+    assert loops[1] - loops[0] == Counter({(steps // 4, serial): 1, (4, unroll_kind): 1}), loops
+    if triple.startswith("x86_64"):
+        assert np.array_equal(_run_kernel(unrolled, target), _run_kernel(default, target))
+
+
 @pytest.mark.build
 def test_search_space_gives_the_pointwise_loop_order_a_design_space_per_side():
     """Which operand's tile loop is outermost (weights or map) is a choice MetaSchedule's traces
@@ -209,8 +278,6 @@ def test_search_space_gives_the_pointwise_loop_order_a_design_space_per_side():
     import tvm
     from tvm.s_tir import Schedule
 
-    from mobilec.compiler.importer import import_onnx
-    from mobilec.compiler.pipeline import PipelineOptions, run_until
     from mobilec.compiler.targets import resolve
     from mobilec.schedules.defaults import CpuParams, decisions, default_schedule, search_space
 
@@ -218,10 +285,7 @@ def test_search_space_gives_the_pointwise_loop_order_a_design_space_per_side():
     cpu = CpuParams.from_target(target)
     for build, kind, count in [(lambda: _pointwise(14, 32, 64), "conv2d_nhwc", 2),
                                (lambda: _depthwise(14, 24, 3, 1), "group_conv2d", 1)]:
-        lowered = run_until(import_onnx(build()).mod, target, PipelineOptions(), "lower")
-        func = next(f for _, f in lowered.functions.items()
-                    if isinstance(f, tvm.tirx.PrimFunc) and kind in f.script())
-        mod = tvm.IRModule({"main": func})
+        mod = _kernel(build(), target, kind)
         spaces = search_space(Schedule(mod), cpu)
         assert len(spaces) == count, kind
         seed = decisions(default_schedule(mod, cpu)[0].trace)
