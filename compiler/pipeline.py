@@ -8,7 +8,8 @@
                         NHWC exporters leave) cancelled, so the network converts once at its input;
                         on CPUs with wider vectors for some kernels (AVX-512), hidden channel counts
                         padded to whole wide vectors where that is exact (pad_channels.py)
-  Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid)
+  Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid);
+                        the scalar constants they read (scales) bound into them (bind_scalars.py)
   Phase 3 lower         ops to TIR (bilinear resizes as two 1-D passes; QuantizeLinear and division
                         by one value as multiply-adds rounded exactly as the division:
                         exact_division.py); what no rule claimed is
@@ -34,6 +35,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from mobilec import stops
+from mobilec.compiler.bind_scalars import BindScalarConstants
 from mobilec.compiler.cancel_zero_points import CancelZeroPoints
 from mobilec.compiler.exact_division import LEGALIZE as EXACT_DIVISION
 from mobilec.compiler.fusions import RULES, CancelTransposes
@@ -173,7 +175,9 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             PackConvWeights() if opts.default_schedules else tvm.transform.Sequential([]),
             relax.transform.DeadCodeElimination(),
         ]),
-        ("fuse", [fusion if opts.fuse else tvm.transform.Sequential([]), _count(opts.report)]),
+        ("fuse", [fusion if opts.fuse else tvm.transform.Sequential([]),
+                  BindScalarConstants(),  # scales fold into the kernels (exact_division.py)
+                  _count(opts.report)]),
         ("lower", cpu_generic.library_dispatch_passes(target) + [
             relax.transform.LegalizeOps(  # the rest: TVM's
                 {"relax.image.resize2d": legalize_resize2d, **EXACT_DIVISION}),
