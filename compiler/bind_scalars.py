@@ -1,4 +1,4 @@
-"""One-element constants bound into the fused kernels that read them.
+"""Scales and divisors bound into the fused kernels that read them, as compile-time constants.
 
 Fusion (``FuseOpsByPattern(bind_constants=False)``) makes every constant of a fused kernel a
 parameter, the weights and the scalars alike. A scalar that stays a parameter is a value the kernel
@@ -60,6 +60,8 @@ def _scalar_ranks(func: relax.Function) -> dict:
         if not isinstance(e, relax.Call):
             return
         slots = _FOLDED.get(e.op.name, ()) if isinstance(e.op, tvm.ir.Op) else ()
+        if str(getattr(e.args[0].ty, "dtype", "")) != "float32":
+            slots = ()  # exact_division.py's rules take float32 data only; others leave a tensor constant
         for i, a in enumerate(e.args):
             if i not in slots:
                 other.add(a)
