@@ -9,10 +9,13 @@ scale a parameter, the range check is a run-time choice between the multiply-add
 which the vectorised loop evaluates both sides of, so every element of an int8 model's h-swish,
 squeeze-and-excite and residual outputs still paid a vector division (AArch64 ``fdiv v.4s``).
 
-``BindScalarConstants`` substitutes the scalar (0-d) constant arguments of a fused kernel that
-only a QuantizeLinear's scale and zero point or a divisor read into its body, and drops the
-parameters, where every call of the kernel passes the same value. Other scalars and the weights
-stay parameters (TVM's FuseTIR takes no tensor constant in a kernel; the schedules pack weights).
+``BindScalarConstants`` substitutes into a fused kernel's body, as 0-d constants, the
+one-element constant arguments that only a float32 QuantizeLinear's scale and zero point or a
+float32 divisor read, and drops those parameters, where every call of the kernel passes the same
+value (a divisor of shape (1, 1, 1, 1), as layout conversion leaves them, divides its 4-D dividend
+as a 0-d one does). Other scalars and the weights stay parameters: legalization folds only 0-d
+constants into TIR ones, TVM's FuseTIR takes no tensor constant in a kernel, and the schedules
+pack the weights.
 """
 
 from __future__ import annotations
