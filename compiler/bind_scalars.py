@@ -29,6 +29,10 @@ from mobilec.compiler.bindings import numel
 from mobilec.compiler.fusions.base import const_array
 
 
+def _primitive(func) -> bool:
+    return isinstance(func, relax.Function) and bool(func.attrs) and "Primitive" in func.attrs
+
+
 def _scalar(arg) -> np.ndarray | None:
     """The value of a one-element constant argument, else None."""
     if not isinstance(arg, Constant) or getattr(arg.ty, "shape", None) is None or numel(arg.ty.shape) != 1:
@@ -107,10 +111,6 @@ class _DropArguments(relax.PyExprMutator):
         gone = self.dropped[old]
         return relax.Call(self.renamed[old], [a for i, a in enumerate(call.args) if i not in gone], call.attrs,
                           call.ty_args)
-
-
-def _primitive(func) -> bool:
-    return isinstance(func, relax.Function) and bool(func.attrs) and "Primitive" in func.attrs
 
 
 def BindScalarConstants() -> tvm.transform.Pass:  # noqa: N802 - named like TVM's passes

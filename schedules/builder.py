@@ -21,6 +21,25 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 
 
+def as_candidate(mod):
+    """A scheduled kernel as the tuning run measures it: its weights taken as the schedule lays
+    them out (the layout-rewrite block dropped, the parameter in the rewritten layout)."""
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+
+
+def build_candidate(mod, target):
+    """An ``as_candidate`` kernel lowered by mobilec's TIR pipeline, as the model's build lowers it."""
+    from tvm.driver import build as tvm_build
+
+    from mobilec import stops
+    from mobilec.compiler.tir_lowering import TIR_PIPELINE
+
+    with stops.inside_tvm():  # TVM calls mobilec's Python TIR passes
+        return tvm_build(mod, target=target, pipeline=TIR_PIPELINE)
+
+
 @derived_object
 class InProcessBuilder(PyBuilder):
     def __init__(self, fcompile: Callable, workdir: Optional[str] = None, workers: Optional[int] = None):
@@ -33,12 +52,6 @@ class InProcessBuilder(PyBuilder):
         """TVM's lowering and code generation one candidate at a time (TVM's passes are not meant to
         run concurrently in one process); writing and linking each shared library, a compiler
         subprocess, on every core."""
-        from tvm.driver import build as tvm_build
-        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-        from mobilec import stops
-        from mobilec.compiler.tir_lowering import TIR_PIPELINE  # candidates lowered like the build
-
         def export(lib) -> BuilderResult:
             try:
                 path = os.path.join(tempfile.mkdtemp(prefix="mobilec-cand-", dir=self.workdir), "cand.so")
@@ -50,9 +63,7 @@ class InProcessBuilder(PyBuilder):
         built = []
         for item in build_inputs:
             try:
-                mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
-                with stops.inside_tvm():  # TVM calls mobilec's Python TIR passes
-                    built.append(tvm_build(mod, target=item.target, pipeline=TIR_PIPELINE))
+                built.append(build_candidate(as_candidate(item.mod), item.target))
             except Exception as e:  # noqa: BLE001
                 built.append(BuilderResult(None, f"{type(e).__name__}: {e}"))
         with ThreadPoolExecutor(max_workers=self.workers) as pool:

@@ -218,13 +218,11 @@ def _run_kernel(sch, target, seed: int = 0):
     """Build one scheduled kernel as the tuning builder does and run it on seeded random inputs;
     the output (its last parameter)."""
     import tvm
-    from tvm.driver import build as tvm_build
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    from mobilec.compiler.tir_lowering import TIR_PIPELINE
+    from mobilec.schedules.builder import as_candidate, build_candidate
 
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(sch.mod)
-    lib = tvm_build(mod, target=target, pipeline=TIR_PIPELINE)
+    mod = as_candidate(sch.mod)
+    lib = build_candidate(mod, target)
     rng = np.random.default_rng(seed)
     args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.ty.shape]).astype(str(p.ty.dtype)))
             for p in mod["main"].params]
