@@ -169,6 +169,8 @@ def cmd_tune(args) -> int:
         if res.progress.out_of_time:
             print(f"stopped at the time budget of {args.minutes:g} minutes with {res.progress.trials} of "
                   f"{res.progress.budget} trials measured; a rerun continues from the database")
+    if res.rechecked:
+        _print_rechecked(res.rechecked)
     v = res.verdict
     if v is not None:
         print(f"whole model: {v.describe()}")
@@ -187,6 +189,21 @@ def _print_confirmed(confirmed) -> None:
     print(f"confirmed: the default and up to {CONTENDERS} searched candidates of {len(confirmed)} tasks measured "
           f"again in {ROUNDS} interleaved rounds: a searched candidate won (by more than {MARGIN:.0%}) in {won}, "
           f"the default schedule held in {len(confirmed) - won}{total}; compile --tuning-db applies the winners")
+
+
+def _print_rechecked(rechecked) -> None:
+    from mobilec.schedules.confirm import MARGIN
+
+    kept = [r for r in rechecked if r.kept]
+    before, after = (sum(r.default_us for r in rechecked),
+                     sum(r.searched_us if r.kept else r.default_us for r in rechecked))
+    print(f"inside the model: {len(rechecked)} searched winners timed in the whole model with and without the "
+          f"database: {len(kept)} faster there by more than {MARGIN:.0%} kept, {len(rechecked) - len(kept)} "
+          f"gave way to the default schedule; their time per inference {before:.0f} -> {after:.0f} us")
+    slower = sorted((r for r in rechecked if not r.kept), key=lambda r: r.default_us - r.searched_us)
+    if slower:
+        print("  reverted: " + ", ".join(f"{r.name} ({r.searched_us / r.default_us:.2f}x)" for r in slower[:5])
+              + (f" and {len(slower) - 5} more" if len(slower) > 5 else ""))
 
 
 def cmd_tune_merge(args) -> int:

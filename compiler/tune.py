@@ -4,6 +4,7 @@ are what gets tuned) and tune its kernels with MetaSchedule on the device."""
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -52,16 +53,20 @@ def tune_model(model: Union[str, Path, onnx.ModelProto], config: Optional[TuneCo
     db_dir = database_dir(cfg.db, resolved.triple, resolved.cpu)
     result = tune_module(mod, target, db_dir, fcompile, cfg.options, console)
     if cfg.verify:
-        result.verdict = _verify(model, imported, cfg, db_dir, opts, console)
+        result.verdict = _verify(model, imported, cfg, db_dir, opts, mod, target, result, console)
     return result
 
 
-def _verify(model, imported, cfg: TuneConfig, db_dir: Path, opts: PipelineOptions, console) -> Optional[Verdict]:
+def _verify(model, imported, cfg: TuneConfig, db_dir: Path, opts: PipelineOptions, mod, target, result: TuneResult,
+            console) -> Optional[Verdict]:
     """The whole model built with the database and without, timed on the tuning device
     (``compiler/verdict.py``); None, with a warning, when that cannot be done (the database is
-    complete either way)."""
+    complete either way). Measuring on this machine, the searched winners are first timed inside
+    the model and those not faster there give way to the default schedule
+    (``schedules/in_network.py``; ``result.rechecked``)."""
     import mobilec.runtime as mr
     from mobilec.compiler.build import CompileConfig, compile_model
+    from mobilec.schedules.in_network import recheck
 
     def build(output: Path, tuning_db: Optional[str]) -> Path:
         return compile_model(model, output, CompileConfig(
@@ -70,13 +75,21 @@ def _verify(model, imported, cfg: TuneConfig, db_dir: Path, opts: PipelineOption
 
     remote = cfg.options.tracker
     device = f"the {cfg.options.key!r} device at {remote}" if remote else "this machine"
-    if console is not None:
-        console.print(f"timing the whole model with and without the database on {device} ...")
     key = model_key(imported, opts.layout, opts.fuse, opts.default_schedules)
     try:
-        verdict = measure(imported.source, key, cfg.db, build,
-                          (lambda: mr.connect(tracker=remote, key=cfg.options.key)) if remote else (lambda: mr),
-                          device)
+        with tempfile.TemporaryDirectory(prefix="mobilec-verdict-") as tmp:
+            untuned, tuned = build(Path(tmp) / "untuned.so", None), build(Path(tmp) / "tuned.so", cfg.db)
+            if not remote:
+                if console is not None:
+                    console.print("timing the searched winners inside the whole model ...")
+                result.rechecked = recheck(mod, target, db_dir, untuned, tuned)
+                if not all(r.kept for r in result.rechecked):
+                    tuned = build(Path(tmp) / "rechecked.so", cfg.db)
+            if console is not None:
+                console.print(f"timing the whole model with and without the database on {device} ...")
+            verdict = measure(imported.source, key, untuned, tuned,
+                              (lambda: mr.connect(tracker=remote, key=cfg.options.key)) if remote else (lambda: mr),
+                              device)
     except UserError as e:
         log.warning("warning: could not time the whole model with and without %s (%s); `compile --tuning-db` "
                     "applies it unmeasured", db_dir, e)

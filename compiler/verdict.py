@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,16 +93,13 @@ def time_alternately(modules: dict[str, object], rounds: int = 4, block: int = 5
     return {name: t["median_ms"] for name, t in timed.items()}
 
 
-def measure(source: str, key: str, db_root: str, build: Callable[[Path, Optional[str]], Path],
-            open_device: Callable[[], object], device: str) -> Verdict:
-    """Build with and without the database (``build(output, tuning_db_or_None)``) and time both on
-    the device ``open_device()`` returns (``mobilec.runtime`` or a ``Remote``)."""
-    with tempfile.TemporaryDirectory(prefix="mobilec-verdict-") as tmp:
-        untuned = build(Path(tmp) / "untuned.so", None)
-        tuned = build(Path(tmp) / "tuned.so", db_root)
-        where = open_device()
-        modules = {"untuned": where.load(untuned), "tuned": where.load(tuned)}
-        ms = time_alternately(modules)
-        threads = modules["tuned"].threads
+def measure(source: str, key: str, untuned: Path, tuned: Path, open_device: Callable[[], object],
+            device: str) -> Verdict:
+    """Time the model built without and with the database (``untuned``, ``tuned``) on the device
+    ``open_device()`` returns (``mobilec.runtime`` or a ``Remote``)."""
+    where = open_device()
+    modules = {"untuned": where.load(untuned), "tuned": where.load(tuned)}
+    ms = time_alternately(modules)
+    threads = modules["tuned"].threads
     return Verdict(model=source, key=key, untuned_ms=round(ms["untuned"], 4), tuned_ms=round(ms["tuned"], 4),
                    device=device, threads=int(threads or 0), measured_at=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -114,11 +114,11 @@ def confirm(tasks, target, db, db_dir: Path, builder, runner, seeds: dict[str, l
         out.append(Confirmed(names.get(task.task_name, task.task_name), float(task.weight),
                              None if default is None else timed[default] * 1e3, timed[best] * 1e3,
                              best != default, len(timed)))
-    _store(db_dir / CONFIRMED, winners)
+    store(db_dir / CONFIRMED, winners)
     return out
 
 
-def _store(path: Path, winners: list) -> None:
+def store(path: Path, winners: list) -> None:
     """Write the confirmed database: these winners, and the earlier runs' winners of other
     workloads; staged beside it and swapped in whole."""
     import tvm_ffi

@@ -53,6 +53,7 @@ class TuneResult:
     devices: int = 1                 # devices measuring at once (every server under the key)
     verdict: Optional[object] = None  # the whole model with and without the database (compiler.verdict.Verdict)
     confirmed: list = field(default_factory=list)  # per task re-measured at the end (confirm.Confirmed)
+    rechecked: list = field(default_factory=list)  # per searched winner timed inside the model (in_network.Rechecked)
 
 
 def create_session(rpc_config):
