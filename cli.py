@@ -257,6 +257,14 @@ def cmd_bench(args) -> int:
         if "rounds" in first else f"median of {args.repeat} runs timed on the device")
         + f", after {plural(args.warmup, 'warm-up call')}")
     _table("latency", ["name", "median ms", "min ms", "max ms", "ratio"], present.bench_rows(results))
+    if args.kernels is not None:
+        if args.kernels < 1:
+            raise ConfigError(f"--kernels {args.kernels}: give how many of the slowest kernels to list (1 or more)")
+        runs = max(5, args.repeat)
+        rows = present.kernel_rows(module.kernel_times(runs), runs)
+        _table(f"the {min(args.kernels, len(rows))} slowest of {len(rows)} kernels, timed inside {runs} inferences "
+               f"(the timer adds about a microsecond to each call)", ["name", "calls", "us per inference", "share"],
+               rows[:args.kernels])
     return 0
 
 
@@ -393,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs", metavar="MODEL.onnx", help="also time onnxruntime on this ONNX file")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeat", type=int, default=50, help="timed calls per engine")
+    p.add_argument("--kernels", type=int, nargs="?", const=15, metavar="N",
+                   help="then list the N slowest kernels (default 15), each timed inside the model (this machine only)")
     _thread_args(p)
     _remote_args(p)
     p.set_defaults(func=cmd_bench)

@@ -187,6 +187,19 @@ def compare(module, onnx_path: Optional[str], feeds: dict, warmup: int, repeat: 
     return rows
 
 
+def kernel_rows(times: dict[str, list[float]], runs: int) -> list[list[str]]:
+    """Table rows of the kernels in ``Module.kernel_times`` over ``runs`` inferences, slowest first:
+    kernel, calls per inference, microseconds per inference, share of the kernels' summed time. The
+    VM's own builtins (``vm.builtin.*``: allocation, shape checks) are left out: their times are
+    mostly the timer's, which wraps each one's returned object for Python."""
+    from mobilec.runtime import per_inference_us
+
+    each = {name: per_inference_us(calls, runs) for name, calls in times.items() if not name.startswith("vm.builtin.")}
+    total = sum(each.values()) or 1.0
+    return [[name, f"{len(times[name]) / runs:g}", f"{us:.1f}", f"{us / total:.1%}"]
+            for name, us in sorted(each.items(), key=lambda kv: -kv[1])]
+
+
 def bench_rows(results: list[tuple[str, dict]]) -> list[list[str]]:
     """Table rows: name, median, min, max, ratio to the last row (onnxruntime, when compared)."""
     base = results[-1][1]["median_ms"]

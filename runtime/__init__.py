@@ -34,7 +34,7 @@ from mobilec.runtime import threads as _threads
 from mobilec.runtime.manifest import (Manifest, ManifestError, article, can_run_here, check_library_bytes,
                                       elf_arch_of, manifest_path, missing_cpu_flags)
 
-__all__ = ["Module", "Remote", "RemoteError", "RuntimeInputError", "ManifestError", "CompilerUnavailableError",
+__all__ = ["Module", "Remote", "per_inference_us", "RemoteError", "RuntimeInputError", "ManifestError", "CompilerUnavailableError",
            "load", "connect"]
 
 _RUNTIME_ONLY_BY_US = False  # set when _tvm() imported TVM with its runtime library only
@@ -295,6 +295,12 @@ class Module:
             finally:
                 self._vm.set_instrument(None)
         return times
+
+
+def per_inference_us(calls: list[float], runs: int) -> float:
+    """One function's time per inference, in microseconds, from its call times (``Module.kernel_times``)
+    over ``runs`` inferences: its median call times its calls per inference."""
+    return float(np.median(calls)) * len(calls) / runs * 1e6
 
 
 def load(path: Union[str, Path], threads: Optional[int] = None, cores: Optional[str] = None,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import median
 from typing import Optional
 
 from mobilec.schedules.confirm import MARGIN, store
@@ -52,12 +51,12 @@ def symbols(mod, workload) -> list[str]:
 
 
 def per_inference(times: dict[str, list[float]], names: list[str], runs: int) -> Optional[float]:
-    """Microseconds per inference spent in the functions ``names``: each one's median call times
-    its calls per inference; None when none of them was called."""
+    """Microseconds per inference spent in the functions ``names`` (``runtime.per_inference_us``);
+    None when none of them was called."""
+    from mobilec.runtime import per_inference_us
+
     called = [times[n] for n in names if times.get(n)]
-    if not called:
-        return None
-    return sum(median(t) * len(t) / runs for t in called) * 1e6
+    return sum(per_inference_us(t, runs) for t in called) if called else None
 
 
 def time_in_place(libraries: dict[str, Path], rounds: int = ROUNDS, block: int = BLOCK) -> dict[str, dict]:

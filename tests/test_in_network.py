@@ -35,11 +35,15 @@ def workloads(db_dir) -> list:
     return [seen[k] for k in sorted(seen)]
 
 
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    return compile_model(tiny(), tmp_path_factory.mktemp("lib") / "m.so", CompileConfig()).library
+
+
 @pytest.mark.build
-def test_every_kernel_is_timed_inside_the_model(tmp_path):
+def test_every_kernel_is_timed_inside_the_model(library):
     mod, _ = lowered()
-    lib = compile_model(tiny(), tmp_path / "m.so", CompileConfig()).library
-    module = mr.load(lib)
+    module = mr.load(library)
     times = module.kernel_times(3)
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
@@ -55,6 +59,21 @@ def test_every_kernel_is_timed_inside_the_model(tmp_path):
     assert np.isfinite(module(*[np.zeros(i["shape"], i["dtype"]) for i in module.inputs])).all()  # untouched
     with pytest.raises(ConfigError, match="whole number"):
         module.kernel_times(0)
+
+
+@pytest.mark.build
+def test_bench_lists_the_slowest_kernels_timed_in_place(library, capsys):
+    from mobilec.cli import main
+
+    assert main(["bench", str(library), "--repeat", "5", "--kernels", "2", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    title = next(line for line in out.splitlines() if "slowest of" in line)
+    assert "the 2 slowest of 4 kernels, timed inside 5 inferences" in title, out  # 2 convolutions, 2 transposes
+    rows = [line for line in out.splitlines() if line.startswith("│")][1:]  # after the latency row
+    assert len(rows) == 2 and all("fused_relax_nn_conv2d" in r or "transpose" in r for r in rows), out
+    assert "vm.builtin" not in out
+    assert main(["bench", str(library), "--repeat", "1", "--kernels", "0"]) == 2  # a user error
+    assert "--kernels 0: give how many" in capsys.readouterr().err
 
 
 def test_a_winner_slower_inside_the_model_gives_way_to_the_default(tmp_path, monkeypatch):
