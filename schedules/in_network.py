@@ -95,13 +95,15 @@ def recheck(mod, target, db_dir: Path, untuned: Path, tuned: Path, rounds: int =
     if not is_database(confirmed_dir):
         return []
     confirmed, db = open_database(confirmed_dir, create=False), open_database(db_dir, create=False)
-    tasks = extract_tasks(mod, target)
-    seeds = seed_decisions(default_schedules(tasks, target))
+    winners = {}  # per task the run confirmed a winner for: that record
+    for task in extract_tasks(mod, target):
+        if found := valid_records(confirmed, task.dispatched[0]):
+            winners[task] = found[0]
+    seeds = seed_decisions(default_schedules(list(winners), target))
     contested = []  # (task, its default schedule's record)
-    for task in tasks:
-        winner = valid_records(confirmed, task.dispatched[0])
+    for task, winner in winners.items():
         default = seed_record(valid_records(db, task.dispatched[0]), seeds[task.task_name])
-        if winner and default is not None and decisions(winner[0].trace) != seeds[task.task_name]:
+        if default is not None and decisions(winner.trace) != seeds[task.task_name]:
             contested.append((task, default))
     if not contested:
         return []
