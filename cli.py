@@ -245,12 +245,13 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from mobilec import present
     from mobilec.errors import ConfigError
+    from mobilec.runtime import random_feeds
     from mobilec.runtime.threads import plural
 
     if args.warmup < 0 or args.repeat < 1:
         raise ConfigError(f"--warmup {args.warmup} --repeat {args.repeat}: need --warmup >= 0 and --repeat >= 1")
     module = _open(args)
-    results = present.compare(module, args.vs, present.random_feeds(module), args.warmup, args.repeat)
+    results = present.compare(module, args.vs, random_feeds(module), args.warmup, args.repeat)
     first = results[0][1]
     print(f"latency on {plural(module.threads)}: " + (
         f"median of {first['rounds']} blocks of {plural(first['block'], 'call')}, engines alternating"

@@ -19,11 +19,6 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def random_feeds(module, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    return {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in module.inputs}
-
-
 def load_input(module, npy: Optional[str], image: Optional[str]) -> np.ndarray:
     spec = module.inputs[0]
     if npy:
@@ -31,6 +26,8 @@ def load_input(module, npy: Optional[str], image: Optional[str]) -> np.ndarray:
     if image:
         return image_tensor(image, spec["shape"], spec["dtype"], "--image")
     print("no --input or --image: using a seeded random input")
+    from mobilec.runtime import random_feeds
+
     return random_feeds(module)[spec["name"]]
 
 

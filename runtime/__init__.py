@@ -34,8 +34,8 @@ from mobilec.runtime import threads as _threads
 from mobilec.runtime.manifest import (Manifest, ManifestError, article, can_run_here, check_library_bytes,
                                       elf_arch_of, manifest_path, missing_cpu_flags)
 
-__all__ = ["Module", "Remote", "per_inference_us", "RemoteError", "RuntimeInputError", "ManifestError", "CompilerUnavailableError",
-           "load", "connect"]
+__all__ = ["Module", "Remote", "RemoteError", "RuntimeInputError", "ManifestError", "CompilerUnavailableError",
+           "load", "connect", "per_inference_us", "random_feeds"]
 
 _RUNTIME_ONLY_BY_US = False  # set when _tvm() imported TVM with its runtime library only
 
@@ -243,10 +243,7 @@ class Module:
         for name, value, least in (("warmup", warmup, 0), ("repeat", repeat, 1), ("number", number, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"benchmark({name}={value!r}): give a whole number >= {least}")
-        if feeds is None:
-            rng = np.random.default_rng(0)
-            feeds = {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in self.inputs}
-        arrays = self._check(feeds)
+        arrays = self._check(random_feeds(self) if feeds is None else feeds)
         self._pool()
 
         def timed():
@@ -271,10 +268,7 @@ class Module:
                               f"the model only where it runs in this process (mobilec.runtime.load)")
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
             raise ConfigError(f"kernel_times(runs={runs!r}): give a whole number >= 1")
-        if feeds is None:
-            rng = np.random.default_rng(0)
-            feeds = {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in self.inputs}
-        arrays = self._check(feeds)
+        arrays = self._check(random_feeds(self) if feeds is None else feeds)
         times: dict[str, list[float]] = {}
         started: list[float] = []
         clock = time.perf_counter
@@ -295,6 +289,12 @@ class Module:
             finally:
                 self._vm.set_instrument(None)
         return times
+
+
+def random_feeds(module: Module, seed: int = 0) -> dict:
+    """Seeded standard-normal inputs of the shapes and dtypes ``module`` takes."""
+    rng = np.random.default_rng(seed)
+    return {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in module.inputs}
 
 
 def per_inference_us(calls: list[float], runs: int) -> float:
