@@ -1,23 +1,18 @@
 """What ``mobilec run``, ``mobilec bench`` and ``mobilec demo`` show: inputs from files, top-5, masks,
-and latencies timed fairly against onnxruntime. Command-line side only: it may use pillow, rich and
-onnxruntime; the thin runtime (``mobilec.runtime``) never imports it."""
+and latencies timed against onnxruntime (``runtime/timing.py`` times them). Command-line side only:
+it may use pillow, rich and onnxruntime; nothing below the command line imports it."""
 
 from __future__ import annotations
 
-import math
-import random
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from mobilec.errors import ConfigError
+from mobilec.runtime.images import image_tensor
 from mobilec.runtime.threads import plural
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
+from mobilec.runtime.timing import blocks_for, interleaved
 
 def load_input(module, npy: Optional[str], image: Optional[str]) -> np.ndarray:
     spec = module.inputs[0]
@@ -29,24 +24,6 @@ def load_input(module, npy: Optional[str], image: Optional[str]) -> np.ndarray:
     from mobilec.runtime import random_feeds
 
     return random_feeds(module)[spec["name"]]
-
-
-def image_tensor(image: str, shape, dtype: str = "float32", flag: str = "--image") -> np.ndarray:
-    """One image file as the registry models' input: RGB resized to the input's size, scaled to [0, 1],
-    normalised with ImageNet's mean and deviation, NCHW, repeated over the batch."""
-    try:
-        from PIL import Image, UnidentifiedImageError  # only this path needs pillow
-    except ImportError:
-        raise ConfigError(f"{flag} needs pillow (pip install pillow), or pass --input x.npy") from None
-
-    n, c, h, w = shape
-    try:
-        img = Image.open(image).convert("RGB").resize((w, h), Image.BILINEAR)
-    except UnidentifiedImageError:
-        raise ConfigError(f"{flag} {image}: not an image pillow can read (PNG, JPEG, ...); give a photo, "
-                         f"or an input tensor with --input x.npy") from None
-    x = (np.asarray(img, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.repeat(x.transpose(2, 0, 1)[None], n, axis=0).astype(dtype)
 
 
 def top5(logits: np.ndarray) -> list[tuple[int, float]]:
@@ -71,71 +48,6 @@ def write_mask(scores: np.ndarray, path: str) -> Path:
     img.putpalette(palette.flatten().tolist())
     img.save(path)
     return Path(path)
-
-
-# ---- timing ---------------------------------------------------------------------------------
-
-def blocks_for(repeat: int) -> tuple[int, int]:
-    """(rounds, calls per block) giving at least ``repeat`` timed calls per engine: blocks of up
-    to 5 calls, and as many rounds as that allows (so the engines alternate often)."""
-    if repeat < 1:
-        raise ConfigError(f"repeat={repeat}: time at least one call")
-    block = min(5, max(1, repeat // 10))
-    return math.ceil(repeat / block), block
-
-
-def interleaved(engines: dict[str, Callable[[], object]], warmup: int = 5, rounds: int = 10,
-                block: int = 5) -> dict[str, dict]:
-    """Time several engines fairly on one machine: ``warmup`` untimed calls of each, then ``rounds``
-    rounds in which every engine runs a block of ``block`` timed calls, in a new order each round
-    (``alternating``). Engines alternate in blocks because a thread pool still spinning after one
-    engine's last call (TVM's and onnxruntime's both spin) steals cores from whatever runs next;
-    the first call of a block pays for it and the block's median drops it. Per engine: the median
-    of the block medians, min and max over every call (ms)."""
-    if warmup < 0 or rounds < 1 or block < 1:
-        raise ConfigError(f"warmup={warmup}, rounds={rounds}, block={block}: need warmup >= 0, rounds >= 1, block >= 1")
-    names = list(engines)
-    for i in range(warmup):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            engines[name]()
-
-    def timed(fn):
-        def run_block() -> list[float]:
-            ms = []
-            for _ in range(block):
-                t = time.perf_counter()
-                fn()
-                ms.append((time.perf_counter() - t) * 1e3)
-            return ms
-        return run_block
-
-    return alternating({name: timed(fn) for name, fn in engines.items()}, rounds)
-
-
-SETTLE_S = 0.02  # idle between blocks: longer than TVM's, onnxruntime's and OpenMP's spin-waits
-
-
-def alternating(blocks: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, dict]:
-    """The alternation ``interleaved`` times with: ``rounds`` rounds, each engine's ``blocks[name]()``
-    once per round (returning its calls' times, ms), in a new order each round (a seeded shuffle:
-    the same every run). Also for engines timed elsewhere (a device's own timer: one median per
-    block).
-
-    Each block starts after ``SETTLE_S`` idle, and the order is not a rotation: a rotation keeps
-    the cyclic order, so with three or more engines each one always ran right after the same other
-    engine and paid for that engine's spinning pool in every round (measured: mobilec fp32 timed
-    after onnxruntime's int8 read 4.3-4.5 ms where it runs 2.9)."""
-    names = list(blocks)
-    medians: dict[str, list[float]] = {n: [] for n in names}
-    calls: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in random.Random(r).sample(names, len(names)):
-            time.sleep(SETTLE_S)  # the last engine's pool stops spinning before this one is timed
-            ms = blocks[name]()
-            medians[name].append(float(np.median(ms)))
-            calls[name] += ms
-    return {n: {"median_ms": float(np.median(medians[n])), "min_ms": min(calls[n]), "max_ms": max(calls[n]),
-                "rounds": rounds, "block": len(calls[n]) // rounds, "calls": len(calls[n])} for n in names}
 
 
 def onnxruntime_session(onnx_path: str, threads: int):

@@ -41,7 +41,6 @@ setup(
     python_requires=">=3.10",
     packages=["mobilec"] + [f"mobilec.{p}" for p in SUBPACKAGES],
     package_dir={"mobilec": "."} | {f"mobilec.{p}": p.replace(".", "/") for p in SUBPACKAGES},
-    package_data={"mobilec.schedules": ["db/*/*.json"]},
     install_requires=RUNTIME,
     extras_require={"all": ALL, "runtime": [], "peers": PEERS},
     entry_points={"console_scripts": ["mobilec=mobilec.cli:main"]},

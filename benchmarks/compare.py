@@ -22,7 +22,7 @@ Every engine takes the same numpy input and returns numpy output, so conversion 
 alike; each uses the same thread count. Outputs are checked against onnxruntime's first (max abs
 error, and relative to the output's largest magnitude); an engine past the tolerance is reported
 as disagreeing and not timed. Each thread count runs in its own process (TVM sizes its thread pool
-once per process). Timing is ``mobilec.present.interleaved``, as for `mobilec bench --vs`: after a
+once per process). Timing is ``mobilec.runtime.timing.interleaved``, as for `mobilec bench --vs`: after a
 warm-up, engines alternate in blocks of calls, the order rotating each round, and each engine's
 figure is the median of its block medians, so drift on a shared host hits all alike and a thread
 pool still spinning from the previous engine (which slows a block's first call) does not move it. Prints median/min/max, each median's ratio to onnxruntime's and to the
@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 import peers  # benchmarks/peers.py, beside this file
-from mobilec.present import interleaved, onnxruntime_session
+from mobilec.present import onnxruntime_session
+from mobilec.runtime.timing import interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ["mobilenet_v3_large", "mobilenet_v3_small", "lraspp_mobilenet_v3_large"]
@@ -135,7 +136,7 @@ def worker(plan: dict, threads: int, warmup: int, repeat: int, rounds: int) -> d
 
 def prepare(models: list[str], db: str, tmp: Path, peer_keys: list[str], peers_python: str) -> dict:
     from mobilec.compiler import CompileConfig, compile_model
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
     from mobilec.frontends import export_model
     from mobilec.schedules.database import database_dir, is_database
 

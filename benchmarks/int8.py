@@ -7,7 +7,7 @@
 Per model: export fp32 (the registry's seeded weights), ``mobilec quantize`` it (QDQ, calibrated
 on seeded random inputs; ``--quantizer pytorch``: PyTorch's own FX quantisation and ONNX export
 of the same weights, ``frontends/torch_int8.py``), compile both with the defaults, then time in
-one process, engines alternating in blocks (``mobilec.present.interleaved``): mobilec fp32, mobilec int8, onnxruntime
+one process, engines alternating in blocks (``mobilec.runtime.timing.interleaved``): mobilec fp32, mobilec int8, onnxruntime
 fp32 and onnxruntime int8 (all graph optimisations, on the same QDQ file).
 
 Numerics, on held-out seeded inputs:
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilec.present import interleaved, onnxruntime_session
+from mobilec.present import onnxruntime_session
+from mobilec.runtime.timing import interleaved
 
 
 def measure(name: str, tmp: Path, threads: int, repeat: int, calibration: int, quantizer: str = "mobilec") -> dict:

@@ -81,7 +81,7 @@ def compile_assembly(model: str, workdir: Path, int8: bool = False, cpu: str = "
     inputs)."""
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import PipelineOptions, build
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
     from mobilec.frontends import export_model
     from mobilec.frontends.quantize import QuantizeConfig, quantize_model
 

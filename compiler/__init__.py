@@ -7,7 +7,7 @@ ensure_compiler_loadable()  # one clear line, not TVM's AttributeError, when TVM
 
 from mobilec.compiler.build import CompileConfig, CompileResult, compile_model, inspect_model
 from mobilec.compiler.importer import ModelImportError, import_onnx, parse_shape
-from mobilec.compiler.targets import CPUS, TRIPLES, TargetError, resolve
+from mobilec.targets import CPUS, TRIPLES, TargetError, resolve
 from mobilec.compiler.tune import TuneConfig, tune_model
 
 __all__ = ["CPUS", "TRIPLES", "CompileConfig", "CompileResult", "ModelImportError", "TargetError",

@@ -15,7 +15,7 @@ from mobilec.compiler.artifacts import check_output, write_pair
 from mobilec.compiler.importer import import_onnx
 from mobilec.compiler.pipeline import PipelineOptions, build, check_layout, run_until
 from mobilec.compiler.report import FusionReport
-from mobilec.compiler.targets import TargetError, export_function, resolve
+from mobilec.targets import TargetError, export_function, resolve
 from mobilec.compiler.verdict import lookup, model_key
 from mobilec.runtime.manifest import Manifest, elf_header, sha256
 from mobilec.schedules.defaults import summarize

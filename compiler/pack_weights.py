@@ -23,7 +23,8 @@ from tvm.ir.expr import Constant
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from mobilec.compiler.fusions.base import const_array
-from mobilec.schedules.defaults import LAYOUT_FREE, CpuParams, is_scheduled, weight_packing
+from mobilec.schedules.defaults import LAYOUT_FREE, is_scheduled, weight_packing
+from mobilec.targets import CpuParams
 
 _PATTERN = is_op("relax.nn.conv2d")(wildcard(), is_const())
 
@@ -50,7 +51,7 @@ class PackConvWeights:
         return rewrite_call(_PATTERN, _pack, func)
 
 
-def pack_kernel_weights(target: tvm.target.Target) -> tvm.transform.Pass:
+def pack_kernel_weights(cpu: CpuParams) -> tvm.transform.Pass:
     """Kernels read their weights packed as ``weight_packing`` plans, so each tile streams its
     weights from one contiguous run instead of K rows of the weight matrix (measured: half of a
     64-byte line used per row, and far slower with the weights cold, as they are inside a network).
@@ -61,8 +62,6 @@ def pack_kernel_weights(target: tvm.target.Target) -> tvm.transform.Pass:
     Integer kernels' weights are packed here for the dot-product instruction: the kernel's weight
     buffers are re-laid out in TIR and every call site gets a ``layout_transform`` of its constant,
     which FoldConstant evaluates here."""
-    cpu = CpuParams.from_target(target)
-
     def pack(func, plans):
         sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
         maps = {}

@@ -20,7 +20,7 @@
                         schedule lays out for its own tiles packed at compile time
   Phase 5 finalize      TVM's CPU dataflow lowering and VM finalization
   then, for the kernels, TVM's TIR lowering with register tiles on the stack, not in the
-  workspace pool (compiler/tir_lowering.py; ``build`` runs both)
+  workspace pool (schedules/lowering.py; ``build`` runs both)
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ from mobilec.compiler.pad_channels import PadChannels
 from mobilec.compiler.quantized import integer_kernels
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.resize import TransposeBeforeUpsample, legalize_resize2d
-from mobilec.compiler.tir_lowering import TIR_PIPELINE
+from mobilec.schedules.lowering import TIR_PIPELINE
 from mobilec.schedules.database import for_target
-from mobilec.schedules.defaults import CpuParams, apply_defaults, is_scheduled
+from mobilec.schedules.defaults import apply_defaults, is_scheduled
+from mobilec.targets import cpu_params
 
 PIPELINE_NAME = "mobilec"
 log = logging.getLogger("mobilec.compiler")
@@ -156,11 +157,12 @@ def _apply_database(path: str, target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, list]]:
+    cpu = cpu_params(target)  # what the kernels' passes read of the CPU, derived once
     fusion = relax.transform.FuseOpsByPattern(
         [r.fusion_pattern(opts.report.refuse) for r in RULES], bind_constants=False, annotate_codegen=False)
     return [
         ("canonicalize", [
-            integer_kernels(opts.report, target) if opts.integer else tvm.transform.Sequential([]),  # before folding DQ(W)
+            integer_kernels(opts.report, cpu) if opts.integer else tvm.transform.Sequential([]),  # before folding DQ(W)
             CancelZeroPoints(),  # requantised then dequantised: the zero point's add and subtract dropped
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
@@ -170,7 +172,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             relax.transform.EliminateCommonSubexpr(),  # one transpose of an input read twice
             TransposeBeforeUpsample(),  # LR-ASPP's NCHW output: transposed at 64x64, not 512x512
             relax.transform.FoldConstant(),
-            PadChannels(CpuParams.from_target(target).wide_lanes) if opts.layout == "NHWC"
+            PadChannels(cpu.wide_lanes) if opts.layout == "NHWC"
             else tvm.transform.Sequential([]),
             PackConvWeights() if opts.default_schedules else tvm.transform.Sequential([]),
             relax.transform.DeadCodeElimination(),
@@ -182,12 +184,12 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             relax.transform.LegalizeOps(  # the rest: TVM's
                 {"relax.image.resize2d": legalize_resize2d, **EXACT_DIVISION}),
         ] + cpu_generic.legalize_passes(target) + [
-            pack_kernel_weights(target) if opts.default_schedules else tvm.transform.Sequential([]),
+            pack_kernel_weights(cpu) if opts.default_schedules else tvm.transform.Sequential([]),
         ]),
         ("schedule", [
             _apply_database(opts.tuning_db, target) if opts.tuning_db else tvm.transform.Sequential([]),
             _count_tuned(opts),  # before the defaults: they mark what they schedule the same way
-            apply_defaults(target, opts.default_kernels) if opts.default_schedules
+            apply_defaults(cpu, opts.default_kernels) if opts.default_schedules
             else tvm.transform.Sequential([]),
             relax.transform.SplitLayoutRewritePreproc(),  # each schedule's weight packing, split off
             relax.transform.FoldConstant(),  # and evaluated here, at compile time

@@ -45,6 +45,7 @@ from tvm.ir.expr import Constant
 from mobilec.compiler.bindings import Bindings, numel
 from mobilec.compiler.fusions.base import const_array, one_value
 from mobilec.compiler.report import FusionReport
+from mobilec.targets import CpuParams, dot_form
 
 _INT8 = ("int8", "uint8")
 _RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
@@ -85,7 +86,7 @@ class _Rewrite(relax.PyExprMutator):
     def __init__(self, mod, report: FusionReport, dot: str, single: set, l2_bytes: int):
         super().__init__(mod)
         self.report = report
-        self.dot = dot  # the CPU's integer dot-product instruction ("vpmaddwd", "sdot", ""; schedules/kernels/integer.py)
+        self.dot = dot  # the CPU's integer dot-product instruction (targets.INT_DOTS; "": none)
         self.l2_bytes = l2_bytes  # the largest float32 copy of an 8-bit value worth handing over (_float_values)
         self.single = single  # 8-bit values one convolution reads, through one DequantizeLinear (_single_readers)
         self.single_now = set()  # the same, as this rewrite renamed them
@@ -172,8 +173,6 @@ class _Rewrite(relax.PyExprMutator):
 
     def _integer(self, q):
         """The integer replacement of one QuantizeLinear and the kernel below it, or _Refused."""
-        from mobilec.schedules.kernels.integer import instruction  # here: the schedules import the compiler
-
         out_dtype = str(q.ty.dtype)
         y_scale, y_zp = one_value(q.args[1]), one_value(q.args[2])
         v = self._binding(q.args[0])
@@ -244,7 +243,7 @@ class _Rewrite(relax.PyExprMutator):
         k = w_rows.shape[1]
         fits_int8 = w_rows.size == 0 or (int(w_rows.min()) >= -128 and int(w_rows.max()) <= 127)
         # x - shift is what the kernel reads; sum_k (shift - x_zp) * w[c, k] joins the bias
-        dot = instruction(self.dot, k, channels) if self._pointwise(kernel) else None  # its channels fit it
+        dot = dot_form(self.dot, k, channels) if self._pointwise(kernel) else None  # its channels fit it
         if dot is not None and dot.int16_sums and not _fits_int16_sums(w_rows, dot):
             dot = None  # two weights of -128 (or asymmetric ones) that one int16 lane would sum
         if dot is not None and (dot.dtype not in _INT8 or fits_int8):  # 8-bit weights: w - w_zp fits int8
@@ -298,10 +297,7 @@ class _Rewrite(relax.PyExprMutator):
         return relax.op.astype(emit(relax.op.clip(f, float(lo), float(hi))), out_dtype)
 
 
-def integer_kernels(report: FusionReport, target: tvm.target.Target) -> tvm.transform.Pass:
-    from mobilec.schedules.defaults import CpuParams
-
-    cpu = CpuParams.from_target(target)
+def integer_kernels(report: FusionReport, cpu: CpuParams) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.IntegerKernels")
     def run(mod, _ctx):

@@ -13,7 +13,7 @@ import onnx
 
 from mobilec.compiler.importer import import_onnx
 from mobilec.compiler.pipeline import PipelineOptions, run_until
-from mobilec.compiler.targets import TargetError, export_function, host_triple, resolve
+from mobilec.targets import TargetError, export_function, host_triple, resolve
 from mobilec.compiler.verdict import Verdict, measure, model_key, record
 from mobilec.errors import ConfigError, UserError
 from mobilec.schedules.database import database_dir
@@ -101,7 +101,7 @@ def _verify(model, imported, cfg: TuneConfig, db_dir: Path, opts: PipelineOption
 def check_local(resolved) -> None:
     """Measuring on this machine (``--local``) needs code this machine runs: its own triple, and
     no CPU features it lacks. Refused before any work: otherwise every candidate fails to load."""
-    from mobilec.runtime.manifest import missing_cpu_flags
+    from mobilec.targets import missing_cpu_flags
 
     host = host_triple()
     if resolved.triple != host:

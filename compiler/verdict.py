@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from mobilec.runtime.timing import alternating
+
 VERDICTS = "verdicts.json"
 TIE = 0.03  # within 3% the two builds are a tie (block medians move that much from run to run): applied
 log = logging.getLogger("mobilec.compiler")
@@ -82,10 +84,8 @@ def record(db_dir: str | Path, verdict: Verdict) -> Path:
 
 
 def time_alternately(modules: dict[str, object], rounds: int = 4, block: int = 5) -> dict[str, float]:
-    """Median of block medians per module (``mobilec.present.alternating``), each block of
+    """Median of block medians per module (``runtime.timing.alternating``), each block of
     ``block`` runs timed where the model runs (``Module.benchmark``: on the device over RPC)."""
-    from mobilec.present import alternating
-
     for module in modules.values():
         module.benchmark(warmup=3, repeat=1)
     timed = alternating({name: (lambda m=m: [m.benchmark(warmup=1, repeat=block)["median_ms"]])

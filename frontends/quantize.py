@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from mobilec.errors import ConfigError, UserError
+from mobilec.runtime.images import image_tensor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 QUANTISED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Relu", "Clip")  # ReLU/ReLU6 fold into the output range
@@ -143,8 +144,6 @@ def _input_spec(model: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
 
 def _calibration_sets(cfg: QuantizeConfig, shape) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     if cfg.images:
-        from mobilec.present import image_tensor
-
         folder = Path(cfg.images)
         if not folder.is_dir():
             raise QuantizeError(f"--images {folder}: not a folder; give a folder of JPEG/PNG images")

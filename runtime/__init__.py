@@ -31,8 +31,9 @@ import numpy as np
 
 from mobilec.errors import ConfigError, UserError
 from mobilec.runtime import threads as _threads
-from mobilec.runtime.manifest import (Manifest, ManifestError, article, can_run_here, check_library_bytes,
-                                      elf_arch_of, manifest_path, missing_cpu_flags)
+from mobilec.runtime.manifest import (Manifest, ManifestError, can_run_here, check_library_bytes, elf_arch_of,
+                                      manifest_path)
+from mobilec.targets import article, missing_cpu_flags
 
 __all__ = ["Module", "Remote", "RemoteError", "RuntimeInputError", "ManifestError", "CompilerUnavailableError",
            "load", "connect", "per_inference_us", "random_feeds"]

@@ -11,12 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mobilec.errors import UserError
+from mobilec.targets import arch_of_elf
 
 SCHEMA = 1
-
-# e_machine -> architecture, as ``platform.machine()`` names the machines that can run it
-ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm", 3: "x86"}
-RUNS_ON = {"x86_64": {"x86_64"}, "aarch64": {"aarch64", "arm64"}, "arm": {"armv7l", "armv8l", "aarch64"}}
 
 
 class ManifestError(UserError, ValueError):
@@ -80,47 +77,26 @@ def elf_header(path: str | Path) -> tuple[int, int]:
     return head[4], int.from_bytes(head[18:20], order)
 
 
+def _elf_name(machine: int) -> str:
+    arch = arch_of_elf(machine)
+    return arch.elf_name if arch else f"e_machine {machine}"
+
+
 def elf_arch(path: str | Path) -> str:
     _, machine = elf_header(path)
-    return ELF_MACHINES.get(machine, f"e_machine {machine}")
+    return _elf_name(machine)
 
 
 def can_run_here(path: str | Path) -> tuple[bool, str, str]:
-    arch, here = elf_arch(path), platform.machine()
-    return here in RUNS_ON.get(arch, {arch}), arch, here
-
-
-def read_cpuinfo(path: str | Path = "/proc/cpuinfo") -> tuple[set[str], set[int]]:
-    """(x86 "flags", ARM "CPU part" numbers) of this machine; empty where unreadable."""
-    flags, parts = set(), set()
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return flags, parts
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("flags", "features"):
-            flags |= set(value.split())
-        elif key == "cpu part":
-            try:
-                parts.add(int(value.strip(), 16))
-            except ValueError:
-                pass
-    return flags, parts
-
-
-def missing_cpu_flags(needs, cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
-    """The flags in ``needs`` this CPU lacks (none when /proc/cpuinfo cannot be read: no guessing)."""
-    flags, _ = read_cpuinfo(cpuinfo)
-    return [f for f in needs if f not in flags] if flags else []
+    _, machine = elf_header(path)
+    arch, here = arch_of_elf(machine), platform.machine()
+    return (here in arch.runs_on if arch else False), _elf_name(machine), here
 
 
 def elf_arch_of(data: bytes) -> str:
     """The architecture of an ELF image held in memory (as ``elf_arch`` names it)."""
     order = "little" if data[5:6] == b"\x01" else "big"
-    machine = int.from_bytes(data[18:20], order)
-    return ELF_MACHINES.get(machine, f"e_machine {machine}")
+    return _elf_name(int.from_bytes(data[18:20], order))
 
 
 def check_library_bytes(path: str | Path, data: bytes) -> None:
@@ -135,7 +111,3 @@ def check_library_bytes(path: str | Path, data: bytes) -> None:
     raise ManifestError(f"{path}: not a compiled library (not an ELF shared library); give the .so "
                         f"written by `mobilec compile`")
 
-
-def article(word: str) -> str:
-    """"a" or "an" before an architecture name as it is read aloud: an aarch64, an x86_64, a riscv64."""
-    return "an" if word[:1].lower() in "aeiox" else "a"

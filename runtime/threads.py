@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import threading
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 from mobilec.errors import ConfigError
+from mobilec.targets import is_arm
 
 CORES = ("big", "little", "all")
 SYSFS_CPU = "/sys/devices/system/cpu"
@@ -39,11 +39,6 @@ def allowed_cpus() -> list[int]:
         _ALLOWED = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
             list(range(os.cpu_count() or 1))
     return list(_ALLOWED)
-
-
-def is_arm(machine: Optional[str] = None) -> bool:
-    m = (machine or platform.machine()).lower()
-    return m.startswith(("aarch64", "arm"))
 
 
 def _read_number(path: Path) -> Optional[int]:

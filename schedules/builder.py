@@ -20,6 +20,9 @@ from typing import Callable, Optional
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 
+from mobilec import stops
+from mobilec.schedules.lowering import TIR_PIPELINE
+
 
 def as_candidate(mod):
     """A scheduled kernel as the tuning run measures it: its weights taken as the schedule lays
@@ -32,9 +35,6 @@ def as_candidate(mod):
 def build_candidate(mod, target):
     """An ``as_candidate`` kernel lowered by mobilec's TIR pipeline, as the model's build lowers it."""
     from tvm.driver import build as tvm_build
-
-    from mobilec import stops
-    from mobilec.compiler.tir_lowering import TIR_PIPELINE
 
     with stops.inside_tvm():  # TVM calls mobilec's Python TIR passes
         return tvm_build(mod, target=target, pipeline=TIR_PIPELINE)

@@ -24,6 +24,7 @@ from pathlib import Path
 from statistics import median
 from typing import Optional
 
+from mobilec.runtime.timing import round_order
 from mobilec.schedules.database import (CONFIRMED, copy_record, is_database, open_database, seed_record, swap_in,
                                         valid_records)
 
@@ -86,7 +87,7 @@ def confirm(tasks, target, db, db_dir: Path, builder, runner, seeds: dict[str, l
     ok = [i for i, b in enumerate(built) if b.error_msg is None]
     try:
         for r in range(rounds):
-            order = ok[r % len(ok):] + ok[:r % len(ok)] if ok else []  # rotated: no contender always first
+            order = round_order(ok, r)  # shuffled: no contender always first, or after the same one
             results = [f.result() for f in runner.run(
                 [ms.runner.RunnerInput(built[i].artifact_path, "cpu", flat[i].args_info) for i in order])]
             for i, res in zip(order, results):

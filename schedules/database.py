@@ -34,13 +34,6 @@ def database_dir(root: str | Path, triple: str, cpu: str) -> Path:
 
 
 CONFIRMED = "confirmed"  # subfolder: each workload's winner of a tuning run's re-measurement (confirm.py)
-PRETUNED = Path(__file__).resolve().parent / "db"  # shipped, made by benchmarks/pretune.py
-
-
-def pretuned(triple: str, cpu: str) -> Optional[Path]:
-    """The database shipped with mobilec for this triple and cpu, if there is one."""
-    path = PRETUNED / f"{triple}-{cpu}"
-    return path if is_database(path) else None
 
 
 def is_database(path: str | Path) -> bool:

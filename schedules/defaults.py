@@ -240,11 +240,10 @@ def is_scheduled(func: tvm.tirx.PrimFunc) -> bool:
     return bool(func.attrs) and any(k in func.attrs for k in (SCHEDULED, "tir.is_scheduled"))
 
 
-def apply_defaults(target: tvm.target.Target, report: Optional[dict] = None) -> tvm.transform.Pass:
+def apply_defaults(cpu: CpuParams, report: Optional[dict] = None) -> tvm.transform.Pass:
     """Schedule every kernel not already scheduled (by the tuning database). A kernel whose
     default schedule fails is left to TVM's plain lowering and named in the log: slower, never
     wrong."""
-    cpu = CpuParams.from_target(target)
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.DefaultSchedules")
     def run(mod, _ctx):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from mobilec.runtime.timing import alternating
 from mobilec.schedules.confirm import MARGIN, store
 from mobilec.schedules.database import CONFIRMED, is_database, open_database, seed_record, valid_records
 
@@ -61,9 +62,8 @@ def per_inference(times: dict[str, list[float]], names: list[str], runs: int) ->
 
 def time_in_place(libraries: dict[str, Path], rounds: int = ROUNDS, block: int = BLOCK) -> dict[str, dict]:
     """Per build, every function's call times (``Module.kernel_times``) over ``rounds`` blocks of
-    ``block`` inferences, the builds alternating (``present.alternating``'s order)."""
+    ``block`` inferences, the builds alternating (``runtime.timing.alternating``)."""
     import mobilec.runtime as mr
-    from mobilec.present import alternating
 
     modules = {name: mr.load(path) for name, path in libraries.items()}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in modules}

@@ -6,52 +6,22 @@ across registers with its innermost axis vectorised, the epilogue applied per ti
 size that divides its loop goes through ``split``: a MetaSchedule ``sample_perfect_tile`` whose
 decision is the heuristic's (so a default schedule is a point of the search space), or, inside
 ``defaults.search_space``, left to MetaSchedule's sampler. The kernel kinds (``kernels/``) say
-which axes are tiled, by how much and in what order; ``CpuParams`` is what they read of the CPU.
+which axes are tiled, by how much and in what order; ``CpuParams`` (``mobilec/targets.py``) is what
+they read of the CPU.
 """
 
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass, replace
 from typing import Optional
 
 import tvm
 from tvm.s_tir import Schedule
 
 from mobilec.schedules.tile_cost import divisors
+from mobilec.targets import CpuParams
 
 ERRORS = (tvm.s_tir.ScheduleError, RuntimeError, ValueError, AssertionError, IndexError)
-
-
-@dataclass(frozen=True)
-class CpuParams:
-    lanes: int       # fp32 lanes in one vector register
-    registers: int   # vector registers
-    cores: int
-    int_dot: str = ""  # the integer dot-product instruction (schedules/kernels/integer.py; "": none)
-    fma_by_lane: bool = False  # multiply-adds by vector element (``CpuPreset.fma_by_lane``)
-    wide_lanes: int = 0  # fp32 lanes of the widest vectors, where wider than ``lanes`` (``CpuPreset.wide_bits``)
-    l2_bytes: int = 256 * 1024  # the L2 cache a core reads from (``CpuPreset.l2_kb``)
-
-    def for_channels(self, channels: int) -> "CpuParams":
-        """These parameters with the widest vectors when they divide ``channels`` (AVX-512's 16
-        lanes for a pointwise kernel's 16k output channels), else unchanged."""
-        if self.wide_lanes and channels % self.wide_lanes == 0:
-            return replace(self, lanes=self.wide_lanes)
-        return self
-
-    @classmethod
-    def from_target(cls, target: tvm.target.Target) -> "CpuParams":
-        """From the CPU preset the target was made from (``compiler/targets.py``: vector width and
-        register count per preset); a target no preset made gets 128-bit vectors, 16 registers."""
-        from mobilec.compiler.targets import preset_of  # here: the compiler package imports this module
-
-        preset = preset_of(target)
-        cores = int(target.attrs.get("num-cores", 1))
-        if preset is None:
-            return cls(4, 16, cores)
-        return cls(preset.vector_bits // 32, preset.vector_registers, cores, preset.int_dot, preset.fma_by_lane,
-                   preset.wide_bits // 32, preset.l2_kb * 1024)
 
 
 def is_reduction(sch: Schedule, block) -> bool:

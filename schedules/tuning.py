@@ -184,9 +184,7 @@ def _heuristic(task, cpu):
 def default_schedules(tasks, target) -> dict:
     """Per task, its default schedule (a Schedule), or None where it has none: computed once per
     tuning run, for the seed records and for telling them from the search's."""
-    from mobilec.schedules.defaults import CpuParams
-
-    cpu = CpuParams.from_target(target)
+    cpu = cpu_params(target)
     return {t.task_name: _heuristic(t, cpu) for t in tasks}
 
 
@@ -215,9 +213,9 @@ def tune_contexts(tasks, target, work_dir: str, seeds: dict[str, list], seed: in
     from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
-    from mobilec.schedules.defaults import CpuParams, search_space
+    from mobilec.schedules.defaults import search_space
 
-    cpu = CpuParams.from_target(target)
+    cpu = cpu_params(target)
     contexts = []
     loggers = get_loggers_from_work_dir(work_dir, [t.task_name for t in tasks])  # one log file per task
     for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks))):

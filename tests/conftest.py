@@ -54,9 +54,10 @@ def onnxruntime_outputs(model, feeds: dict) -> list[np.ndarray]:
 
 def seed_of(record) -> list:
     """The sampling decisions of the default schedule of a tuning record's kernel."""
-    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule
+    from mobilec.schedules.defaults import decisions, default_schedule
+    from mobilec.targets import cpu_params
 
-    return decisions(default_schedule(record.workload.mod, CpuParams.from_target(record.target))[0].trace)
+    return decisions(default_schedule(record.workload.mod, cpu_params(record.target))[0].trace)
 
 
 def moved_from_seed(record) -> bool:
@@ -71,7 +72,7 @@ def assembly(model, triple: str, cpu: str) -> str:
     """The assembly of every kernel mobilec's pipeline builds for a model (ONNX file or proto)."""
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import build
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
 
     ex = build(import_onnx(model).mod, resolve(triple, cpu, 2).tvm_target())
     asm = []

@@ -12,7 +12,7 @@ from conftest import assembly
 from mobilec.compiler.bind_scalars import _primitive, _scalar_ranks
 from mobilec.compiler.importer import import_onnx
 from mobilec.compiler.pipeline import PipelineOptions, run_until
-from mobilec.compiler.targets import resolve
+from mobilec.targets import resolve
 from test_quantized import kernel, quantized
 
 

@@ -118,7 +118,7 @@ def test_every_mobilec_error_class_is_a_user_error():
     cause must be one."""
     import mobilec.compiler.artifacts
     import mobilec.compiler.importer
-    import mobilec.compiler.targets
+    import mobilec.targets
     import mobilec.frontends.registry
     import mobilec.frontends.weights
     import mobilec.rpc.emulate
@@ -127,7 +127,7 @@ def test_every_mobilec_error_class_is_a_user_error():
     import mobilec.schedules.tuning
     from mobilec.errors import UserError
 
-    modules = [mobilec.compiler.artifacts, mobilec.compiler.importer, mobilec.compiler.targets,
+    modules = [mobilec.compiler.artifacts, mobilec.compiler.importer, mobilec.targets,
                mobilec.frontends.registry, mobilec.frontends.weights, mobilec.rpc.emulate, mobilec.runtime,
                mobilec.runtime.manifest, mobilec.schedules.database, mobilec.schedules.tuning]
     errors = {f"{m.__name__}.{name}": cls for m in modules for name, cls in vars(m).items()

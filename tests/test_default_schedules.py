@@ -11,7 +11,7 @@ from onnx import helper
 
 from conftest import assembly
 from graphs import assert_matches_onnxruntime, chain, const, conv, hswish_nodes, model
-from mobilec.compiler.targets import CPUS, missing_flags
+from mobilec.targets import CPUS, cpu_params, missing_flags
 
 
 # one graph per kernel kind: (name, expected default schedule kind, graph)
@@ -91,10 +91,10 @@ def test_target_parameters(triple, cpu, lanes, wide, registers):
     """AVX-512 kernels vectorise for 256 bits (with its 32 registers) and take 512-bit vectors only
     where the channels fill them (measured, Large on a Sapphire Rapids host: 512 everywhere 7.50 ms,
     256 everywhere 4.49, 512 for 16k-channel pointwise and depthwise kernels 3.94)."""
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
     from mobilec.schedules.defaults import CpuParams
 
-    p = CpuParams.from_target(resolve(triple, cpu, num_cores=3).tvm_target())
+    p = cpu_params(resolve(triple, cpu, num_cores=3).tvm_target())
     assert (p.lanes, p.registers, p.cores) == (lanes, registers, 3)
     assert p.for_channels(48).lanes == (wide if 48 % wide == 0 else lanes) and p.for_channels(24).lanes == lanes
 
@@ -141,11 +141,11 @@ def test_nhwc_pointwise_tiles_fit_the_register_file(cpu_name):
     AVX-512's 32 registers take up to 6 vectors (a 40-channel kernel: 5 vectors x 4 pixels, not
     1 vector x 28 pixels; measured, Large: 4.59 -> 4.45 and 4.43 -> 4.26 ms in two interleaved runs),
     AVX2's 16 up to 4; channels that fill 512-bit vectors take them."""
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
     from mobilec.schedules.defaults import CpuParams
     from mobilec.schedules.kernels.pointwise import nhwc_tiles
 
-    base = CpuParams.from_target(resolve("x86_64-linux-gnu", cpu_name, 2).tvm_target())
+    base = cpu_params(resolve("x86_64-linux-gnu", cpu_name, 2).tvm_target())
     for f, hw, k in itertools.product((16, 24, 40, 72, 120, 160, 184, 200, 672, 960), (7, 14, 28, 56, 112), (16, 96, 960)):
         score, rows, pixels, vectors = nhwc_tiles(hw, hw, f, k, base)
         cpu = base.for_channels(f)
@@ -240,12 +240,12 @@ def test_the_search_samples_how_far_the_reduction_loop_is_unrolled(triple, cpu_n
     output equals the default schedule's bit for bit."""
     from tvm.s_tir import Schedule
 
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
     from mobilec.schedules.defaults import CpuParams, decisions, default_schedule, pack_for_tiles, search_space
     from mobilec.schedules.loops import MAX_UNROLL
 
     target = resolve(triple, cpu_name, 2).tvm_target()
-    cpu = CpuParams.from_target(target)
+    cpu = cpu_params(target)
     mod = _kernel(_pointwise(14, 32, 64), target, "conv2d_nhwc")
     default = default_schedule(mod, cpu)[0]
     trace = default.trace
@@ -276,11 +276,11 @@ def test_search_space_gives_the_pointwise_loop_order_a_design_space_per_side():
     import tvm
     from tvm.s_tir import Schedule
 
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
     from mobilec.schedules.defaults import CpuParams, decisions, default_schedule, search_space
 
     target = resolve("host", None, 2).tvm_target()
-    cpu = CpuParams.from_target(target)
+    cpu = cpu_params(target)
     for build, kind, count in [(lambda: _pointwise(14, 32, 64), "conv2d_nhwc", 2),
                                (lambda: _depthwise(14, 24, 3, 1), "group_conv2d", 1)]:
         mod = _kernel(build(), target, kind)
@@ -303,12 +303,12 @@ def test_input_transpose_loads_whole_vectors(cpu_name):
     import tvm
     from tvm import te
 
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
     from mobilec.schedules.defaults import CpuParams
     from mobilec.schedules.kernels import generic
 
     target = resolve("x86_64-linux-gnu", cpu_name, 2).tvm_target()
-    cpu = CpuParams.from_target(target)
+    cpu = cpu_params(target)
     a = te.placeholder((1, 3, 20, 32), name="A")
     out = te.compute((1, 20, 32, 3), lambda n, y, x, c: a[n, c, y, x], name="T_transpose")
     sch = tvm.s_tir.Schedule(te.create_prim_func([a, out]))
@@ -336,12 +336,12 @@ def test_channels_last_gate_vectorises_whole_channels(channels):
     import tvm
     from tvm import te
 
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
     from mobilec.schedules.defaults import CpuParams
     from mobilec.schedules.kernels import generic
 
     target = resolve("x86_64-linux-gnu", "core-avx2", 2).tvm_target()
-    cpu = CpuParams.from_target(target)
+    cpu = cpu_params(target)
     x = te.placeholder((1, 28, 28, channels), name="X")
     s = te.placeholder((1, 1, 1, channels), name="S")
     out = te.compute(x.shape, lambda n, h, w, c: x[n, h, w, c] * te.max(te.min(s[0, 0, 0, c] / 6 + 0.5, 1.0), 0.0),

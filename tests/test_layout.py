@@ -50,7 +50,7 @@ def test_network_converts_layout_once_and_packs_pointwise_weights(exported):
 
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import PipelineOptions, run_until
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
 
     target = resolve("host", None, 2).tvm_target()
     imp = import_onnx(exported("mobilenet_v3_small"), {})

@@ -9,7 +9,7 @@ from onnx import helper
 
 from conftest import onnxruntime_outputs, seeded_input
 from graphs import assert_matches_onnxruntime, chain, conv, hswish_nodes, model
-from mobilec.compiler.targets import CPUS, missing_flags
+from mobilec.targets import CPUS, missing_flags
 
 
 def _block(hidden=72):
@@ -51,7 +51,7 @@ def _grouped():
 def _canonical(proto, cpu: str):
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import PipelineOptions, run_until
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
 
     target = resolve("x86_64-linux-gnu", cpu, 2).tvm_target()
     return run_until(import_onnx(proto).mod, target, PipelineOptions(), "canonicalize")

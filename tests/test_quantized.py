@@ -15,7 +15,7 @@ import mobilec.runtime as mr
 from conftest import assembly, seeded_input
 from graphs import C, HW, const, conv, hswish_nodes, model
 from mobilec.compiler import CompileConfig, compile_model, inspect_model, resolve
-from mobilec.compiler.targets import CPUS, missing_flags, preset_of
+from mobilec.targets import CPUS, missing_flags, preset_of
 from mobilec.frontends.quantize import QuantizeConfig, agreement, output_step, quantize_model, reference_session
 from mobilec.frontends.torch_int8 import export_pytorch_int8
 

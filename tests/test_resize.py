@@ -47,7 +47,7 @@ def test_bilinear_resize_is_separable_and_matches_onnxruntime(mode, size, tmp_pa
 def test_upsample_after_conv_is_transposed_at_the_small_map_and_matches(nhwc, tmp_path):
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import PipelineOptions, run_until
-    from mobilec.compiler.targets import resolve
+    from mobilec.targets import resolve
 
     proto = _resize((40, 40), with_conv=True, nhwc=nhwc)
     assert_matches_onnxruntime(proto, tmp_path)

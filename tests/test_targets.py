@@ -5,7 +5,7 @@ import platform
 import pytest
 
 from mobilec.compiler import TargetError, resolve
-from mobilec.compiler.targets import CPUS, host_cpu, missing_flags
+from mobilec.targets import CPUS, host_cpu, missing_flags
 
 pytestmark = pytest.mark.structure
 
@@ -37,7 +37,7 @@ def test_x86_host_maps_to_the_highest_isa_level_it_has(tmp_path, flags, preset):
 def test_a_target_names_the_preset_it_was_made_from(arch, name):
     """``preset_of`` reads a target back to its preset, also where two presets share an LLVM CPU
     and differ by features (avx2-vnni: core-avx2 plus +avxvnni)."""
-    from mobilec.compiler.targets import TRIPLES, preset_of
+    from mobilec.targets import TRIPLES, preset_of
 
     triple = next(t for t, p in TRIPLES.items() if p.arch == arch)
     assert preset_of(resolve(triple, name).target) is CPUS[(arch, name)]

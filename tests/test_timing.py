@@ -4,7 +4,7 @@ a warm-up, each engine's latency is the median of its block medians; checked on 
 import pytest
 from pytest import approx
 
-from mobilec import present
+from mobilec.runtime import timing
 
 
 class Clock:
@@ -26,9 +26,9 @@ class Clock:
 @pytest.mark.structure
 def test_engines_alternate_in_blocks_after_the_warmup(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(present.time, "perf_counter", clock)
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
     engines = {"a": clock.engine("a", 2.0), "b": clock.engine("b", 3.0)}
-    out = present.interleaved(engines, warmup=2, rounds=4, block=3)
+    out = timing.interleaved(engines, warmup=2, rounds=4, block=3)
     warm, timed = clock.log[:4], clock.log[4:]
     assert sorted(warm) == ["a", "a", "b", "b"]
     blocks = [timed[i:i + 3] for i in range(0, len(timed), 3)]
@@ -44,11 +44,11 @@ def test_no_engine_always_runs_after_the_same_one(monkeypatch):
     """With three or more engines the order changes each round, so each engine follows every other
     one (a rotation kept the cyclic order: one engine always paid for the same neighbour's pool)."""
     clock, idle = Clock(), []
-    monkeypatch.setattr(present.time, "perf_counter", clock)
-    monkeypatch.setattr(present.time, "sleep", idle.append)
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    monkeypatch.setattr(timing.time, "sleep", idle.append)
     names = ["mobilec fp32", "mobilec int8", "onnxruntime fp32", "onnxruntime int8"]
-    present.interleaved({n: clock.engine(n, 1.0) for n in names}, warmup=0, rounds=20, block=2)
-    assert idle == [present.SETTLE_S] * 80  # each block after the last engine's pool went quiet
+    timing.interleaved({n: clock.engine(n, 1.0) for n in names}, warmup=0, rounds=20, block=2)
+    assert idle == [timing.SETTLE_S] * 80  # each block after the last engine's pool went quiet
     starts = clock.log[::2]
     after = {(a, b) for a, b in zip(starts, starts[1:]) if a != b}
     assert after == {(a, b) for a in names for b in names if a != b}
@@ -58,13 +58,13 @@ def test_no_engine_always_runs_after_the_same_one(monkeypatch):
 @pytest.mark.structure
 def test_a_pool_still_spinning_from_the_other_engine_does_not_set_the_median(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(present.time, "perf_counter", clock)
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
 
     def slow_after_switch(i):  # the first call after the other engine pays 10 ms for its spinning pool
         return 12.0 if i > 1 and clock.log[-2] != clock.log[-1] else 2.0
 
     engines = {"mobilec": clock.engine("mobilec", slow_after_switch), "onnxruntime": clock.engine("onnxruntime", 1.0)}
-    out = present.interleaved(engines, warmup=0, rounds=6, block=5)
+    out = timing.interleaved(engines, warmup=0, rounds=6, block=5)
     assert out["mobilec"]["median_ms"] == approx(2.0) and out["mobilec"]["max_ms"] == approx(12.0)
     assert out["mobilec"]["min_ms"] == approx(2.0) and out["mobilec"]["calls"] == 30
 
@@ -72,18 +72,18 @@ def test_a_pool_still_spinning_from_the_other_engine_does_not_set_the_median(mon
 @pytest.mark.structure
 def test_median_of_block_medians(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(present.time, "perf_counter", clock)
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
     script = [5, 1, 1, 9, 9, 2, 3, 3, 3]  # blocks of 3: medians 1, 9, 3 -> 3
-    out = present.interleaved({"x": clock.engine("x", lambda i: script[i - 1])}, warmup=0, rounds=3, block=3)
+    out = timing.interleaved({"x": clock.engine("x", lambda i: script[i - 1])}, warmup=0, rounds=3, block=3)
     assert (out["x"]["median_ms"], out["x"]["min_ms"], out["x"]["max_ms"]) == approx((3.0, 1.0, 9.0))
 
 
 @pytest.mark.structure
 def test_blocks_and_bad_arguments():
-    assert present.blocks_for(50) == (10, 5)
-    assert present.blocks_for(3) == (3, 1)
-    assert present.blocks_for(101) == (21, 5)
+    assert timing.blocks_for(50) == (10, 5)
+    assert timing.blocks_for(3) == (3, 1)
+    assert timing.blocks_for(101) == (21, 5)
     with pytest.raises(ValueError, match="repeat=0: time at least one call"):
-        present.blocks_for(0)
+        timing.blocks_for(0)
     with pytest.raises(ValueError, match="need warmup >= 0"):
-        present.interleaved({"x": lambda: None}, warmup=-1)
+        timing.interleaved({"x": lambda: None}, warmup=-1)

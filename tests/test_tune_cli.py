@@ -15,7 +15,7 @@ from conftest import seed_of
 from graphs import C, conv, model
 from mobilec.cli import main
 from mobilec.compiler import TRIPLES, CompileConfig, compile_model, resolve
-from mobilec.compiler.targets import host_triple
+from mobilec.targets import host_triple
 from mobilec.compiler.verdict import VERDICTS, Verdict, model_key, record
 from mobilec.schedules import open_database
 from mobilec.schedules.database import CONFIRMED, FILES, DatabaseError
@@ -68,7 +68,7 @@ def tuned(tmp_path_factory, onnx_file):
 
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import PipelineOptions, run_until
-    from mobilec.compiler.targets import export_function
+    from mobilec.targets import export_function
     from mobilec.schedules.builder import InProcessBuilder
     from mobilec.schedules.tuning import TuneOptions, _runner, seed_with_defaults, select_tasks
 

@@ -28,7 +28,7 @@ one tensor intrinsic (ours for vpmaddwd, vpdpbusd and sdot by element, TVM's own
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import tvm
@@ -37,33 +37,14 @@ from tvm.script import tirx as T
 
 from mobilec.schedules.loops import split
 from mobilec.schedules.tile_cost import best_tile
+from mobilec.targets import INT_DOTS, DotForm, dot_form
 
 
 @dataclass(frozen=True)
-class DotInstruction:
-    lanes: int   # int32 lanes of one vector
-    group: int   # input channels summed into each lane
-    dtype: str   # the weights' type
-    intrinsic: str  # the registered TVM tensor intrinsic
-    fused_add: bool  # accumulates in place (sdot, vpdpbusd); else a separate add, and a register for the product
-    data: str = ""  # the input's type, when it is not the weights' (vpdpbusd: uint8)
-    steps: int = 1  # groups one intrinsic call takes by element from one input vector (sdot's lane form: 4)
-    int16_sums: bool = False  # the products of a lane's ``steps`` groups are summed in int16 first (smull)
-
-    @property
-    def depth(self) -> int:
-        """Input channels one intrinsic call reduces: the reduction must be a multiple of it."""
-        return self.group * self.steps
-
-    @property
-    def data_dtype(self) -> str:
-        return self.data or self.dtype
-
-    @property
-    def what(self) -> str:
-        """Its operands, as reports name them: "int16 pairs", "int8 dot", "uint8 x int8 dot"."""
-        operands = self.dtype if self.data_dtype == self.dtype else f"{self.data_dtype} x {self.dtype}"
-        return f"{operands} {'pairs' if self.group == 2 else 'dot'}"
+class DotInstruction(DotForm):
+    """One form of a CPU's dot-product instruction (``targets.INT_DOTS``) with its registered TVM
+    tensor intrinsic."""
+    intrinsic: str = ""
 
 
 def _desc(lanes: int, group: int, data: str, weight: str):
@@ -132,7 +113,7 @@ def _sdot_lane_impl(steps: int):
     return impl
 
 
-_WIDENING = {  # (multiply into int16, pairwise add into int32); ARMv7's vmull/vpadal would be a row
+_WIDENING = {  # (multiply into int16, pairwise add into int32) per instruction; ARMv7's vmull/vpadal would be a row
     "smull": ("llvm.aarch64.neon.smull.v8i16", "llvm.aarch64.neon.saddlp.v4i32.v8i16"),
 }
 
@@ -199,47 +180,47 @@ def _vpdpbusd_impl(lanes: int):
     return impl
 
 
+def _intrinsic(name: str, form: DotForm) -> str:
+    """Register the tensor intrinsic of one form of the instruction ``name``; its name. Which code
+    a form gets follows from its facts (``targets.DotForm``): int16 sums are the widening multiply,
+    uint8 data is vpdpbusd, several steps by element are sdot's lane form, int16 operands pmaddwd,
+    and a single-step int8 quad is TVM's own sdot intrinsic."""
+    lanes, group, steps = form.lanes, form.group, form.steps
+    if form.int16_sums:
+        intrin, desc, impl = f"mobilec.{name}_{lanes}x{group}x{steps}", _lane_desc(lanes, group, steps, form.dtype), \
+            _widening_impl(name)
+    elif form.data == "uint8":
+        intrin, desc, impl = f"mobilec.vpdpbusd_{lanes}x{group}", _desc(lanes, group, "uint8", "int8"), _vpdpbusd_impl(lanes)
+    elif steps > 1:
+        intrin, desc, impl = f"mobilec.{name}_lane_{lanes}x{group * steps}", _lane_desc(lanes, group, steps, form.dtype), \
+            _sdot_lane_impl(steps)
+    elif form.dtype == "int16":
+        intrin, desc, impl = f"mobilec.{name}_{lanes}x{group}", _desc(lanes, group, "int16", "int16"), _pmaddwd_impl()
+    else:
+        from tvm.s_tir.tensor_intrin import arm_cpu  # registers TVM's dot_4x4_i8i8s32_sdot
+
+        return arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN
+    TensorIntrin.register(intrin, desc, impl, override=True)
+    return intrin
+
+
 _REGISTERED: dict[str, tuple[DotInstruction, ...]] = {}
 
 
 def instructions(name: str) -> tuple[DotInstruction, ...]:
     """The forms of the dot-product instruction a CPU preset names (``CpuPreset.int_dot``), widest
     first, their tensor intrinsics registered on first use."""
+    if name not in INT_DOTS:
+        raise ValueError(f"no integer dot-product instruction {name!r}")
     if name not in _REGISTERED:
-        if name == "vpmaddwd":
-            TensorIntrin.register("mobilec.vpmaddwd_8x2", _desc(8, 2, "int16", "int16"), _pmaddwd_impl(), override=True)
-            _REGISTERED[name] = (DotInstruction(8, 2, "int16", "mobilec.vpmaddwd_8x2", fused_add=False),)
-        elif name == "sdot":
-            from tvm.s_tir.tensor_intrin import arm_cpu  # registers TVM's dot_4x4_i8i8s32_sdot
-
-            forms = []
-            for steps in (4, 2):
-                TensorIntrin.register(f"mobilec.sdot_lane_4x{4 * steps}", _lane_desc(4, 4, steps, "int8"),
-                                      _sdot_lane_impl(steps), override=True)
-                forms.append(DotInstruction(4, 4, "int8", f"mobilec.sdot_lane_4x{4 * steps}", fused_add=True, steps=steps))
-            _REGISTERED[name] = (*forms, DotInstruction(4, 4, "int8", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, fused_add=True))
-        elif name in _WIDENING:
-            TensorIntrin.register(f"mobilec.{name}_4x2x2", _lane_desc(4, 2, 2, "int8"), _widening_impl(name),
-                                  override=True)
-            _REGISTERED[name] = (DotInstruction(4, 2, "int8", f"mobilec.{name}_4x2x2", fused_add=False, steps=2,
-                                                int16_sums=True),)
-        elif name in ("vpdpbusd", "avx-vnni"):  # AVX-VNNI: the same instruction, 256 bits only
-            forms = []
-            for lanes in (16, 8) if name == "vpdpbusd" else (8,):
-                TensorIntrin.register(f"mobilec.vpdpbusd_{lanes}x4", _desc(lanes, 4, "uint8", "int8"), _vpdpbusd_impl(lanes),
-                                      override=True)
-                forms.append(DotInstruction(lanes, 4, "int8", f"mobilec.vpdpbusd_{lanes}x4", fused_add=True,
-                                            data="uint8"))
-            _REGISTERED[name] = tuple(forms)
-        else:
-            raise ValueError(f"no integer dot-product instruction {name!r}")
+        _REGISTERED[name] = tuple(DotInstruction(**asdict(f), intrinsic=_intrinsic(name, f)) for f in INT_DOTS[name])
     return _REGISTERED[name]
 
 
 def instruction(name: str, k: int, n: int) -> Optional[DotInstruction]:
-    """The first (widest, then by element) form of ``name`` that a reduction over ``k`` input
-    channels into ``n`` output channels fits (k a multiple of its depth, n of its lanes), or None."""
-    return next((d for d in instructions(name) if k % d.depth == 0 and n % d.lanes == 0), None) if name else None
+    """``targets.dot_form``'s form with its tensor intrinsic registered, or None."""
+    form = dot_form(name, k, n)
+    return instructions(name)[INT_DOTS[name].index(form)] if form else None
 
 
 def grouped_layout(ndim: int, lanes: int, group: int) -> tvm.tirx.IndexMap:

@@ -28,8 +28,8 @@ def test_register_tiles_go_on_the_stack_up_to_the_budget(tile, pooled):
     values are the same either way."""
     import tvm
 
-    from mobilec.compiler.targets import resolve
-    from mobilec.compiler.tir_lowering import STACK_BUDGET, TIR_PIPELINE
+    from mobilec.targets import resolve
+    from mobilec.schedules.lowering import STACK_BUDGET, TIR_PIPELINE
 
     assert (tile * 64 * 4 > STACK_BUDGET) == pooled
     target = resolve("x86_64-linux-gnu", "core-avx2", 2).tvm_target()
