@@ -32,11 +32,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# 128-bit FMA pipes per core, i.e. `fmla vX.4s` issued per cycle on the real hardware:
-# Cortex-A76 has two 128-bit NEON FP pipes (V0, V1), both able to FMA.
-# Cortex-A55 has a 64-bit-wide NEON datapath (two 64-bit halves); a 128-bit fmla issues at
-# one per cycle in practice, so count it as one 128-bit-equivalent pipe.
-FMA_PIPES = {"cortex-a76": 2, "cortex-a55": 1}
+from mobilec.schedules.kinds import Kind
+from mobilec.targets import CPUS
+
+# 128-bit FMA pipes per core, i.e. `fmla vX.4s` issued per cycle on the real hardware: the CPU
+# table's ``fma_pipes`` (targets.py), for the AArch64 cores that have it
+AARCH64 = {name: c for (arch, name), c in CPUS.items() if arch == "aarch64"}
+FMA_PIPES = {name: c.fma_pipes for name, c in AARCH64.items() if c.fma_pipes}
 CORES = tuple(FMA_PIPES)
 GOAL = 0.80  # the issue's goal: pointwise inner loops >= 80% FMA utilisation on both cores
 ITERATIONS = 200
@@ -48,10 +50,11 @@ VECTOR_FMLA = re.compile(r"^fmla\s+v\d+\.4s\b")
 VECTOR_SDOT = re.compile(r"^sdot\s+v\d+\.4s\b")  # int8 kernels: 16 multiply-adds, on the FMA pipes
 VECTOR_SMULL = re.compile(r"^sm(?:ull|lal)2?\s+v\d+\.8h\b")  # int8 without sdot: 8 products into int16
 MACS = {VECTOR_FMLA: 4, VECTOR_SDOT: 16, VECTOR_SMULL: 8}  # multiply-adds per instruction
-WIDENING_CORES = ("cortex-a72",)  # no dot product: int8 1x1 kernels on smull/smlal/sadalp (A53's preset has none)
+# no dot product: int8 1x1 kernels on smull/smlal/sadalp (the A53's preset keeps int8 in float32)
+WIDENING_CORES = tuple(name for name, c in AARCH64.items() if c.int16_sums)
 RTHROUGHPUT = re.compile(r"Block RThroughput:\s*([\d.]+)")
 
-KINDS = ("pointwise", "depthwise", "direct", "squeeze-excite", "matmul", "generic")
+KINDS = tuple(k.value for k in Kind)
 
 
 @dataclass
@@ -205,7 +208,7 @@ def mca_version(mca: str) -> str:
 
 def block_rthroughput(mca: str, cpu: str, body: list[str]) -> float:
     """Cycles per iteration in steady state, as llvm-mca's scheduling model for ``cpu`` sees it."""
-    out = subprocess.run([mca, "-mtriple=aarch64", f"-mcpu={cpu}", f"-iterations={ITERATIONS}"],
+    out = subprocess.run([mca, "-mtriple=aarch64", f"-mcpu={AARCH64[cpu].llvm_mca_cpu}", f"-iterations={ITERATIONS}"],
                          input="\n".join(body) + "\n", capture_output=True, text=True, check=True).stdout
     m = RTHROUGHPUT.search(out)
     if not m:
@@ -223,16 +226,10 @@ def model_fma_peak(mca: str, cpu: str) -> float:
 # report
 
 
-def kind_of(name: str, schedules: dict[str, str]) -> str:
-    """The kernel's default schedule (first word) from the pipeline, or a rule on its name."""
-    how = schedules.get(name)
-    if how and how != "none":
-        return how.split(" ")[0]
-    if "mean" in name:
-        return "squeeze-excite"
-    if "matmul" in name:
-        return "matmul"
-    return "generic" if "conv2d" not in name else "conv (unscheduled)"
+def kind_of(name: str, schedules: dict) -> str:
+    """The kernel's kind, as the pipeline's classifier reported it (``defaults.Scheduled``); "other"
+    for a function the default schedules did not see."""
+    return schedules[name].kind if name in schedules else "other"
 
 
 def raw_utilisation(loop: Loop, cpu: str) -> float:
@@ -370,7 +367,7 @@ def main() -> None:
                f"median/min columns): {'met' if goal_met else 'NOT met'}.")
     notes = (f"Kernels without a vector-fmla innermost loop (counted in 'kernels', 0 loops): "
              f"{', '.join(no_loop) if no_loop else 'none'}.")
-    short = [f"{k.name} ({schedules.get(k.name, '?')}): " + ", ".join(f"{c} {_pct(utilisation(lp, c))}" for c in CORES)
+    short = [f"{k.name} ({schedules[k.name].how if k.name in schedules else '?'}): " + ", ".join(f"{c} {_pct(utilisation(lp, c))}" for c in CORES)
              for k in kernels if kind_of(k.name, schedules) == "pointwise" for lp in k.loops
              if min(utilisation(lp, c) for c in CORES) < GOAL]
     if short:

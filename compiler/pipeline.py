@@ -65,7 +65,7 @@ class PipelineOptions:
     report: FusionReport = field(default_factory=FusionReport)
     tuned_kernels: int = 0  # set by phase 4: kernels whose schedule came from the database
     kernels: int = 0  # set by phase 4: all kernels (the database could have matched any of them)
-    default_kernels: dict = field(default_factory=dict)  # set by phase 4: kernel -> default schedule
+    default_kernels: dict = field(default_factory=dict)  # set by phase 4: kernel -> defaults.Scheduled
 
 
 def _dump(directory: Optional[str], index: int, phase: str) -> tvm.transform.Pass:

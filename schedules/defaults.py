@@ -25,8 +25,9 @@ Tile sizes come from the target: lanes per vector register, register count and c
 (``CpuParams``). A kernel the tuning database has a record for keeps the tuned schedule; these
 apply only where it has none.
 
-Each kernel kind is one file under ``kernels/`` (its tile heuristic and its schedule); this file
-picks the kind of each kernel, applies it, and says which weights to pack for it. Each schedule
+Each kernel kind (``kinds.py``, the one classifier) is scheduled by one file under ``kernels/``
+(its tile heuristic and its schedule); this file applies the kind's schedule and says which
+weights to pack for it. Each schedule
 is also a MetaSchedule template: every register-tile size that divides its loop is
 a ``sample_perfect_tile`` whose decision is the heuristic's, so the default schedule's trace is a
 point of a search space the evolutionary search can mutate, and ``search_space`` is that space
@@ -43,10 +44,11 @@ import tvm
 from tvm.s_tir import Schedule
 
 from mobilec.schedules.kernels import direct, generic, integer, matmul, pointwise, resize, squeeze_excite
+from mobilec.schedules.kinds import Kind, classify, reductions
 from mobilec.schedules.loops import (CHOICES, ERRORS, SEARCHING, CpuParams, auto_inline, epilogue_of, find_block,
-                                     is_nhwc, is_pointwise_1x1, is_reduction, loop_extent, unit_stride)
+                                     is_nhwc, loop_extent)
 
-__all__ = ["CpuParams", "DEFAULT", "SCHEDULED", "WeightPacking", "apply_defaults", "decisions", "default_schedule",
+__all__ = ["CpuParams", "DEFAULT", "SCHEDULED", "Scheduled", "WeightPacking", "apply_defaults", "decisions", "default_schedule",
            "is_scheduled", "LAYOUT_FREE", "pack_for_tiles", "schedule_kernel", "search_space", "summarize",
            "weight_packing"]
 
@@ -84,8 +86,7 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
     (classifiers) and NHWC SE's FCs; [] for any other kernel, and for weights that are not a
     parameter or whose tile does not divide the features."""
     sch = Schedule(tvm.IRModule({"main": func}))
-    reductions = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if is_reduction(sch, b)]
-    names = [sch.get(b).name_hint for b in reductions]
+    kernel = classify(sch)
     plans = []
 
     def plan(block, read: int, features: int, tile: int, group: int = 0) -> None:
@@ -94,21 +95,22 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
         if params and tile and features % tile == 0:
             plans.append(WeightPacking(sch.get(block).name_hint, read, params[0], tile, group))
 
-    dot = integer.takes_dot(sch, reductions[0], cpu) if len(reductions) == 1 else None
-    if dot and (names[0].startswith("matmul") or is_pointwise_1x1(sch, reductions[0])):
-        block = reductions[0]
+    block = sch.get_sblock(kernel.block) if kernel.block else None
+    packable = kernel.kind == Kind.MATMUL or (kernel.kind == Kind.POINTWISE and kernel.nhwc
+                                               and len(sch.get(block).reads[1].source.shape) == 4)
+    dot = integer.takes_dot(sch, block, cpu) if packable else None
+    if dot:
         plan(block, 1, int(sch.get(block).writes[0].source.shape[-1]), dot.lanes, dot.group)
-    elif len(reductions) == 1 and is_pointwise_1x1(sch, reductions[0]):
-        loops = sch.get_loops(reductions[0])  # n, y, x, f, ry, rx, rc
+    elif packable and kernel.kind == Kind.POINTWISE:
+        loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
         y, x, f, k = (loop_extent(sch, loops[i]) for i in (1, 2, 3, 6))
-        plan(reductions[0], 1, f, pointwise.nhwc_tiles(y, x, f, k, cpu)[3] * cpu.for_channels(f).lanes)
-    elif len(reductions) == 1 and names[0].startswith("matmul"):  # the classifier
-        block = reductions[0]
+        plan(block, 1, f, pointwise.nhwc_tiles(y, x, f, k, cpu)[3] * cpu.for_channels(f).lanes)
+    elif packable:  # the classifier
         if len(sch.get(block).reads[1].source.shape) == 2:
             n = int(sch.get(block).writes[0].source.shape[-1])
             plan(block, 1, n, matmul.columns(n, cpu))
-    else:
-        for block in reductions:
+    elif kernel.kind == Kind.SQUEEZE_EXCITE:
+        for block in reductions(sch):
             if squeeze_excite.is_fc(sch, block) and is_nhwc(sch.get(block).name_hint):
                 f = int(sch.get(block).writes[0].source.shape[3])
                 read = next(i for i, r in enumerate(sch.get(block).reads)
@@ -181,41 +183,35 @@ def decisions(trace) -> list:
 
 
 def _schedule(sch: Schedule, cpu: CpuParams) -> str:
-    reductions = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if is_reduction(sch, b)]
-    names = [sch.get(b).name_hint for b in reductions]
-    single_conv = len(reductions) == 1 and (names[0].startswith("conv2d") or names[0].startswith("group_conv2d"))
-    if single_conv:
-        conv = reductions[0]
-        weight = [int(d) for d in sch.get(conv).reads[1].source.shape]
-        nhwc = is_nhwc(names[0])  # then HWIO weights
-        kernel_1x1 = ([loop_extent(sch, l) for l in sch.get_loops(conv)[4:6]] == [1, 1] if nhwc  # ry, rx
-                      else weight[2:] == [1, 1] or weight[1:3] == [1, 1])
-        depthwise = names[0].startswith("group_conv2d")
+    kernel = classify(sch)
+    if kernel.is_conv:
+        conv = sch.get_sblock(kernel.block)
         pad = find_block(sch, "pad_temp")
-        keep = {sch.get(pad).name_hint} if pad is not None and not kernel_1x1 else set()
+        keep = {sch.get(pad).name_hint} if pad is not None and not kernel.kernel_1x1 else set()
         auto_inline(sch, keep)
         epilogue = epilogue_of(sch, conv)
         pad = find_block(sch, "pad_temp") if keep else None
-        pointwise_conv = kernel_1x1 and not depthwise and unit_stride(sch, conv)  # read after inlining
-        if nhwc and integer.packed_for(sch, conv, cpu):
+        grouped = kernel.kind in (Kind.DEPTHWISE, Kind.GROUPED)  # one plane per channel group
+        if kernel.nhwc and integer.packed_for(sch, conv, cpu):
             how = integer.schedule_dot(sch, conv, epilogue, cpu)
-        elif nhwc:
-            how = (pointwise.schedule_nhwc(sch, conv, epilogue, cpu) if pointwise_conv
-                   else direct.schedule_nhwc(sch, conv, epilogue, pad, cpu, depthwise))
-        elif pointwise_conv:
+        elif kernel.nhwc:
+            how = (pointwise.schedule_nhwc(sch, conv, epilogue, cpu) if kernel.kind == Kind.POINTWISE
+                   else direct.schedule_nhwc(sch, conv, epilogue, pad, cpu, grouped))
+        elif kernel.kind == Kind.POINTWISE:
+            weight = [int(d) for d in sch.get(conv).reads[1].source.shape]
             how = pointwise.schedule_nchw(sch, conv, epilogue, cpu, ihwo=weight[2:] != [1, 1])
         else:
-            how = direct.schedule_nchw(sch, conv, epilogue, pad, cpu, depthwise)
-    elif find_block(sch, "resize_columns") is not None:
+            how = direct.schedule_nchw(sch, conv, epilogue, pad, cpu, grouped)
+    elif kernel.kind == Kind.RESIZE:
         how = resize.schedule(sch, cpu)
-    elif len(reductions) == 1 and names[0].startswith("matmul"):
+    elif kernel.kind == Kind.MATMUL:
         auto_inline(sch, set())
-        block = reductions[0]
+        block = sch.get_sblock(kernel.block)
         how = (integer.schedule_dot(sch, block, epilogue_of(sch, block), cpu)
                if integer.packed_for(sch, block, cpu) else matmul.schedule(sch, block, epilogue_of(sch, block), cpu))
     else:
         auto_inline(sch, set())
-        fcs = {sch.get(b).name_hint for b in reductions if squeeze_excite.is_fc(sch, b)}
+        fcs = {sch.get(b).name_hint for b in reductions(sch) if squeeze_excite.is_fc(sch, b)}
         for name in fcs:
             squeeze_excite.schedule_fc(sch, sch.get_sblock(name), cpu)
         generic.schedule(sch, cpu, fcs)
@@ -223,15 +219,22 @@ def _schedule(sch: Schedule, cpu: CpuParams) -> str:
     return how
 
 
-def summarize(kernels: dict[str, str]) -> dict:
-    """{kernel: how} -> {kind: count, ..., "unscheduled": [kernels left to plain lowering]}."""
+@dataclass(frozen=True)
+class Scheduled:
+    """What the default schedules did with one kernel: its kind (``kinds.Kind``'s value) and the
+    schedule chosen, in words ("none": left to TVM's plain lowering)."""
+    kind: str
+    how: str
+
+
+def summarize(kernels: dict[str, Scheduled]) -> dict:
+    """{kernel: Scheduled} -> {kind: count, ..., "unscheduled": [kernels left to plain lowering]}."""
     out: dict = {}
-    for name, how in sorted(kernels.items()):
-        if how == "none":
+    for name, done in sorted(kernels.items()):
+        if done.how == "none":
             out.setdefault("unscheduled", []).append(name)
         else:
-            kind = how.split(" ")[0]
-            out[kind] = out.get(kind, 0) + 1
+            out[done.kind] = out.get(done.kind, 0) + 1
     return out
 
 
@@ -253,6 +256,7 @@ def apply_defaults(cpu: CpuParams, report: Optional[dict] = None) -> tvm.transfo
                 continue
             if is_scheduled(func):
                 continue
+            kind = classify(Schedule(tvm.IRModule({"main": func}))).kind
             try:
                 updates[gv], how = schedule_kernel(func, cpu)
             except ERRORS as e:
@@ -260,7 +264,7 @@ def apply_defaults(cpu: CpuParams, report: Optional[dict] = None) -> tvm.transfo
                             str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
                 how = "none"
             if report is not None:
-                report[gv.name_hint] = how
+                report[gv.name_hint] = Scheduled(kind.value, how)
         for gv, func in updates.items():
             mod[gv] = func
         return mod

@@ -1,8 +1,8 @@
 """Kernel names a person reads: ``pw 112x112 16->64 +relu``, ``dw3x3 s2 56x56 72``,
 ``conv3x3 s2 224x224 3->16 +hswish``, ``se 28x28 72``, ``fc 1280->1000``.
 
-Read from the kernel's TIR (its reduction blocks, buffer shapes and epilogue arithmetic), the
-same analysis the default schedules use to pick a kernel's schedule, not from Relax's function
+Read from the kernel's TIR: its kind from the one classifier (``kinds.classify``, which the
+default schedules also ask), its buffer shapes and its epilogue arithmetic, not from Relax's function
 names (``fused_relax_nn_conv2d_relax_add_relax_multiply_..._multiply12``). Sizes are the input's:
 a stride-2 kernel on 56x56 writes 28x28.
 """
@@ -14,7 +14,7 @@ from typing import Optional
 import tvm
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.kernels.squeeze_excite import is_fc
+from mobilec.schedules.kinds import Kind, classify, data_shape, reductions
 from mobilec.schedules.loops import is_nhwc, is_reduction
 
 
@@ -24,16 +24,6 @@ def _kind(node) -> str:
 
 def _shape(buf) -> list[int]:
     return [int(d) for d in buf.shape]
-
-
-def _source(sch: Schedule, block) -> list[int]:
-    """The shape of a conv's data input before padding (the producer a ``pad_temp`` copies)."""
-    src = sch.get(block).reads[0].source
-    for producer in sch.get_producers(block):
-        p = sch.get(producer)
-        if p.writes and p.writes[0].source.same_as(src) and p.reads and not is_reduction(sch, producer):
-            return _shape(p.reads[0].source)
-    return _shape(src)
 
 
 def _nchw(shape: list[int]) -> list[int]:
@@ -113,43 +103,34 @@ def _name(mod: tvm.IRModule) -> Optional[str]:
     root = sch.get_sblock("root")
     blocks = list(sch.get_child_blocks(root))
     local = list(sch.get(root).alloc_buffers)
-    reductions = [b for b in blocks if is_reduction(sch, b)]
-    names = [sch.get(b).name_hint for b in reductions]
-    convs = [b for b, n in zip(reductions, names) if n.startswith(("conv2d", "group_conv2d"))]
-    if convs and any(is_fc(sch, b) for b in convs):
-        pooled = _shape(sch.get(reductions[0]).reads[0].source)  # the pool's input
-        n, c, h, w = _nchw(pooled) if is_nhwc(sch.get(convs[0]).name_hint) else pooled
+    kernel = classify(sch)
+    if kernel.kind == Kind.SQUEEZE_EXCITE:
+        pooled = _shape(sch.get(reductions(sch)[0]).reads[0].source)  # the pool's input
+        convs = [b for b in reductions(sch) if sch.get(b).name_hint.startswith("conv2d")]
+        n, c, h, w = _nchw(pooled) if convs and is_nhwc(sch.get(convs[0]).name_hint) else pooled
         return f"se {h}x{w} {c}"
-    if len(reductions) != 1:
+    if kernel.block is None:
         return None
-    block = reductions[0]
+    block = sch.get_sblock(kernel.block)
     out = _shape(sch.get(block).writes[0].source)
     at = next(i for i, b in enumerate(blocks) if b.same_as(block))
     after = [b for b in blocks[at + 1:] if not is_reduction(sch, b)]
     acts = _activation(sch, after, local, out)
-    if names[0].startswith("matmul"):
+    if kernel.kind == Kind.MATMUL:
         weight = _shape(sch.get(block).reads[1].source)  # [K, N], or packed [N/b, K, b]
         return " ".join([f"fc {weight[-2]}->{out[-1]}"] + acts)
-    if not convs:
-        return None
-    src = _source(sch, block)
+    src = data_shape(sch, block)
     weight = _shape(sch.get(block).reads[1].source)
-    if is_nhwc(names[0]):  # NHWC data; HWIO weights, or packed [O/b, H, W, I, b]
+    if kernel.nhwc:  # NHWC data; HWIO weights, or packed [O/b, H, W, I, b]
         src, out = _nchw(src), _nchw(out)
         hw = weight[1:3] if len(weight) == 5 else weight[:2]
         weight = [out[1], weight[-2] if len(weight) == 5 else weight[2]] + hw  # as OIHW
     cin, h, w = src[1], src[2], src[3]
     cout = out[1]
     stride = max(1, round(h / out[2])) if out[2] else 1
-    k = [1, 1] if weight[2:] == [1, 1] or weight[1:3] == [1, 1] else weight[2:]
+    k = [1, 1] if kernel.kernel_1x1 else weight[2:]
     ks = f"{k[0]}x{k[1]}"
     s = f" s{stride}" if stride > 1 else ""
-    if names[0].startswith("group_conv2d") and cin == cout and weight[1] == 1:
-        head = f"dw{ks}{s} {h}x{w} {cin}"
-    elif names[0].startswith("group_conv2d"):
-        head = f"gconv{ks}{s} {h}x{w} {cin}->{cout}"
-    elif k == [1, 1] and stride == 1:
-        head = f"pw {h}x{w} {cin}->{cout}"
-    else:
-        head = f"conv{ks}{s} {h}x{w} {cin}->{cout}"
+    head = {Kind.DEPTHWISE: f"dw{ks}{s} {h}x{w} {cin}", Kind.GROUPED: f"gconv{ks}{s} {h}x{w} {cin}->{cout}",
+            Kind.POINTWISE: f"pw {h}x{w} {cin}->{cout}"}.get(kernel.kind, f"conv{ks}{s} {h}x{w} {cin}->{cout}")
     return " ".join([head] + acts)

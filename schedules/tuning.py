@@ -23,6 +23,7 @@ from mobilec.schedules.confirm import confirm, seedings
 from mobilec.schedules.database import open_database, records_for, searched, seed_record, valid_records
 from mobilec.schedules.names import kernel_name, unique
 from mobilec.schedules.progress import Progress, ProgressCallback, TaskStats, mean_ms
+from mobilec.targets import cpu_params
 
 CONV_MARK = "conv2d"  # depthwise, pointwise and regular convolutions, with their fused epilogues
 REPEAT = 10  # timed calls per candidate, each with cold caches; MetaSchedule ranks by their mean

@@ -1,10 +1,18 @@
-"""Shared fixtures: models exported and compiled once per session, seeded inputs, onnxruntime."""
+"""Shared fixtures: models exported and compiled once per session; every test in a tier. Helpers
+the tests share are in helpers.py (and the graphs in graphs.py, quant.py), not here."""
 
 from __future__ import annotations
 
-import numpy as np
-import onnxruntime as ort
 import pytest
+
+TIERS = ("structure", "build", "rpc", "emulator", "tuning")  # pytest.ini's markers
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test in no tier would run in no tier's command: refuse to collect it."""
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
+    if untiered:
+        raise pytest.UsageError(f"tests in no tier (mark them with one of {', '.join(TIERS)}): " + ", ".join(untiered))
 
 
 @pytest.fixture(scope="session")
@@ -42,43 +50,11 @@ def compiled(artifacts, exported):
     return get
 
 
-def seeded_input(shape, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def onnxruntime_outputs(model, feeds: dict) -> list[np.ndarray]:
-    data = model if isinstance(model, (str, bytes)) else str(model)
-    sess = ort.InferenceSession(data if isinstance(data, bytes) else data, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
 
 
-def seed_of(record) -> list:
-    """The sampling decisions of the default schedule of a tuning record's kernel."""
-    from mobilec.schedules.defaults import decisions, default_schedule
-    from mobilec.targets import cpu_params
-
-    return decisions(default_schedule(record.workload.mod, cpu_params(record.target))[0].trace)
 
 
-def moved_from_seed(record) -> bool:
-    """A valid record whose tile decisions differ from the default schedule's, in the same space."""
-    from mobilec.schedules.defaults import decisions
-
-    seed, mine = seed_of(record), decisions(record.trace)
-    return min(float(t) for t in record.run_secs) < 1e9 and len(mine) == len(seed) > 0 and mine != seed
 
 
-def assembly(model, triple: str, cpu: str) -> str:
-    """The assembly of every kernel mobilec's pipeline builds for a model (ONNX file or proto)."""
-    from mobilec.compiler.importer import import_onnx
-    from mobilec.compiler.pipeline import build
-    from mobilec.targets import resolve
-
-    ex = build(import_onnx(model).mod, resolve(triple, cpu, 2).tvm_target())
-    asm = []
-    for m in [ex.mod, *ex.mod.imports]:
-        try:
-            asm.append(m.inspect_source("asm"))
-        except Exception:  # noqa: BLE001 - modules without assembly (the VM's) raise
-            continue
-    return "\n".join(asm)

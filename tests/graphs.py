@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import onnxruntime_outputs, seeded_input
+from helpers import onnxruntime_outputs, seeded_input
 
 C, HW = 8, 10
 
@@ -101,3 +101,36 @@ def assert_matches_onnxruntime(proto: onnx.ModelProto, tmp_path, rtol: float = 1
     scale = max(float(np.abs(want).max()), 1e-6)
     assert float(np.abs(got - want).max()) <= rtol * scale, (np.abs(got - want).max(), scale)
     return res
+
+
+# kernels of each kind, alone and together
+
+def tiny():
+    """A pointwise-then-depthwise pair: two convolution tasks."""
+    n1, i1 = conv("input", "c1", k=1)
+    n2, i2 = conv("c1", "output", group=C, seed=1)
+    return model(n1 + n2, i1 + i2)
+
+
+def pointwise_graph(hw, cin, cout, bias=True):
+    n, i = conv("input", "output", cin, cout, k=1, bias=bias)
+    return model(n, i, inputs=[("input", (1, cin, hw, hw))], output=("output", (1, cout, hw, hw)))
+
+
+def depthwise_graph(hw, c, k, stride):
+    n, i = chain(conv("input", "dw", c, c, k=k, stride=stride, group=c),
+                 hswish_nodes("dw", "output", "clip/div"))
+    out = (hw + stride - 1) // stride
+    return model(n, i, inputs=[("input", (1, c, hw, hw))], output=("output", (1, c, out, out)))
+
+
+def kernel_zoo():
+    """Every kind above in one graph (for the emulated device): stem -> dw s2 -> pw -> SE."""
+    n, i = chain(conv("input", "stem", 3, 16, k=3, stride=2), hswish_nodes("stem", "s", "onnx"),
+                 conv("s", "dw", 16, 16, k=3, stride=2, group=16), conv("dw", "pw", 16, 32, k=1),
+                 ([helper.make_node("GlobalAveragePool", ["pw"], ["pool"])], []),
+                 conv("pool", "fc1", 32, 8, k=1, seed=1), ([helper.make_node("Relu", ["fc1"], ["r"])], []),
+                 conv("r", "fc2", 8, 32, k=1, seed=2),
+                 ([helper.make_node("HardSigmoid", ["fc2"], ["gate"], alpha=1 / 6, beta=0.5),
+                   helper.make_node("Mul", ["pw", "gate"], ["output"])], []))
+    return model(n, i, inputs=[("input", (1, 3, 56, 56))], output=("output", (1, 32, 14, 14)))

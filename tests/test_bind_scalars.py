@@ -8,12 +8,12 @@ import pytest
 import tvm
 from tvm import relax
 
-from conftest import assembly
+from helpers import assembly
 from mobilec.compiler.bind_scalars import _primitive, _scalar_ranks
 from mobilec.compiler.importer import import_onnx
 from mobilec.compiler.pipeline import PipelineOptions, run_until
 from mobilec.targets import resolve
-from test_quantized import kernel, quantized
+from quant import kernel, quantized
 
 
 @pytest.mark.build

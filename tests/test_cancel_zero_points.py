@@ -8,8 +8,8 @@ import tvm
 from onnx import helper
 from tvm import relax
 
-from conftest import seeded_input
-from graphs import C, HW, const, conv, model
+from helpers import seeded_input
+from graphs import C, HW, conv, model
 from mobilec.compiler import compile_model, resolve
 from mobilec.compiler.bindings import op_name
 from mobilec.compiler.cancel_zero_points import CancelZeroPoints
@@ -17,7 +17,8 @@ from mobilec.compiler.importer import import_onnx
 from mobilec.compiler.pipeline import PipelineOptions, run_until
 from mobilec.compiler.quantized import integer_kernels
 from mobilec.compiler.report import FusionReport
-from test_quantized import assert_within_one_step, kernel, quantized
+from mobilec.targets import INT_DOTS, cpu_params
+from quant import assert_within_one_step, kernel, quantized
 
 
 def squeeze_excite():
@@ -53,22 +54,42 @@ GRAPHS = {"hswish": lambda: kernel("hswish"), "residual": lambda: kernel("residu
           "expand_depthwise": lambda: kernel("expand_depthwise"), "squeeze_excite": squeeze_excite}
 
 
+# (requantised reads before, after) per graph and per kind of integer kernel input, which the CPU's
+# dot instruction decides (targets.INT_DOTS): uint8 data (vpdpbusd) reads the 8 bits as they are;
+# signed data (int16 for vpmaddwd, int8 for sdot and smull) reads them less the zero point, a
+# subtraction the kernel keeps; without an instruction the convolutions run in float32
+READS = {
+    "hswish": {"uint8": (2, 0), "signed": (4, 2), "float": (4, 0)},  # the h-swish's input and the output
+    "residual": {"uint8": (3, 2), "signed": (5, 4), "float": (5, 3)},  # an output also read as 8 bits: kept
+    "expand_depthwise": {"uint8": (1, 0), "signed": (2, 1), "float": (2, 0)},
+    "squeeze_excite": {"uint8": (3, 0), "signed": (3, 0), "float": (3, 0)},  # two DequantizeLinears: one value
+}
+PATHS = {"uint8": ("x86_64-linux-gnu", "cascadelake"), "signed": ("x86_64-linux-gnu", "core-avx2"),
+         "float": ("aarch64-linux-gnu", "cortex-a53")}
+
+
+def _path(cpu) -> str:
+    """Which kind of integer kernel input a CPU's dot instruction takes."""
+    if not cpu.int_dot:
+        return "float"
+    return "uint8" if INT_DOTS[cpu.int_dot][0].data_dtype == "uint8" else "signed"
+
+
 @pytest.mark.build
-@pytest.mark.parametrize("graph, reads", [
-    ("hswish", (2, 0)),  # the h-swish's input and the model's output
-    ("residual", (3, 2)),  # the first convolution's output is also read as 8 bits by the second: kept
-    ("expand_depthwise", (1, 0)),
-    ("squeeze_excite", (3, 0)),  # the block's two DequantizeLinears of one value become one value
-])
-def test_cancelled_chains_compute_the_same_values(graph, reads, tmp_path):
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("graph", list(READS))
+def test_cancelled_chains_compute_the_same_values(graph, path, tmp_path):
     """Each graph's requantised values read back less their zero point are rewritten, and the
-    rewritten module's output is bit-identical to the one before."""
-    target = resolve("host").tvm_target()
+    rewritten module's output is bit-identical to the one before. Each kind of kernel input is
+    checked on any host: the rewrite is target-independent Relax, run here by a generic build."""
+    target = resolve(*PATHS[path]).tvm_target()
+    cpu = cpu_params(target)
+    assert _path(cpu) == path  # the preset stands for the path it is named for
     qdq = quantized(tmp_path, GRAPHS[graph]())
     with target:
-        before = integer_kernels(FusionReport(), target)(import_onnx(qdq).mod)
+        before = integer_kernels(FusionReport(), cpu)(import_onnx(qdq).mod)
     after = CancelZeroPoints()(before)
-    assert (_requantised_reads(before), _requantised_reads(after)) == reads
+    assert (_requantised_reads(before), _requantised_reads(after)) == READS[graph][path]
     x = seeded_input((1, C, HW, HW), 1) * 4  # wide enough to reach both ends of the clamps
     np.testing.assert_array_equal(_run(after, x), _run(before, x))
 
@@ -109,6 +130,7 @@ def _same_values(before, after, extra):
     np.testing.assert_array_equal(_run(after, values), _run(before, values))
 
 
+@pytest.mark.build
 @pytest.mark.parametrize("dq_zero_point, left", [(3, 0), (4, 1)])
 def test_only_the_same_zero_point_cancels(dq_zero_point, left):
     """clip(round(x) + 3) cast to uint8 and dequantised: with zero point 3 it becomes
@@ -119,6 +141,7 @@ def test_only_the_same_zero_point_cancels(dq_zero_point, left):
     _same_values(before, after, [1e30, -1e30, 2.5, -3.5, np.inf, -np.inf])
 
 
+@pytest.mark.build
 @pytest.mark.parametrize("divided", [False, True])
 def test_a_zero_point_of_zero_needs_no_add(divided):
     """clip(round(x) + 0, 0, 255) stored as uint8 (a ReLU's requantisation) loses the add; the bytes

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import mobilec.runtime as mr
-from conftest import onnxruntime_outputs, seeded_input
+from helpers import onnxruntime_outputs, seeded_input
 from mobilec.compiler import CompileConfig, TargetError, compile_model, inspect_model
 from mobilec.frontends import MODELS, ExportConfig, create_model, export_onnx
 from mobilec.runtime.manifest import elf_header

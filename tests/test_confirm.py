@@ -4,27 +4,23 @@ the database applies; a lucky measurement does not make a kernel the database's 
 
 import pytest
 
-from conftest import seed_of
+from helpers import seed_of, tune_tiny
 from graphs import assert_matches_onnxruntime
-from mobilec.compiler import TuneConfig, resolve, tune_model
+from mobilec.compiler import resolve
 from mobilec.schedules.confirm import CONTENDERS, ROUNDS
 from mobilec.schedules.database import CONFIRMED, copy_record, for_target, open_database, valid_records
 from mobilec.schedules.defaults import decisions
-from mobilec.schedules.tuning import REPEAT, TuneOptions
-from test_tuning import host_db, tiny
+from mobilec.schedules.tuning import REPEAT
+from graphs import tiny
+from helpers import host_db
 
 pytestmark = [pytest.mark.tuning]
 
 LUCKY = 1e-9  # seconds: no kernel runs this fast; a record with it is a lucky (or broken) measurement
 
 
-def _tune(db, trials):
-    opts = TuneOptions(trials=trials, per_round=2, live=False)
-    return tune_model(tiny(), TuneConfig(db=str(db), options=opts, verify=False))
-
-
 def test_a_lucky_record_is_measured_again_before_a_build_applies_it(tmp_path):
-    first = _tune(tmp_path / "db", 4)
+    first = tune_tiny(tmp_path / "db", 4)
     sub = tmp_path / "db" / host_db()
     assert (sub / CONFIRMED).is_dir() and first.confirmed  # every task had the default and a searched one
     for c in first.confirmed:
@@ -47,7 +43,7 @@ def test_a_lucky_record_is_measured_again_before_a_build_applies_it(tmp_path):
     assert all(float(valid_records(db, r.workload.mod)[0].run_secs[0]) == LUCKY
                for r in db.get_all_tuning_records() if str(r.workload.mod) in lucky)
 
-    _tune(tmp_path / "db", 8)  # resumed: searches more, then confirms again, the lucky record included
+    tune_tiny(tmp_path / "db", 8)  # resumed: searches more, then confirms again, the lucky record included
     confirmed = open_database(sub / CONFIRMED)
     winners = confirmed.get_all_tuning_records()
     assert len(winners) == len({str(r.workload.mod) for r in winners})  # one per workload, earlier runs' replaced

@@ -9,22 +9,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from conftest import assembly
-from graphs import assert_matches_onnxruntime, chain, const, conv, hswish_nodes, model
-from mobilec.targets import CPUS, cpu_params, missing_flags
-
-
-# one graph per kernel kind: (name, expected default schedule kind, graph)
-def _pointwise(hw, cin, cout, bias=True):
-    n, i = conv("input", "output", cin, cout, k=1, bias=bias)
-    return model(n, i, inputs=[("input", (1, cin, hw, hw))], output=("output", (1, cout, hw, hw)))
-
-
-def _depthwise(hw, c, k, stride):
-    n, i = chain(conv("input", "dw", c, c, k=k, stride=stride, group=c),
-                 hswish_nodes("dw", "output", "clip/div"))
-    out = (hw + stride - 1) // stride
-    return model(n, i, inputs=[("input", (1, c, hw, hw))], output=("output", (1, c, out, out)))
+from helpers import assembly, run_here_or_skip
+from graphs import assert_matches_onnxruntime, chain, const, conv, depthwise_graph, hswish_nodes, model, pointwise_graph
+from mobilec.targets import CpuParams, cpu_params
 
 
 def _stem():
@@ -53,30 +40,18 @@ def _classifier(cin=64, cout=40):
 
 
 KERNELS = [
-    ("pointwise-wide-map", "pointwise", lambda: _pointwise(32, 16, 24)),
-    ("pointwise-narrow-map", "pointwise", lambda: _pointwise(7, 32, 48)),
-    ("pointwise-no-epilogue", "pointwise", lambda: _pointwise(7, 32, 48, bias=False)),
-    ("pointwise-odd-channels", "pointwise", lambda: _pointwise(10, 12, 20)),
-    ("depthwise-3x3-s1", "depthwise", lambda: _depthwise(28, 16, 3, 1)),
-    ("depthwise-3x3-s2", "depthwise", lambda: _depthwise(32, 16, 3, 2)),
-    ("depthwise-5x5-s2-odd-row", "depthwise", lambda: _depthwise(14, 24, 5, 2)),
-    ("depthwise-5x5-s1-row-7", "depthwise", lambda: _depthwise(7, 24, 5, 1)),
+    ("pointwise-wide-map", "pointwise", lambda: pointwise_graph(32, 16, 24)),
+    ("pointwise-narrow-map", "pointwise", lambda: pointwise_graph(7, 32, 48)),
+    ("pointwise-no-epilogue", "pointwise", lambda: pointwise_graph(7, 32, 48, bias=False)),
+    ("pointwise-odd-channels", "pointwise", lambda: pointwise_graph(10, 12, 20)),
+    ("depthwise-3x3-s1", "depthwise", lambda: depthwise_graph(28, 16, 3, 1)),
+    ("depthwise-3x3-s2", "depthwise", lambda: depthwise_graph(32, 16, 3, 2)),
+    ("depthwise-5x5-s2-odd-row", "depthwise", lambda: depthwise_graph(14, 24, 5, 2)),
+    ("depthwise-5x5-s1-row-7", "depthwise", lambda: depthwise_graph(7, 24, 5, 1)),
     ("stem-3x3-s2", "direct", _stem),
     ("squeeze-excite", "squeeze-excite", _se),
     ("classifier", "matmul", _classifier),
 ]
-
-
-def kernel_zoo():
-    """Every kind above in one graph (for the emulated device): stem -> dw s2 -> pw -> SE."""
-    n, i = chain(conv("input", "stem", 3, 16, k=3, stride=2), hswish_nodes("stem", "s", "onnx"),
-                 conv("s", "dw", 16, 16, k=3, stride=2, group=16), conv("dw", "pw", 16, 32, k=1),
-                 ([helper.make_node("GlobalAveragePool", ["pw"], ["pool"])], []),
-                 conv("pool", "fc1", 32, 8, k=1, seed=1), ([helper.make_node("Relu", ["fc1"], ["r"])], []),
-                 conv("r", "fc2", 8, 32, k=1, seed=2),
-                 ([helper.make_node("HardSigmoid", ["fc2"], ["gate"], alpha=1 / 6, beta=0.5),
-                   helper.make_node("Mul", ["pw", "gate"], ["output"])], []))
-    return model(n, i, inputs=[("input", (1, 3, 56, 56))], output=("output", (1, 32, 14, 14)))
 
 
 # --------------------------------------------------------------------------------------------- structure
@@ -92,7 +67,6 @@ def test_target_parameters(triple, cpu, lanes, wide, registers):
     where the channels fill them (measured, Large on a Sapphire Rapids host: 512 everywhere 7.50 ms,
     256 everywhere 4.49, 512 for 16k-channel pointwise and depthwise kernels 3.94)."""
     from mobilec.targets import resolve
-    from mobilec.schedules.defaults import CpuParams
 
     p = cpu_params(resolve(triple, cpu, num_cores=3).tvm_target())
     assert (p.lanes, p.registers, p.cores) == (lanes, registers, 3)
@@ -102,7 +76,6 @@ def test_target_parameters(triple, cpu, lanes, wide, registers):
 @pytest.mark.structure
 @pytest.mark.parametrize("lanes,registers", [(8, 16), (4, 32), (4, 16)])
 def test_pointwise_tiles_fit_the_register_file_and_divide_the_axes(lanes, registers):
-    from mobilec.schedules.defaults import CpuParams
     from mobilec.schedules.kernels.pointwise import nchw_tiles
 
     cpu = CpuParams(lanes, registers, 2)
@@ -124,7 +97,6 @@ def test_pointwise_tiles_fit_the_register_file_and_divide_the_axes(lanes, regist
 def test_pointwise_tiles_by_vector_element_keep_a_register_per_pixel():
     """AArch64 (fmla by element): each pixel of the tile holds a vector of input channels, so
     accumulators + input registers + weight vectors fit the register file."""
-    from mobilec.schedules.defaults import CpuParams
     from mobilec.schedules.kernels.pointwise import nhwc_tiles
 
     cpu = CpuParams(4, 32, 2, fma_by_lane=True)
@@ -142,7 +114,6 @@ def test_nhwc_pointwise_tiles_fit_the_register_file(cpu_name):
     1 vector x 28 pixels; measured, Large: 4.59 -> 4.45 and 4.43 -> 4.26 ms in two interleaved runs),
     AVX2's 16 up to 4; channels that fill 512-bit vectors take them."""
     from mobilec.targets import resolve
-    from mobilec.schedules.defaults import CpuParams
     from mobilec.schedules.kernels.pointwise import nhwc_tiles
 
     base = cpu_params(resolve("x86_64-linux-gnu", cpu_name, 2).tvm_target())
@@ -169,7 +140,7 @@ def test_each_kernel_kind_is_scheduled_and_matches_onnxruntime(name, kind, build
 @pytest.mark.build
 def test_plain_lowering_still_available_and_equal(tmp_path):
     """``default_schedules=False`` (CLI --no-default-schedules) leaves every kernel to TVM."""
-    res = assert_matches_onnxruntime(_depthwise(14, 8, 3, 1), tmp_path, default_schedules=False)
+    res = assert_matches_onnxruntime(depthwise_graph(14, 8, 3, 1), tmp_path, default_schedules=False)
     assert res.manifest.default_schedules == {}
 
 
@@ -194,7 +165,7 @@ def test_pointwise_multiplies_by_vector_element_where_the_isa_can(triple, cpu, b
     emulated device: test_emulator.py.)"""
     import re
 
-    asm = assembly(_pointwise(7, 64, 32), triple, cpu)
+    asm = assembly(pointwise_graph(7, 64, 32), triple, cpu)
     if by_lane:
         assert re.search(r"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[[123]\]", asm)  # lanes past the first
     else:
@@ -241,12 +212,12 @@ def test_the_search_samples_how_far_the_reduction_loop_is_unrolled(triple, cpu_n
     from tvm.s_tir import Schedule
 
     from mobilec.targets import resolve
-    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule, pack_for_tiles, search_space
+    from mobilec.schedules.defaults import decisions, default_schedule, pack_for_tiles, search_space
     from mobilec.schedules.loops import MAX_UNROLL
 
     target = resolve(triple, cpu_name, 2).tvm_target()
     cpu = cpu_params(target)
-    mod = _kernel(_pointwise(14, 32, 64), target, "conv2d_nhwc")
+    mod = _kernel(pointwise_graph(14, 32, 64), target, "conv2d_nhwc")
     default = default_schedule(mod, cpu)[0]
     trace = default.trace
     unroll = [i for i in trace.insts if i.kind.name == "SamplePerfectTile"][-1]  # sampled after the tiles
@@ -277,12 +248,12 @@ def test_search_space_gives_the_pointwise_loop_order_a_design_space_per_side():
     from tvm.s_tir import Schedule
 
     from mobilec.targets import resolve
-    from mobilec.schedules.defaults import CpuParams, decisions, default_schedule, search_space
+    from mobilec.schedules.defaults import decisions, default_schedule, search_space
 
     target = resolve("host", None, 2).tvm_target()
     cpu = cpu_params(target)
-    for build, kind, count in [(lambda: _pointwise(14, 32, 64), "conv2d_nhwc", 2),
-                               (lambda: _depthwise(14, 24, 3, 1), "group_conv2d", 1)]:
+    for build, kind, count in [(lambda: pointwise_graph(14, 32, 64), "conv2d_nhwc", 2),
+                               (lambda: depthwise_graph(14, 24, 3, 1), "group_conv2d", 1)]:
         mod = _kernel(build(), target, kind)
         spaces = search_space(Schedule(mod), cpu)
         assert len(spaces) == count, kind
@@ -304,7 +275,6 @@ def test_input_transpose_loads_whole_vectors(cpu_name):
     from tvm import te
 
     from mobilec.targets import resolve
-    from mobilec.schedules.defaults import CpuParams
     from mobilec.schedules.kernels import generic
 
     target = resolve("x86_64-linux-gnu", cpu_name, 2).tvm_target()
@@ -317,8 +287,7 @@ def test_input_transpose_loads_whole_vectors(cpu_name):
     kinds = [sch.get(l).kind for l in loops]
     assert [int(sch.get(l).extent) for l in loops[-2:]] == [3, 2 * cpu.lanes]
     assert kinds[-1] == tvm.tirx.ForKind.VECTORIZED and kinds[-2] == tvm.tirx.ForKind.UNROLLED
-    if missing_flags(CPUS[("x86_64", cpu_name)]):
-        return  # built, not run: this CPU lacks the preset's instructions
+    run_here_or_skip("x86_64", cpu_name, "the schedule's loops")
     lib = tvm.compile(sch.mod, target=target)
     x = np.random.default_rng(0).standard_normal((1, 3, 20, 32)).astype(np.float32)
     y = tvm.runtime.tensor(np.zeros((1, 20, 32, 3), np.float32))
@@ -337,7 +306,6 @@ def test_channels_last_gate_vectorises_whole_channels(channels):
     from tvm import te
 
     from mobilec.targets import resolve
-    from mobilec.schedules.defaults import CpuParams
     from mobilec.schedules.kernels import generic
 
     target = resolve("x86_64-linux-gnu", "core-avx2", 2).tvm_target()

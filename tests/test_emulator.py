@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mobilec.runtime as mr
-from conftest import onnxruntime_outputs, seeded_input
+from helpers import emulator_or_skip, onnxruntime_outputs, seeded_input
 from mobilec.compiler import CompileConfig, compile_model
 from mobilec.rpc import emulate, local
 
@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.rpc, pytest.mark.emulator]
 @pytest.fixture(scope="module")
 def emulated():
     """A tracker with the emulated device registered (the root filesystem is built once and cached)."""
+    emulator_or_skip()
     with local.tracker() as tracker, emulate.device(tracker, "emu-aarch64"):
         yield tracker
 
@@ -33,7 +34,7 @@ def test_model_on_the_emulated_device_matches_onnxruntime(emulated, exported, tm
 
 def test_default_schedules_on_the_emulated_device_match_onnxruntime(emulated, tmp_path):
     """Every default schedule kind with NEON parameters (4 lanes, 32 registers), run on the device."""
-    from test_default_schedules import kernel_zoo
+    from graphs import kernel_zoo
 
     proto = kernel_zoo()
     res = compile_model(proto, tmp_path / "zoo.so", CompileConfig(target="aarch64-linux-gnu", cpu="cortex-a72"))
@@ -55,7 +56,7 @@ def test_int8_kernels_on_the_emulated_device_match_the_qdq_reference(emulated, t
     sdot) and A72 (no dot product: 1x1 kernels on the widening smull/smlal/sadalp, the rest exact
     float32 or int32), run on the device, against the QDQ file's own semantics within one output
     step."""
-    from test_quantized import KINDS, kernel, quantized
+    from quant import KINDS, kernel, quantized
     from mobilec.frontends.quantize import output_step, reference_session
 
     remote = mr.connect(tracker=emulated, key="emu-aarch64", timeout=120)

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import mobilec.runtime as mr
-from conftest import assembly
+from helpers import assembly
 from mobilec.compiler import CompileConfig, compile_model
 
 N = 1 << 14

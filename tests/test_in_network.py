@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import mobilec.runtime as mr
-from conftest import seed_of
+from helpers import seed_of
 from graphs import assert_matches_onnxruntime
 from mobilec.compiler import CompileConfig, compile_model, resolve
 from mobilec.compiler.importer import import_onnx
@@ -16,8 +16,9 @@ from mobilec.schedules import in_network
 from mobilec.schedules.confirm import store
 from mobilec.schedules.database import CONFIRMED, for_target, open_database, valid_records
 from mobilec.schedules.defaults import decisions
-from test_confirm import _tune
-from test_tuning import host_db, tiny
+from helpers import tune_tiny
+from graphs import tiny
+from helpers import host_db
 
 pytestmark = [pytest.mark.tuning]
 
@@ -80,7 +81,7 @@ def test_a_winner_slower_inside_the_model_gives_way_to_the_default(tmp_path, mon
     """Both kernels' confirmed winners made searched records; inside the model (timings given) the
     pointwise one is slower and the depthwise one faster: the first goes back to its default
     schedule, the second stays, and a build applies exactly that."""
-    _tune(tmp_path / "db", 4)
+    tune_tiny(tmp_path / "db", 4)
     sub = tmp_path / "db" / host_db()
     db = open_database(sub)
     target = resolve("host").tvm_target()

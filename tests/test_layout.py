@@ -4,11 +4,10 @@ imported NCHW layout still builds and matches (``layout="NCHW"``)."""
 
 import itertools
 
-import numpy as np
 import pytest
 
 from graphs import assert_matches_onnxruntime
-from test_default_schedules import _depthwise, _pointwise, kernel_zoo
+from graphs import depthwise_graph, kernel_zoo, pointwise_graph
 
 
 @pytest.mark.structure
@@ -74,7 +73,7 @@ def test_network_converts_layout_once_and_packs_pointwise_weights(exported):
 
 
 @pytest.mark.build
-@pytest.mark.parametrize("build", [kernel_zoo, lambda: _pointwise(7, 32, 48), lambda: _depthwise(14, 24, 5, 2)],
+@pytest.mark.parametrize("build", [kernel_zoo, lambda: pointwise_graph(7, 32, 48), lambda: depthwise_graph(14, 24, 5, 2)],
                          ids=["zoo", "pointwise", "depthwise"])
 def test_imported_nchw_layout_still_builds_and_matches(build, tmp_path):
     res = assert_matches_onnxruntime(build(), tmp_path, layout="NCHW")
@@ -86,4 +85,4 @@ def test_unknown_layout_is_a_config_error(tmp_path):
     from mobilec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="NHWC, NCHW"):
-        assert_matches_onnxruntime(_pointwise(7, 8, 8), tmp_path, layout="NCHW8c")
+        assert_matches_onnxruntime(pointwise_graph(7, 8, 8), tmp_path, layout="NCHW8c")

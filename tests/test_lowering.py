@@ -50,7 +50,7 @@ def test_a_model_build_calls_no_workspace_pool(cpu):
     """A model's kernels keep their tiles off the pool: Large's 14x14 112 -> 672 expansion, whose
     accumulator tile is 1.75 KB on AVX-512 (one pool pair per tile before: 4,360 per Large
     inference). Assembly only: builds on any x86 host."""
-    from conftest import assembly
+    from helpers import assembly
     from graphs import conv, model
 
     nodes, inits = conv("input", "output", 112, 672, k=1)
@@ -70,7 +70,7 @@ def test_integer_kernels_call_no_workspace_pool(triple, cpu, dot, tmp_path):
     identical)."""
     import onnx
 
-    from conftest import assembly
+    from helpers import assembly
     from graphs import conv, model
     from mobilec.frontends.quantize import QuantizeConfig, quantize_model
 
@@ -92,7 +92,7 @@ def test_requantisation_rounds_and_stores_whole_vectors(cpu, tmp_path):
     import onnx
     from onnx import helper
 
-    from conftest import assembly
+    from helpers import assembly
     from graphs import conv, model
     from mobilec.frontends.quantize import QuantizeConfig, quantize_model
 

@@ -4,91 +4,19 @@ float and why."""
 
 import re
 
-import numpy as np
 import onnx
 import pytest
 import tvm
 from onnx import helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-import mobilec.runtime as mr
-from conftest import assembly, seeded_input
-from graphs import C, HW, const, conv, hswish_nodes, model
+from helpers import assembly, run_here_or_skip, seeded_input
+from graphs import C, HW, conv, hswish_nodes, model
 from mobilec.compiler import CompileConfig, compile_model, inspect_model, resolve
-from mobilec.targets import CPUS, missing_flags, preset_of
-from mobilec.frontends.quantize import QuantizeConfig, agreement, output_step, quantize_model, reference_session
+from mobilec.targets import CPUS, TRIPLES, cpu_params, dot_form, runnable_here
+from mobilec.frontends.quantize import QuantizeConfig, quantize_model
+from quant import KINDS, assert_network_follows, assert_within_one_step, kernel, quantized
 from mobilec.frontends.torch_int8 import export_pytorch_int8
-
-
-def kernel(kind: str) -> onnx.ModelProto:
-    """One fp32 layer (or two) of each kind an int8 MobileNet has."""
-    if kind == "stem":
-        n, i = conv("input", "output", cin=3, cout=16, stride=2)
-        return model(n, i, inputs=(("input", (1, 3, 16, 16)),), output=("output", (1, 16, 8, 8)))
-    if kind == "classifier":
-        w = np.random.default_rng(3).standard_normal((10, C)).astype(np.float32)
-        nodes = [helper.make_node("GlobalAveragePool", ["input"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
-                 helper.make_node("Gemm", ["f", "w", "b"], ["output"], transB=1)]
-        return model(nodes, [const("w", w), const("b", np.arange(10) / 10)], output=("output", (1, 10)))
-    if kind == "wide":  # sum |w| x |x - zp| past 2**24: float32 is not exact for it, the int32 kernel is
-        n, i = conv("input", "output", cin=2048, cout=8, k=1)
-        signs = np.sign(np.random.default_rng(5).standard_normal((8, 2048, 1, 1)))
-        i[0] = const("output_w", np.where(signs == 0, 1, signs) / 40)  # every weight quantised to +-127
-        return model(n, i, inputs=(("input", (1, 2048, 2, 2)),), output=("output", (1, 8, 2, 2)))
-    if kind == "residual":  # inside the network, as in an inverted-residual block
-        a, ai = conv("input", "a", k=1)
-        n, i = conv("a", "c", k=1, seed=1)
-        return model(a + n + [helper.make_node("Add", ["a", "c"], ["output"])], ai + i)
-    if kind == "expand_depthwise":  # an expansion whose only reader is a depthwise: it hands over float32
-        a, ai = conv("input", "a", k=1)
-        n, i = conv("r", "c", k=3, group=C, seed=1)
-        relu = [helper.make_node("Relu", [x], [y]) for x, y in (("a", "r"), ("c", "output"))]
-        return model(a + relu[:1] + n + relu[1:], ai + i)
-    if kind == "hswish":  # followed by a convolution, which quantises the h-swish output
-        n, i = conv("input", "c", k=1)
-        h, hi = hswish_nodes("c", "h", "onnx")
-        n2, i2 = conv("h", "output", k=1, seed=2)
-        return model(n + h + n2, i + hi + i2)
-    k, stride, group = {"pointwise": (1, 1, 1), "full3x3": (3, 1, 1), "depthwise3x3": (3, 1, C),
-                        "depthwise3x3s2": (3, 2, C), "depthwise5x5": (5, 1, C)}[kind]
-    n, i = conv("input", "c", k=k, stride=stride, group=group)
-    out = (HW + stride - 1) // stride
-    return model(n + [helper.make_node("Relu", ["c"], ["output"])], i, output=("output", (1, C, out, out)))
-
-
-KINDS = ["pointwise", "full3x3", "depthwise3x3", "depthwise3x3s2", "depthwise5x5", "stem", "classifier",
-         "residual", "hswish", "wide", "expand_depthwise"]
-
-
-def assert_network_follows(library, qdq, shape):
-    """A whole network against the QDQ reference. With the registry's random weights one rounding
-    tie in a float op (h-swish, pooling) can move later layers, so it is compared by cosine (the
-    logits are too flat for a stable top-1) and by the median error, not per element."""
-    x = seeded_input(shape)
-    want = reference_session(str(qdq)).run(None, {"input": x})[0]
-    got = mr.load(library)(x)
-    cos = agreement(want, got)[1]
-    assert cos > 0.99, cos
-    assert float(np.median(np.abs(got - want))) <= 2 * output_step(qdq) * 1.001
-
-
-def quantized(tmp_path, proto: onnx.ModelProto, name: str = "m") -> str:
-    src, dst = tmp_path / f"{name}.onnx", tmp_path / f"{name}-int8.onnx"
-    onnx.save(proto, src)
-    quantize_model(src, dst, QuantizeConfig(random=4, held_out=1))
-    return str(dst)
-
-
-def assert_within_one_step(library, qdq: str, seed: int = 0):
-    sess = reference_session(qdq)
-    spec = sess.get_inputs()[0]
-    x = seeded_input(spec.shape, seed)
-    want = sess.run(None, {spec.name: x})[0]
-    got = mr.load(library)(x)
-    step = output_step(qdq)
-    # the integer kernels compute exactly; a float op rounding on the other side of a tie moves one step
-    assert float(np.abs(got - want).max()) <= step * 1.001, f"max error {np.abs(got - want).max()} step {step}"
-    return got, want
 
 
 @pytest.mark.build
@@ -98,10 +26,13 @@ def test_every_kernel_kind_matches_the_qdq_reference(kind, tmp_path):
     res = compile_model(qdq, tmp_path / "k.so")
     assert res.report.float_quantized == []
     op = "matmul" if kind == "classifier" else "conv2d"
-    # 1x1 convolutions and matrix products: the host's dot instruction (AVX2's 16-bit pairs, AVX-512
-    # VNNI's byte quads); kxk: exact float32 FMAs
-    dot = {"vpmaddwd": "int16 pairs (vpmaddwd)", "vpdpbusd": "uint8 x int8 dot (vpdpbusd)",
-           "avx-vnni": "uint8 x int8 dot (avx-vnni)"}[preset_of(resolve("host").target).int_dot]
+    # 1x1 convolutions and matrix products: the host's dot instruction (targets.INT_DOTS: AVX2's
+    # 16-bit pairs, AVX-512 VNNI's byte quads); kxk: exact float32 FMAs
+    cpu = cpu_params(resolve("host").target)
+    form = dot_form(cpu.int_dot, C, C)
+    if form is None:
+        pytest.skip(f"this host's CPU ({resolve('host').cpu}) has no integer dot instruction: every kernel runs in float")
+    dot = f"{form.what} ({cpu.int_dot})"
     how = dot if kind in ("pointwise", "residual", "hswish", "wide") else "exact in float32"  # 10 classes: not 8k
     want = {f"{op} ({how})": 2 if kind in ("hswish", "residual") else 1}
     if kind == "expand_depthwise":
@@ -139,12 +70,16 @@ def _depthwise_input_dtype(qdq: str, target) -> dict:
 
 
 @pytest.mark.build
-def test_a_depthwise_reads_its_producers_float_values(tmp_path):
+@pytest.mark.parametrize("cpu", ["cascadelake", "core-avx2"])
+def test_a_depthwise_reads_its_producers_float_values(cpu, tmp_path):
     """A float-exact depthwise whose input only it reads gets that input as float32 integers from
-    the producing kernel's epilogue, not as 8 bits it converts at each of its 9 taps."""
+    the producing kernel's epilogue, not as 8 bits it converts at each of its 9 taps. The expansion
+    reads what its dot instruction takes (targets.INT_DOTS): the model's 8 bits as uint8 for
+    vpdpbusd, less their zero point as int16 for vpmaddwd. Built only (no run): any x86 host."""
     qdq = quantized(tmp_path, kernel("expand_depthwise"))
-    inputs = _depthwise_input_dtype(qdq, resolve("host").tvm_target())
-    assert inputs == {1: "uint8", C: "float32"}, inputs  # the expansion still reads the model's 8 bits
+    target = resolve("x86_64-linux-gnu", cpu).tvm_target()
+    inputs = _depthwise_input_dtype(qdq, target)
+    assert inputs == {1: dot_form(cpu_params(target).int_dot, C, C).data_dtype, C: "float32"}, inputs
 
 
 @pytest.mark.build
@@ -184,8 +119,7 @@ def test_avx512_vnni_pointwise(cin, cout, form, signed, tmp_path):
     assert res.report.int8 == {"conv2d (uint8 x int8 dot (vpdpbusd))": 1}
     asm = assembly(str(qdq), "x86_64-linux-gnu", "cascadelake")
     assert re.search(rf"vpdpbusd\s[^\n]*%{form}", asm) and "vpmaddwd" not in asm
-    if missing_flags(CPUS[("x86_64", "cascadelake")]):
-        return  # this CPU cannot run the code; the assembly above is what can be checked here
+    run_here_or_skip("x86_64", "cascadelake", "the build and its assembly")
     assert_within_one_step(res.library, str(qdq))
 
 
@@ -202,8 +136,7 @@ def test_avx_vnni_pointwise(cin, cout, tmp_path):
     assert res.report.int8 == {"conv2d (uint8 x int8 dot (avx-vnni))": 1}
     asm = assembly(str(qdq), "x86_64-linux-gnu", "avx2-vnni")
     assert re.search(r"vpdpbusd\s[^\n]*%ymm", asm) and "%zmm" not in asm and "vpmaddwd" not in asm
-    if missing_flags(CPUS[("x86_64", "avx2-vnni")]):
-        return  # this CPU cannot run the code; the assembly above is what can be checked here
+    run_here_or_skip("x86_64", "avx2-vnni", "the build and its assembly")
     assert_within_one_step(res.library, str(qdq))
 
 
@@ -334,14 +267,13 @@ def test_a_weight_of_minus_128_takes_the_dot_instruction(tmp_path):
     the 8-bit operand of vpdpbusd and sdot as they are."""
     qdq = quantized(tmp_path, model(*conv("input", "output", cin=C, cout=C, k=1)))
     set_weights_to_minus_128(qdq, (0, 0))
-    host = resolve("host").triple
     for triple, cpu, kind in (("x86_64-linux-gnu", "cascadelake", "uint8 x int8 dot (vpdpbusd)"),
                               ("aarch64-linux-gnu", "cortex-a76", "int8 dot (sdot)"),
                               ("aarch64-linux-gnu", "cortex-a72", "int8 pairs (smull)"),
                               ("x86_64-linux-gnu", "core-avx2", "int16 pairs (vpmaddwd)")):
         res = compile_model(str(qdq), tmp_path / f"{cpu}.so", CompileConfig(target=triple, cpu=cpu))
         assert res.report.int8 == {f"conv2d ({kind})": 1}, (cpu, res.report.int8)
-        if triple == host and not missing_flags(CPUS[(triple.split("-")[0], cpu)]):
+        if CPUS[(TRIPLES[triple].arch, cpu)] in runnable_here(TRIPLES[triple].arch):  # built for all, run where it can
             assert_within_one_step(res.library, str(qdq))
 
 

@@ -39,7 +39,7 @@ def test_bilinear_resize_is_separable_and_matches_onnxruntime(mode, size, tmp_pa
         pytest.xfail("TVM's FoldConstant legalizes every resize with TVM's own formula, which divides "
                      "by zero for align_corners to size 1 (the two-pass kernel handles it)")
     res = assert_matches_onnxruntime(_resize(size, mode), tmp_path)
-    assert res.manifest.default_schedules.get("separable") == 1, res.manifest.default_schedules
+    assert res.manifest.default_schedules.get("resize") == 1, res.manifest.default_schedules
 
 
 @pytest.mark.build
@@ -66,7 +66,7 @@ def test_upsample_after_conv_is_transposed_at_the_small_map_and_matches(nhwc, tm
 def test_other_resize_methods_keep_tvms_lowering(method, tmp_path):
     res = assert_matches_onnxruntime(_resize((16, 12), "asymmetric" if method == "nearest" else "half_pixel",
                                              method=method), tmp_path)
-    assert "separable" not in res.manifest.default_schedules
+    assert "resize" not in res.manifest.default_schedules
 
 
 @pytest.mark.structure

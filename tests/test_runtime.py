@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mobilec.runtime as mr
-from conftest import onnxruntime_outputs, seeded_input
+from helpers import onnxruntime_outputs, seeded_input
 from mobilec.runtime import ManifestError, RuntimeInputError
 
 NAME = "mobilenet_v3_small_035"

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import tvm_ffi
 
-from conftest import seed_of
+from helpers import seed_of
 from graphs import C, conv, model
 from mobilec.cli import main
 from mobilec.compiler import TRIPLES, CompileConfig, compile_model, resolve

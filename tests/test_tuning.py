@@ -8,23 +8,15 @@ import pytest
 import tvm_ffi
 
 import mobilec.runtime as mr
-from conftest import moved_from_seed, onnxruntime_outputs, seeded_input
-
-from graphs import C, assert_matches_onnxruntime, conv, model
-from mobilec.compiler import CompileConfig, TuneConfig, compile_model, resolve, tune_model
+from graphs import C, assert_matches_onnxruntime, tiny
+from helpers import emulator_or_skip, host_db, moved_from_seed, onnxruntime_outputs, seeded_input
+from mobilec.compiler import CompileConfig, TuneConfig, compile_model, tune_model
 from mobilec.compiler.verdict import lookup
 from mobilec.rpc import local
 from mobilec.schedules import merge, open_database
 from mobilec.schedules.tuning import DeviceLost, TuneOptions
 
 pytestmark = [pytest.mark.tuning, pytest.mark.rpc]
-
-
-def tiny():
-    """A pointwise-then-depthwise pair: two convolution tasks."""
-    n1, i1 = conv("input", "c1", k=1)
-    n2, i2 = conv("c1", "output", group=C, seed=1)
-    return model(n1 + n2, i1 + i2)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +27,6 @@ def host_device():
 
 def records(db_dir) -> int:
     return len(open_database(db_dir))
-
-
-def host_db() -> str:
-    """The database directory name for ``--target host`` on this machine (its detected CPU)."""
-    host = resolve("host")
-    return f"{host.triple}-{host.cpu}"
 
 
 def test_tune_over_rpc_then_compile_with_the_database(host_device, tmp_path):
@@ -111,6 +97,7 @@ def test_server_killed_mid_tuning_leaves_a_usable_database(tmp_path):
 def test_tune_on_the_emulated_aarch64_device(tmp_path):
     from mobilec.rpc import emulate
 
+    emulator_or_skip()
     # two emulated devices under one key: a farm, measuring candidates in parallel
     with local.tracker() as tracker, emulate.device(tracker, "emu-aarch64"), emulate.device(tracker, "emu-aarch64"):
         opts = TuneOptions(trials=4, per_round=2, tracker=tracker, key="emu-aarch64", live=False)
