@@ -1,7 +1,7 @@
 """mobilec against onnxruntime, PyTorch eager and the phone runtimes, measured in one run on this host.
 
     .venv/bin/python benchmarks/compare.py [--models mobilenet_v3_large mobilenet_v3_small
-        lraspp_mobilenet_v3_large] [--threads 1 2] [--repeat 60] [--db schedules/db]
+        lraspp_mobilenet_v3_large] [--threads 1 2] [--repeat 60] [--db TUNING_DB]
         [--peers litert ncnn mnn] [--peers-python .venv-peers/bin/python]
         [--out benchmarks/results] [--readme]
 
@@ -23,11 +23,11 @@ alike; each uses the same thread count. Outputs are checked against onnxruntime'
 error, and relative to the output's largest magnitude); an engine past the tolerance is reported
 as disagreeing and not timed. Each thread count runs in its own process (TVM sizes its thread pool
 once per process). Timing is ``mobilec.runtime.timing.interleaved``, as for `mobilec bench --vs`: after a
-warm-up, engines alternate in blocks of calls, the order rotating each round, and each engine's
+warm-up, engines alternate in blocks of calls, in a shuffled order each round, and each engine's
 figure is the median of its block medians, so drift on a shared host hits all alike and a thread
 pool still spinning from the previous engine (which slows a block's first call) does not move it. Prints median/min/max, each median's ratio to onnxruntime's and to the
-fastest peer's; writes results.json, compare.md and compare.png under --out; --readme puts the
-table into README.md.
+fastest peer's; writes results.json, compare.md and compare.png under --out; --readme appends the
+table, dated and naming this machine's CPU, to docs/performance.md.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ DEFAULT_MODELS = ["mobilenet_v3_large", "mobilenet_v3_small", "lraspp_mobilenet_
 OWN = ["mobilec untuned", "mobilec tuned"]
 ENGINES = OWN + ["onnxruntime", "pytorch eager"] + list(peers.PEERS.values())
 TOLERANCE = 1e-3  # max |out - onnxruntime| / max |onnxruntime|; past it an engine disagrees
-README_BEGIN, README_END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +140,7 @@ def prepare(models: list[str], db: str, tmp: Path, peer_keys: list[str], peers_p
     from mobilec.schedules.database import database_dir, is_database
 
     host = resolve("host")
-    has_db = is_database(database_dir(db, host.triple, host.cpu))
+    has_db = db is not None and is_database(database_dir(db, host.triple, host.cpu))
     plan = {"host": f"{host.triple}-{host.cpu}", "database": db if has_db else None, "models": []}
     for name in models:
         onnx_path = tmp / f"{name}.onnx"
@@ -253,13 +252,19 @@ def chart(table: list[dict], path: Path) -> None:
 
 
 def update_readme(md: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if README_BEGIN not in text:
-        raise SystemExit(f"README.md has no {README_BEGIN} ... {README_END} section to update")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_BEGIN}\n{md}{README_END}{tail}")
+    """Append the table to docs/performance.md under today's date and this machine's CPU (the
+    README's current table is edited by hand from these)."""
+    import platform
+    import time
+
+    from mobilec.targets import resolve
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.lower().startswith("model name")), platform.processor() or "unknown CPU")
+    doc = ROOT / "docs" / "performance.md"
+    with doc.open("a") as f:
+        f.write(f"\n## {time.strftime('%Y-%m-%d')}: benchmarks/compare.py on {cpu} "
+                f"(`{resolve('host').cpu}` preset)\n\n{md}\n")
 
 
 def main() -> None:
@@ -269,13 +274,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--db", default=str(ROOT / "schedules" / "db"))
+    ap.add_argument("--db", default=None, help="a tuning database (mobilec tune): also time the model built with it")
     ap.add_argument("--peers", nargs="*", choices=list(peers.PEERS), default=list(peers.PEERS),
                     help="phone runtimes to compare with (none: --peers alone)")
     ap.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"),
                     help="interpreter with litert-torch, when this one has none (see benchmarks/peers.py)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--readme", action="store_true", help="append the table, dated, to docs/performance.md")
     ap.add_argument("--worker", nargs=2, metavar=("PLAN", "RESULT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:  # a child: one thread count; results as JSON in a file (runtimes print on stdout)
