@@ -111,9 +111,9 @@ def _name(mod: tvm.IRModule) -> Optional[str]:
         return f"se {h}x{w} {c}"
     if kernel.block is None:
         return None
-    block = sch.get_sblock(kernel.block)
+    at = next(i for i, b in enumerate(blocks) if sch.get(b).name_hint == kernel.block)
+    block = blocks[at]  # a block's RVs compare by identity: take the one in ``blocks``
     out = _shape(sch.get(block).writes[0].source)
-    at = next(i for i, b in enumerate(blocks) if b.same_as(block))
     after = [b for b in blocks[at + 1:] if not is_reduction(sch, b)]
     acts = _activation(sch, after, local, out)
     if kernel.kind == Kind.MATMUL:
