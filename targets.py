@@ -58,8 +58,7 @@ def arch_of_elf(machine: int) -> Optional[Arch]:
 
 def is_arm(machine: Optional[str] = None) -> bool:
     """Whether ``machine`` (``platform.machine()``; default: this one) is an ARM core."""
-    m = (machine or platform.machine()).lower()
-    return any(m in a.runs_on for a in ARCHES.values() if a.arm) or m.startswith("arm")
+    return (machine or platform.machine()).lower().startswith(("aarch64", "arm"))
 
 
 # ---- target triples -------------------------------------------------------------------------

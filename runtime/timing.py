@@ -65,13 +65,10 @@ SETTLE_S = 0.02  # idle between blocks: longer than TVM's, onnxruntime's and Ope
 def alternating(blocks: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, dict]:
     """The alternation ``interleaved`` times with: ``rounds`` rounds, each engine's ``blocks[name]()``
     once per round (returning its calls' times, ms), in a new order each round (``round_order``).
-    Also for engines timed elsewhere (a device's own timer: one median per
-    block).
+    Also for engines timed elsewhere (a device's own timer: one median per block).
 
-    Each block starts after ``SETTLE_S`` idle, and the order is not a rotation: a rotation keeps
-    the cyclic order, so with three or more engines each one always ran right after the same other
-    engine and paid for that engine's spinning pool in every round (measured: mobilec fp32 timed
-    after onnxruntime's int8 read 4.3-4.5 ms where it runs 2.9)."""
+    Each block starts after ``SETTLE_S`` idle. With a rotation instead of ``round_order``, mobilec
+    fp32 timed after onnxruntime's int8 read 4.3-4.5 ms where it runs 2.9 (measured)."""
     names = list(blocks)
     medians: dict[str, list[float]] = {n: [] for n in names}
     calls: dict[str, list[float]] = {n: [] for n in names}

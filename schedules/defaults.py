@@ -44,7 +44,7 @@ import tvm
 from tvm.s_tir import Schedule
 
 from mobilec.schedules.kernels import direct, generic, integer, matmul, pointwise, resize, squeeze_excite
-from mobilec.schedules.kinds import Kind, classify, reductions
+from mobilec.schedules.kinds import Kernel, Kind, classify, reductions
 from mobilec.schedules.loops import (CHOICES, ERRORS, SEARCHING, CpuParams, auto_inline, epilogue_of, find_block,
                                      is_nhwc, loop_extent)
 
@@ -120,17 +120,19 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
     return plans
 
 
-def schedule_kernel(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> tuple[tvm.tirx.PrimFunc, str]:
-    """The default schedule of one kernel: (scheduled function, what was chosen)."""
-    sch, how = default_schedule(tvm.IRModule({"main": func}), cpu)
+def schedule_kernel(func: tvm.tirx.PrimFunc, cpu: CpuParams,
+                    kernel: Optional[Kernel] = None) -> tuple[tvm.tirx.PrimFunc, str]:
+    """The default schedule of one kernel (``kernel``: its kind, when already classified):
+    (scheduled function, what was chosen)."""
+    sch, how = default_schedule(tvm.IRModule({"main": func}), cpu, kernel)
     return sch.mod["main"].with_attr(SCHEDULED, True).with_attr(DEFAULT, how), how
 
 
-def default_schedule(mod: tvm.IRModule, cpu: CpuParams) -> tuple[Schedule, str]:
+def default_schedule(mod: tvm.IRModule, cpu: CpuParams, kernel: Optional[Kernel] = None) -> tuple[Schedule, str]:
     """The default schedule of the kernel ``mod["main"]`` as a Schedule, whose trace MetaSchedule
     can store, replay and mutate (how tuning is seeded with it)."""
     sch = Schedule(mod)
-    how = _schedule(sch, cpu)
+    how = _schedule(sch, cpu, kernel)
     pack_for_tiles(sch)
     return sch, how
 
@@ -182,8 +184,8 @@ def decisions(trace) -> list:
             for inst in trace.insts if inst in made]
 
 
-def _schedule(sch: Schedule, cpu: CpuParams) -> str:
-    kernel = classify(sch)
+def _schedule(sch: Schedule, cpu: CpuParams, kernel: Optional[Kernel] = None) -> str:
+    kernel = kernel or classify(sch)  # a Kernel names its blocks: valid for any Schedule of the function
     if kernel.is_conv:
         conv = sch.get_sblock(kernel.block)
         pad = find_block(sch, "pad_temp")
@@ -256,15 +258,15 @@ def apply_defaults(cpu: CpuParams, report: Optional[dict] = None) -> tvm.transfo
                 continue
             if is_scheduled(func):
                 continue
-            kind = classify(Schedule(tvm.IRModule({"main": func}))).kind
+            kernel = classify(Schedule(tvm.IRModule({"main": func})))  # also for the report if scheduling fails
             try:
-                updates[gv], how = schedule_kernel(func, cpu)
+                updates[gv], how = schedule_kernel(func, cpu, kernel)
             except ERRORS as e:
                 log.warning("no default schedule for %s (%s): left to plain lowering", gv.name_hint,
                             str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
                 how = "none"
             if report is not None:
-                report[gv.name_hint] = Scheduled(kind.value, how)
+                report[gv.name_hint] = Scheduled(kernel.kind.value, how)
         for gv, func in updates.items():
             mod[gv] = func
         return mod

@@ -270,17 +270,3 @@ def epilogue_of(sch: Schedule, block):
     if len(consumers) == 1:
         return consumers[0]
     return sch.cache_write(block, 0, "global") if not consumers else None
-
-
-def is_pointwise_1x1(sch: Schedule, conv) -> bool:
-    """An NHWC 1x1 convolution of stride 1 (n, y, x, f, ry, rx, rc) with 4-D HWIO weights."""
-    loops = sch.get_loops(conv)
-    return (sch.get(conv).name_hint == "conv2d_nhwc" and len(loops) == 7
-            and len(sch.get(conv).reads[1].source.shape) == 4
-            and [loop_extent(sch, l) for l in loops[4:6]] == [1, 1] and unit_stride(sch, conv))
-
-
-def unit_stride(sch: Schedule, conv) -> bool:
-    out = [int(d) for d in sch.get(conv).writes[0].source.shape]
-    src = [int(d) for d in sch.get(conv).reads[0].source.shape]
-    return out[1:3] == src[1:3] if is_nhwc(sch.get(conv).name_hint) else out[2:] == src[2:]

@@ -97,8 +97,7 @@ def _reaches(start: str, goal: str) -> bool:
         if mod in seen or mod not in IMPORTS:
             continue
         seen.add(mod)
-        todo += [t for t, nested, _ in IMPORTS[mod] if not nested and not MODULES[t].name == "__init__.py"
-                 if t in MODULES]
+        todo += [t for t, nested, _ in IMPORTS[mod] if not nested and t in MODULES and MODULES[t].name != "__init__.py"]
     return False
 
 
