@@ -14,6 +14,7 @@ from mobilec.runtime.images import image_tensor
 from mobilec.runtime.threads import plural
 from mobilec.runtime.timing import blocks_for, interleaved
 
+
 def load_input(module, npy: Optional[str], image: Optional[str]) -> np.ndarray:
     spec = module.inputs[0]
     if npy:

@@ -33,7 +33,7 @@ def run(model: str, workdir: Path, target: str = "host", threads: Optional[int] 
         res = compile_model(onnx_path, so_path, CompileConfig(target=target))
     totals = ", ".join(f"{k} {v}" for k, v in res.report.totals.items())
     console.print(f"2. compiled {so_path} in {res.seconds:.1f} s for {res.manifest.triple}; fused: {totals}; "
-                  f"default schedules, untuned (`mobilec tune` searches for faster ones)", soft_wrap=True)
+                  "default schedules, untuned (`mobilec tune` searches for faster ones)", soft_wrap=True)
     module = load(so_path, threads=threads, cores=cores)
     feeds = random_feeds(module)
     (name, x), = feeds.items()
@@ -48,5 +48,5 @@ def run(model: str, workdir: Path, target: str = "host", threads: Optional[int] 
                   f"mobilec {mine['median_ms']:.1f} ms ({mine['min_ms']:.1f}-{mine['max_ms']:.1f}), "
                   f"onnxruntime {theirs['median_ms']:.1f} ms ({theirs['min_ms']:.1f}-{theirs['max_ms']:.1f}), "
                   f"ratio {mine['median_ms'] / theirs['median_ms']:.2f}x "
-                  f"(untuned)", soft_wrap=True)
+                  "(untuned)", soft_wrap=True)
     return 0 if err < 1e-3 else 1
