@@ -48,13 +48,3 @@ def compiled(artifacts, exported):
         return cache[name]
 
     return get
-
-
-
-
-
-
-
-
-
-

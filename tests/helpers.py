@@ -51,7 +51,6 @@ def assembly(model, triple: str, cpu: str) -> str:
     return "\n".join(asm)
 
 
-
 def host_db() -> str:
     """The database directory name for ``--target host`` on this machine (its detected CPU)."""
     from mobilec.targets import resolve

@@ -121,4 +121,3 @@ def test_tune_on_the_emulated_aarch64_device(tmp_path):
         x = seeded_input((1, C, 10, 10))
         want = onnxruntime_outputs(tiny().SerializeToString(), {"input": x})[0]
         assert float(np.abs(m(x) - want).max()) <= 1e-4 * float(np.abs(want).max())
-
