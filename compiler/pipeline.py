@@ -12,7 +12,8 @@
                         the scalar constants they read (scales) bound into them (bind_scalars.py)
   Phase 3 lower         ops to TIR (bilinear resizes as two 1-D passes; QuantizeLinear and division
                         by one value as multiply-adds rounded exactly as the division:
-                        exact_division.py); what no rule claimed is
+                        exact_division.py; exp, sigmoid, tanh, erf and softmax as vectorisable
+                        polynomials: fast_math.py); what no rule claimed is
                         fused by TVM's generic FuseOps;
                         float weights marked layout-free, integer ones packed (folded)
   Phase 4 schedule      kernels from the tuning database where it has them, mobilec's default
@@ -38,6 +39,7 @@ from mobilec import stops
 from mobilec.compiler.bind_scalars import BindScalarConstants
 from mobilec.compiler.cancel_zero_points import CancelZeroPoints
 from mobilec.compiler.exact_division import LEGALIZE as EXACT_DIVISION
+from mobilec.compiler.fast_math import LEGALIZE as FAST_MATH
 from mobilec.compiler.fusions import RULES, CancelTransposes
 from mobilec.errors import ConfigError
 from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
@@ -182,7 +184,7 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
                   _count(opts.report)]),
         ("lower", cpu_generic.library_dispatch_passes(target) + [
             relax.transform.LegalizeOps(  # the rest: TVM's
-                {"relax.image.resize2d": legalize_resize2d, **EXACT_DIVISION}),
+                {"relax.image.resize2d": legalize_resize2d, **EXACT_DIVISION, **FAST_MATH}),
         ] + cpu_generic.legalize_passes(target) + [
             pack_kernel_weights(cpu) if opts.default_schedules else tvm.transform.Sequential([]),
         ]),

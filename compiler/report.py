@@ -43,7 +43,7 @@ class FusionReport:
         """Per nonlinearity/block: h-swish, h-sigmoid, SE, ... wherever they were fused."""
         t = Counter()
         for name, n in self.matched.items():
-            for key in ("hswish", "hsigmoid", "relu6", "relu", "se", "residual"):
+            for key in ("hswish", "hsigmoid", "silu", "relu6", "relu", "se", "residual"):
                 if name.endswith(key) or name.endswith(f"_{key}") or name == f"mobilec.{key}":
                     t[key] += n
                     break

@@ -12,6 +12,7 @@ they read of the CPU.
 
 from __future__ import annotations
 
+import math
 import contextvars
 from typing import Optional
 
@@ -151,7 +152,11 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
         sch.unroll(lane)
         stage_lanes(sch, block, lane_read, steps)
         reduce[-1] = steps
-    if reduce and not (pad_at_channel or unroll_reduction):
+    unrolled = reduce if pad_at_channel or unroll_reduction else []
+    if unroll_reduction and math.prod(loop_extent(sch, l) for l in reduce) > MAX_UNROLLED_TAPS:
+        unrolled = reduce[:-1]  # a full conv's input channels stay a loop: taps x channels unrolled
+        #                         is thousands of tiles in one basic block, minutes of LLVM
+    if reduce and len(unrolled) < len(reduce):
         reduce[-1:] = unroll_steps(sch, reduce[-1])
     # parallel over the leading tile loops; for depthwise only over channels, so each thread
     # stages whole padded planes
@@ -179,14 +184,15 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
     for loop in inner[:-1]:
         if loop_extent(sch, loop) > 1:
             sch.unroll(loop)
-    if pad_at_channel or unroll_reduction:  # unrolled taps: each tap's weight loaded once per tile
-        for loop in reduce:
-            if loop_extent(sch, loop) > 1:
-                sch.unroll(loop)
+    for loop in unrolled:  # unrolled taps: each tap's weight loaded once per tile
+        if loop_extent(sch, loop) > 1:
+            sch.unroll(loop)
     sch.vectorize(inner[-1])
     if reduce:  # last: the init copies the unrolled, vectorised tile loops
         sch.decompose_reduction(block, reduce[0])
 
+
+MAX_UNROLLED_TAPS = 64  # a reduction unrolled whole (taps x channels) up to this many steps of the tile
 
 MAX_UNROLL = 8  # the search's largest unroll of a reduction loop (steps of the whole register tile)
 

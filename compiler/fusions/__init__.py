@@ -5,9 +5,9 @@ conv/dense epilogues come before the standalone activations so h-swish lands in 
 an integer convolution's requantisation comes before the float epilogues, which would take its bias.
 """
 
-from mobilec.compiler.fusions import conv_act, hsigmoid, hswish, requantize, se
+from mobilec.compiler.fusions import conv_act, hsigmoid, hswish, requantize, se, silu
 from mobilec.compiler.fusions.transpose_cancel import CancelTransposes
 
-RULES = [se.QUANTIZED_RULE, se.RULE, *requantize.RULES, *conv_act.RULES, hswish.RULE, hsigmoid.RULE]
+RULES = [se.QUANTIZED_RULE, se.RULE, *requantize.RULES, *conv_act.RULES, hswish.RULE, hsigmoid.RULE, silu.RULE]
 
 __all__ = ["RULES", "CancelTransposes"]

@@ -1,9 +1,10 @@
 """Convolution (or dense) + bias (or folded BN) + activation / residual, one kernel each.
 
   conv2d(x, W) [+ b]                  -> mobilec.conv2d_bias
-  ... then relu | relu6 | h-swish     -> mobilec.conv2d_bias_{relu,relu6,hswish}
+  ... then relu | relu6 | h-swish | SiLU
+                                      -> mobilec.conv2d_bias_{relu,relu6,hswish,silu}
   ... then + residual                 -> mobilec.conv2d_bias_residual
-  matmul(x, W) [+ b] [h-swish|relu]   -> mobilec.dense_bias[_act]   (the classifier)
+  matmul(x, W) [+ b] [activation]    -> mobilec.dense_bias[_act]   (the classifier)
 Bias adds and folded batch norms (multiply/add by per-channel constants) are epilogues.
 """
 
@@ -14,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 from tvm.relax.dpl import DFPattern, is_const, wildcard
 
-from mobilec.compiler.fusions import hswish
+from mobilec.compiler.fusions import hswish, silu
 from mobilec.compiler.fusions.base import Rule, is_bound_to, numeric_check, op, optional_bias, relu6
 
 
@@ -51,6 +52,7 @@ def _rules(kind: str, producer: Callable[[DFPattern], DFPattern]) -> list[Rule]:
         "hswish": (hswish.pattern(pre), _hswish_check),
         "relu6": (relu6(pre), _relu6_check),
         "relu": (op("nn.relu", pre), None),
+        "silu": (silu.pattern(pre), None),
     }
     rules = [Rule(f"mobilec.{kind}_bias_{name}", act, {"core": core, "pre": pre, "act": act}, check)
              for name, (act, check) in acts.items()]

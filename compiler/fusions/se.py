@@ -1,7 +1,7 @@
 """Squeeze-and-excite (paper sec. 5.3): x * gate(FC2(ReLU(FC1(mean(x))))) as one kernel.
 
   mean(x, spatial)                 # GlobalAveragePool / ReduceMean
-  -> 1x1 conv | [reshape] matmul   # FC1 (+ bias), ReLU
+  -> 1x1 conv | [reshape] matmul   # FC1 (+ bias), ReLU or SiLU (EfficientNet)
   -> 1x1 conv | matmul [reshape]   # FC2 (+ bias)
   -> h-sigmoid (any form) | sigmoid
   -> x * gate
@@ -14,7 +14,7 @@ from typing import Optional
 
 from tvm.relax.dpl import DFPattern, is_const, wildcard
 
-from mobilec.compiler.fusions import hsigmoid
+from mobilec.compiler.fusions import hsigmoid, silu
 from mobilec.compiler.fusions.base import Rule, op, optional_bias
 
 
@@ -31,7 +31,8 @@ def _fc(y: DFPattern) -> DFPattern:
 
 _x = wildcard()
 _mean = op("mean", _x)
-_fc2 = _maybe_reshape(_fc(op("nn.relu", _fc(_mean))))  # the reshape back to NCHW may come here...
+_fc1 = _fc(_mean)
+_fc2 = _maybe_reshape(_fc(op("nn.relu", _fc1) | silu.pattern(_fc1)))  # the reshape back to NCHW may come here...
 _hsig = hsigmoid.pattern(_fc2)
 _gate = _hsig | op("sigmoid", _fc2)                        # ... or after the gate
 _root = op("multiply", _x, _maybe_reshape(_gate))

@@ -46,7 +46,9 @@ def schedule_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise
     cols = vectors * cpu.lanes if vectors else (f if f <= 2 * cpu.lanes else cpu.lanes)
     budget = max(1, (DEPTHWISE_ACCUMULATORS if depthwise else cpu.registers - 4) // max(1, vectors))
     rows = row_tile(x, budget)
-    if pad is not None:
+    deep = not depthwise and loop_extent(sch, loops[6]) * loop_extent(sch, loops[4]) * loop_extent(sch, loops[5]) > 64
+    if pad is not None and not deep:
         sch.compute_inline(pad)
-    tile_reduction(sch, block, [1, 1, rows, cols], cpu, epilogue, outer_order=[0, 1, 3, 2], unroll_reduction=True)
+    tile_reduction(sch, block, [1, 1, rows, cols], cpu, epilogue, pad=pad if deep else None,
+                   outer_order=[0, 1, 3, 2], unroll_reduction=True)
     return f"{'depthwise' if depthwise else 'direct'} {rows} pixels x {cols} channels (NHWC)"
