@@ -71,6 +71,7 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 def load_proto(model: Union[str, Path, onnx.ModelProto]) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
+        _check_text(model, "<ModelProto>")
         return model, "<ModelProto>"
     path = Path(model)
     if not path.is_file():
@@ -81,7 +82,50 @@ def load_proto(model: Union[str, Path, onnx.ModelProto]) -> tuple[onnx.ModelProt
         raise ModelImportError(f"{path}: not a readable ONNX model (truncated, or another format?): {e}") from None
     if not proto.graph.node:
         raise ModelImportError(f"{path}: not an ONNX model (no graph nodes); is it truncated or another format?")
+    _check_text(proto, str(path))
     return proto, str(path)
+
+
+def _check_text(message, source: str, where: str = "the model") -> None:
+    """Every text field of the file is UTF-8 (protobuf hands back the raw bytes of one that is not,
+    and fails when it is read as text: a damaged file, or an exporter that wrote it wrongly)."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            for text in (value if field.is_repeated else [value]):
+                if isinstance(text, bytes):
+                    raise ModelImportError(f"{source}: {where}'s {field.name} is not UTF-8 text ({text[:40]!r}); "
+                                           f"the file is damaged or its exporter wrote it wrongly")
+        elif field.message_type is not None:
+            for i, item in enumerate(value if field.is_repeated else [value]):
+                index = f"[{i}]" if field.is_repeated else ""
+                _check_text(item, source, f"{where}'s {field.name}{index}{_named(item)}")
+
+
+def _named(message) -> str:
+    try:
+        name = getattr(message, "name", "")
+    except UnicodeDecodeError:  # the name itself: reported when its own field is checked
+        return ""
+    return f" ({name})" if isinstance(name, str) and name else ""
+
+
+INDEX_LIMIT = 2 ** 31 - 1  # TVM's kernels index a tensor's elements with 32-bit integers
+
+
+def _check_sizes(g: onnx.GraphProto, source: str) -> None:
+    """No tensor of the (shape-inferred) graph has more elements than a 32-bit index reaches."""
+    for info in list(g.input) + list(g.value_info) + list(g.output):
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shape = [d.dim_value for d in dims]
+            count = 1
+            for d in shape:
+                count *= d
+            if count > INDEX_LIMIT:
+                raise ModelImportError(
+                    f"{source}: tensor {info.name!r} of shape {'x'.join(map(str, shape))} has {count:,} elements; "
+                    f"mobilec's kernels index at most {INDEX_LIMIT:,} (32-bit): give a smaller input shape "
+                    f"(--input-shape)")
 
 
 def _initializer_names(g: onnx.GraphProto) -> set[str]:
@@ -248,6 +292,7 @@ def import_onnx(model: Union[str, Path, onnx.ModelProto],
     _check_static_operands(proto.graph, source)
     proto = onnx.shape_inference.infer_shapes(_fold(proto, source), data_prop=True)
     _check_not_empty(proto.graph, source)
+    _check_sizes(proto.graph, source)
     from mobilec.compiler.converters import ConversionError, relax_friendly_converters
 
     labels = {}  # what a converter's failure calls its node; unnamed nodes get a name to find them by

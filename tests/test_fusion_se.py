@@ -4,11 +4,18 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from graphs import C, assert_matches_onnxruntime, const, hsigmoid_nodes, model
+from graphs import C, assert_matches_onnxruntime, const, hsigmoid_nodes, hswish_nodes, model
 from mobilec.compiler import inspect_model
 
 
-def se_graph(fc="conv", gate="hsigmoid", pool="global", **kw):
+def act_nodes(act: str, x: str, out: str):
+    """The activation between the FCs: ReLU, h-swish (FBNetV3), or h-swish with the wrong constants."""
+    if act == "relu":
+        return [helper.make_node("Relu", [x], [out])], []
+    return hswish_nodes(x, out, "clip/div", div=6.0 if act == "hswish" else 7.0)
+
+
+def se_graph(fc="conv", gate="hsigmoid", pool="global", act="relu", **kw):
     rng = np.random.default_rng(0)
     s = 4
     nodes, inits = [], []
@@ -19,8 +26,10 @@ def se_graph(fc="conv", gate="hsigmoid", pool="global", **kw):
     if fc == "conv":
         inits += [const("w1", rng.standard_normal((s, C, 1, 1))), const("b1", rng.standard_normal(s)),
                   const("w2", rng.standard_normal((C, s, 1, 1))), const("b2", rng.standard_normal(C))]
-        nodes += [helper.make_node("Conv", ["p", "w1", "b1"], ["f1"]), helper.make_node("Relu", ["f1"], ["r"]),
+        a_nodes, a_inits = act_nodes(act, "f1", "r")
+        nodes += [helper.make_node("Conv", ["p", "w1", "b1"], ["f1"]), *a_nodes,
                   helper.make_node("Conv", ["r", "w2", "b2"], ["f2"])]
+        inits += a_inits
     else:  # Keras / tf2onnx style: flatten, MatMul + Add, reshape back
         inits += [const("w1", rng.standard_normal((C, s))), const("b1", rng.standard_normal(s)),
                   const("w2", rng.standard_normal((s, C))), const("b2", rng.standard_normal(C)),
@@ -44,6 +53,19 @@ def se_graph(fc="conv", gate="hsigmoid", pool="global", **kw):
 def test_se_forms_fuse_into_one_function(fc, gate):
     report = inspect_model(se_graph(fc, gate)).report
     assert report.matched == {"mobilec.se": 1}, report.to_dict()
+
+
+@pytest.mark.structure
+def test_se_with_hswish_between_fcs_fuses():
+    report = inspect_model(se_graph(act="hswish")).report
+    assert report.matched == {"mobilec.se": 1}, report.to_dict()
+
+
+@pytest.mark.structure
+def test_se_with_an_unknown_activation_is_a_near_miss():
+    report = inspect_model(se_graph(act="hswish7")).report
+    assert "mobilec.se" not in report.matched
+    assert any("activation is none of" in r["reason"] for r in report.refused), report.refused
 
 
 @pytest.mark.structure

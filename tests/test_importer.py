@@ -163,3 +163,21 @@ def test_converter_failures_name_the_node():
     with pytest.raises(ModelImportError, match=r"TVM cannot import node up1 \(Resize\): scale 0.75 on a dim of 10 "
                                                r"gives 7.5 pixels.*give sizes"):
         import_onnx(proto)
+
+
+def test_text_that_is_not_utf8_is_refused_naming_the_field(tmp_path):
+    from graphs import tiny
+
+    proto = tiny()
+    proto.graph.node[0].name = "CONVNAMEX"
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(proto.SerializeToString().replace(b"CONVNAMEX", b"CONV\xff\xfeMEX"))
+    with pytest.raises(ModelImportError, match=r"bad.onnx: .*node\[0\]'s name is not UTF-8 text"):
+        import_onnx(path)
+
+
+def test_a_tensor_past_32_bit_indexing_is_refused_naming_it():
+    big = model([helper.make_node("Relu", ["input"], ["output"])], [], inputs=[("input", (1, 8, 40000, 40000))],
+                output=("output", (1, 8, 40000, 40000)))
+    with pytest.raises(ModelImportError, match=r"tensor 'input' of shape 1x8x40000x40000 has 12,800,000,000 elements"):
+        import_onnx(big)

@@ -94,7 +94,8 @@ def optional_bias(y: DFPattern) -> DFPattern:
 
 SAMPLES = np.linspace(-8.0, 8.0, 65, dtype=np.float64)  # covers both knees of h-swish/h-sigmoid
 
-_UNARY = {"relax.nn.relu": lambda a: np.maximum(a, 0), "relax.sigmoid": lambda a: 1 / (1 + np.exp(-a))}
+_UNARY = {"relax.nn.relu": lambda a: np.maximum(a, 0), "relax.sigmoid": lambda a: 1 / (1 + np.exp(-a)),
+          "relax.nn.silu": lambda a: a / (1 + np.exp(-a))}
 _BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
            "relax.divide": np.divide, "relax.minimum": np.minimum, "relax.maximum": np.maximum}
 

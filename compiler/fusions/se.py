@@ -1,7 +1,7 @@
 """Squeeze-and-excite (paper sec. 5.3): x * gate(FC2(ReLU(FC1(mean(x))))) as one kernel.
 
   mean(x, spatial)                 # GlobalAveragePool / ReduceMean
-  -> 1x1 conv | [reshape] matmul   # FC1 (+ bias), ReLU or SiLU (EfficientNet)
+  -> 1x1 conv | [reshape] matmul   # FC1 (+ bias), then ReLU, ReLU6, h-swish (FBNetV3) or SiLU (EfficientNet)
   -> 1x1 conv | matmul [reshape]   # FC2 (+ bias)
   -> h-sigmoid (any form) | sigmoid
   -> x * gate
@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from tvm.relax.dpl import DFPattern, is_const, wildcard
 
-from mobilec.compiler.fusions import hsigmoid, silu
-from mobilec.compiler.fusions.base import Rule, op, optional_bias
+from mobilec.compiler.fusions import hsigmoid, hswish, silu
+from mobilec.compiler.fusions.base import Rule, hswish_ref, numeric_check, op, optional_bias, relu6
 
 
 def _maybe_reshape(y: DFPattern) -> DFPattern:
@@ -32,7 +34,10 @@ def _fc(y: DFPattern) -> DFPattern:
 _x = wildcard()
 _mean = op("mean", _x)
 _fc1 = _fc(_mean)
-_fc2 = _maybe_reshape(_fc(op("nn.relu", _fc1) | silu.pattern(_fc1)))  # the reshape back to NCHW may come here...
+ACTIVATIONS = {"ReLU": lambda v: np.maximum(v, 0), "ReLU6": lambda v: np.clip(v, 0, 6), "h-swish": hswish_ref,
+               "SiLU": lambda v: v / (1 + np.exp(-v))}  # what the matched chain between the FCs must compute
+_act = op("nn.relu", _fc1) | silu.pattern(_fc1) | hswish.pattern(_fc1) | relu6(_fc1)
+_fc2 = _maybe_reshape(_fc(_act))  # the reshape back to NCHW may come here...
 _hsig = hsigmoid.pattern(_fc2)
 _gate = _hsig | op("sigmoid", _fc2)                        # ... or after the gate
 _root = op("multiply", _x, _maybe_reshape(_gate))
@@ -46,11 +51,15 @@ def check(ctx) -> Optional[str]:
     spatial = ([2, 3], [1, 2])  # NCHW, NHWC
     if rank != 4 or axes not in spatial:
         return f"squeeze-and-excite needs a global pool over the spatial axes of a 4-D tensor, got axes {axes}"
+    refused = [numeric_check(ctx, a["act"], a["fc1"], ref, what) for what, ref in ACTIVATIONS.items()]
+    if all(refused):
+        return f"squeeze-and-excite's activation is none of {', '.join(ACTIVATIONS)}: {min(refused, key=len)}"
     if a["gate"].op.name == "relax.sigmoid":
         return None
     return hsigmoid.check_chain(ctx, a["gate"], a["fc2"])
 
 
-RULE = Rule("mobilec.se", _root, {"x": _x, "mean": _mean, "fc2": _fc2, "gate": _gate}, check)
+RULE = Rule("mobilec.se", _root, {"x": _x, "mean": _mean, "fc1": _fc1, "act": _act, "fc2": _fc2, "gate": _gate},
+            check)
 # in a quantised model the gated map is quantised for the next convolution: in the same kernel
 QUANTIZED_RULE = Rule("mobilec.se", op("quantize", _root, is_const(), is_const()), RULE.annotations, check)
