@@ -34,6 +34,11 @@ PEERS = [  # benchmarks/compare.py's phone runtimes; litert-torch needs its own 
     "mnn==3.6.1",
 ]
 
+ZOO = [  # benchmarks/zoo.py's models; install with $(.ci/torch-index) so torchvision is the CPU build
+    "timm==1.0.31",
+    "torchvision==0.28.0",  # the release built for torch 2.13.0
+]
+
 setup(
     name="mobilec",
     version="0.1.0",
@@ -42,6 +47,6 @@ setup(
     packages=["mobilec"] + [f"mobilec.{p}" for p in SUBPACKAGES],
     package_dir={"mobilec": "."} | {f"mobilec.{p}": p.replace(".", "/") for p in SUBPACKAGES},
     install_requires=RUNTIME,
-    extras_require={"all": ALL, "runtime": [], "peers": PEERS},
+    extras_require={"all": ALL, "runtime": [], "peers": PEERS, "zoo": ZOO},
     entry_points={"console_scripts": ["mobilec=mobilec.cli:main"]},
 )

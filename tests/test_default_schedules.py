@@ -19,6 +19,27 @@ def _stem():
     return model(n, i, inputs=[("input", (1, 3, 64, 64))], output=("output", (1, 16, 32, 32)))
 
 
+def _full(hw, cin, cout, stride):
+    """A full 3x3 convolution with more taps x input channels than are unrolled (ResNet's)."""
+    n, i = chain(conv("input", "c", cin, cout, k=3, stride=stride), ([helper.make_node("Relu", ["c"], ["output"])], []))
+    out = (hw + stride - 1) // stride
+    return model(n, i, inputs=[("input", (1, cin, hw, hw))], output=("output", (1, cout, out, out)))
+
+
+def _scheduled_kernels(proto, cpu_name="core-avx2"):
+    """The default-scheduled kernels of ``proto`` as TVMScript text, per kernel."""
+    from mobilec.compiler.importer import import_onnx
+    from mobilec.compiler.pipeline import PipelineOptions, run_until
+    from mobilec.schedules.defaults import schedule_kernel
+    from mobilec.targets import resolve
+    import tvm
+
+    target = resolve("x86_64-linux-gnu", cpu_name).tvm_target()
+    mod = run_until(import_onnx(proto).mod, target, PipelineOptions(), "lower")
+    return {gv.name_hint: schedule_kernel(f, cpu_params(target))[0].script() for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint}
+
+
 def _se(c=32, hw=14, squeeze=8):
     n, i = chain(
         ([helper.make_node("GlobalAveragePool", ["input"], ["pool"])], []),
@@ -49,12 +70,31 @@ KERNELS = [
     ("depthwise-5x5-s2-odd-row", "depthwise", lambda: depthwise_graph(14, 24, 5, 2)),
     ("depthwise-5x5-s1-row-7", "depthwise", lambda: depthwise_graph(7, 24, 5, 1)),
     ("stem-3x3-s2", "direct", _stem),
+    ("full-3x3-deep-s1", "direct", lambda: _full(14, 64, 96, 1)),
+    ("full-3x3-deep-s2", "direct", lambda: _full(14, 96, 64, 2)),
+    ("depthwise-9x9-channels-no-vector-divides", "depthwise", lambda: depthwise_graph(14, 90, 9, 1)),
     ("squeeze-excite", "squeeze-excite", _se),
     ("classifier", "matmul", _classifier),
 ]
 
 
 # --------------------------------------------------------------------------------------------- structure
+
+@pytest.mark.structure
+def test_a_deep_full_conv_keeps_its_input_channels_a_loop():
+    """3x3 over 64 input channels: the taps unrolled, the 64 channels a loop (unrolled whole, the
+    576 steps of a register tile took LLVM minutes per kernel: ResNet-18 had no library after 15)."""
+    text = "\n".join(_scheduled_kernels(_full(14, 64, 96, 1)).values())
+    assert "in range(T.int64(64))" in text, text
+    assert "T.unroll(T.int64(64))" not in text
+
+
+@pytest.mark.structure
+def test_taps_over_a_remainder_vector_stay_loops():
+    """90 channels on 8 lanes leave a lane predicate in the tile: the 9x9 taps are loops there."""
+    text = "\n".join(_scheduled_kernels(depthwise_graph(14, 90, 9, 1)).values())
+    assert "T.where" in text
+    assert "T.unroll(T.int64(9))" not in text, text
 
 @pytest.mark.structure
 @pytest.mark.parametrize("triple,cpu,lanes,wide,registers", [
