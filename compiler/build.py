@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import onnx
 
 from mobilec import __version__
@@ -17,7 +18,7 @@ from mobilec.compiler.pipeline import PipelineOptions, build, check_layout, run_
 from mobilec.compiler.report import FusionReport
 from mobilec.targets import TargetError, export_function, resolve
 from mobilec.compiler.verdict import lookup, model_key
-from mobilec.runtime.manifest import Manifest, elf_header, sha256
+from mobilec.runtime.manifest import SIGNATURE, Manifest, elf_header, sha256, signature
 from mobilec.schedules.defaults import summarize
 
 
@@ -70,7 +71,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
     target = resolved.tvm_target()
     opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules,
                            layout=cfg.layout, integer=cfg.integer)
-    ex = build(imported.mod, target, opts)
+    ex = build(with_signature(imported.mod, imported.inputs, imported.outputs), target, opts)
     if db and not opts.tuned_kernels:
         warnings.append(_unmatched_database(db, opts, resolved))
 
@@ -89,6 +90,20 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
 
     manifest = write_pair(output, lambda lib: ex.export_library(str(lib), fcompile=fcompile), describe)
     return CompileResult(output, manifest, opts.report, time.perf_counter() - start, warnings)
+
+
+def with_signature(mod, inputs, outputs):
+    """``mod`` plus a function returning the inputs' and outputs' names, shapes and dtypes, so that
+    a loaded library can be checked against its manifest's (runtime.manifest.signature)."""
+    from tvm import relax
+
+    data = np.frombuffer(signature([i.to_dict() for i in inputs], [o.to_dict() for o in outputs]), dtype=np.uint8)
+    bb = relax.BlockBuilder()
+    with bb.function(SIGNATURE, []):
+        bb.emit_func_output(relax.const(data))
+    mod = mod.clone()  # the caller's module stays as it was
+    mod[SIGNATURE] = bb.get()[SIGNATURE]
+    return mod
 
 
 @dataclass

@@ -17,6 +17,7 @@ with which results for non-finite inputs are undefined.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -31,8 +32,8 @@ import numpy as np
 
 from mobilec.errors import ConfigError, UserError
 from mobilec.runtime import threads as _threads
-from mobilec.runtime.manifest import (Manifest, ManifestError, can_run_here, check_library_bytes, elf_arch_of,
-                                      manifest_path)
+from mobilec.runtime.manifest import (SIGNATURE, Manifest, ManifestError, can_run_here, check_library_bytes,
+                                      elf_arch_of, manifest_path, signature)
 from mobilec.targets import article, missing_cpu_flags
 
 __all__ = ["Module", "Remote", "RemoteError", "RuntimeInputError", "ManifestError", "CompilerUnavailableError",
@@ -292,6 +293,27 @@ class Module:
         return times
 
 
+def _check_signature(vm, manifest: Manifest, path: Path) -> None:
+    """The manifest's inputs and outputs are the ones the library was compiled with (its own
+    ``SIGNATURE`` function says them): a manifest edited by hand is refused, not trusted."""
+    try:
+        own = bytes(np.asarray(_numpy(vm[SIGNATURE]())[0], dtype=np.uint8))
+    except Exception:  # noqa: BLE001 - TVM says a missing function in several ways
+        raise ManifestError(f"{path}: the library carries no signature of its inputs and outputs (manifest schema "
+                            f"{manifest.schema}: compiled by an older mobilec?); recompile it with `mobilec "
+                            f"compile`") from None
+    if own != signature(manifest.inputs, manifest.outputs):
+        lib = json.loads(own)
+        raise ManifestError(f"{path}: its manifest says inputs {_described(manifest.inputs)} and outputs "
+                            f"{_described(manifest.outputs)}, the library was compiled for inputs "
+                            f"{_described(lib['inputs'])} and outputs {_described(lib['outputs'])}; the manifest "
+                            f"was edited after compiling: restore it or recompile")
+
+
+def _described(infos: list[dict]) -> str:
+    return ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))} {i['dtype']}" for i in infos)
+
+
 def random_feeds(module: Module, seed: int = 0) -> dict:
     """Seeded standard-normal inputs of the shapes and dtypes ``module`` takes."""
     rng = np.random.default_rng(seed)
@@ -339,8 +361,9 @@ def load(path: Union[str, Path], threads: Optional[int] = None, cores: Optional[
     device = tvm.cpu()
     from tvm.runtime.vm import VirtualMachine
 
-    module = Module(manifest, VirtualMachine(lib, device), device, path, threads=n, cpus=cpus,
-                    check_finite=check_finite)
+    vm = VirtualMachine(lib, device)
+    _check_signature(vm, manifest, path)
+    module = Module(manifest, vm, device, path, threads=n, cpus=cpus, check_finite=check_finite)
     module._pool()  # size the pool now: Module.threads reports what TVM really runs on
     return module
 
@@ -377,8 +400,9 @@ class Remote:
         from tvm.runtime.vm import VirtualMachine
 
         n = _threads.configure_remote(self.session, threads)
-        return Module(manifest, VirtualMachine(lib, device), device, path, remote=self.description, threads=n,
-                      check_finite=check_finite)
+        vm = VirtualMachine(lib, device)
+        _check_signature(vm, manifest, path)
+        return Module(manifest, vm, device, path, remote=self.description, threads=n, check_finite=check_finite)
 
 
 def connect(tracker: Optional[str] = None, key: Optional[str] = None, server: Optional[str] = None,

@@ -13,7 +13,18 @@ from pathlib import Path
 from mobilec.errors import UserError
 from mobilec.targets import arch_of_elf
 
-SCHEMA = 1
+SCHEMA = 2  # 2: the library carries its own signature (SIGNATURE)
+SIGNATURE = "mobilec_signature"  # the library's function returning signature(inputs, outputs) as uint8
+
+
+def signature(inputs: list[dict], outputs: list[dict]) -> bytes:
+    """The inputs' and outputs' names, shapes and dtypes, as the compiler builds them into the
+    library and the runtime compares them with the manifest's (which is text anyone can edit)."""
+    def norm(infos):
+        return [{"name": str(i["name"]), "shape": [int(d) for d in i["shape"]], "dtype": str(i["dtype"])}
+                for i in infos]
+
+    return json.dumps({"inputs": norm(inputs), "outputs": norm(outputs)}, sort_keys=True).encode()
 
 
 class ManifestError(UserError, ValueError):

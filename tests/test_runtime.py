@@ -88,6 +88,29 @@ def test_manifest_checks(small, tmp_path):
         mr.load(tmp_path / "missing.so")
 
 
+@pytest.mark.build
+@pytest.mark.parametrize("edit", ["input shape", "output shape", "input name", "dtype"])
+def test_a_manifest_edited_by_hand_is_refused_locally_and_remotely(small, tmp_path, edit):
+    """The library carries its own inputs and outputs; the manifest's must be the same."""
+    from mobilec.rpc import local
+
+    lib = tmp_path / "m.so"
+    shutil.copy(small.library, lib)
+    manifest = json.loads(small.library.with_suffix(".json").read_text())
+    field, key, value = {"input shape": ("inputs", "shape", [1, 3, 256, 256]),
+                         "output shape": ("outputs", "shape", [1, 10]),
+                         "input name": ("inputs", "name", "image"),
+                         "dtype": ("inputs", "dtype", "float16")}[edit]
+    manifest[field][0][key] = value
+    lib.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="the manifest was edited after compiling") as e:
+        mr.load(lib)
+    assert "224x224" in str(e.value) and "1000" in str(e.value)  # what the library was compiled for
+    with local.tracker() as tracker, local.server(tracker, "host-cpu"):
+        with pytest.raises(ManifestError, match="the manifest was edited after compiling"):
+            mr.connect(tracker=tracker, key="host-cpu").load(lib)
+
+
 THIN = r"""
 import sys, json, numpy as np
 import mobilec.runtime as mr
