@@ -134,3 +134,24 @@ def kernel_zoo():
                  ([helper.make_node("HardSigmoid", ["fc2"], ["gate"], alpha=1 / 6, beta=0.5),
                    helper.make_node("Mul", ["pw", "gate"], ["output"])], []))
     return model(n, i, inputs=[("input", (1, 3, 56, 56))], output=("output", (1, 32, 14, 14)))
+
+
+def silu_nodes(x: str, out: str, gate_first: bool = False):
+    """x * Sigmoid(x), as PyTorch's exporter writes SiLU (or with the operands swapped)."""
+    s = f"{out}_sig"
+    return [helper.make_node("Sigmoid", [x], [s]), helper.make_node("Mul", [s, x] if gate_first else [x, s], [out])], []
+
+
+def newer_kinds():
+    """The kinds newer mobile networks add (for the emulated device): SiLU epilogues, a full 3x3
+    conv deeper than is unrolled, a 5x5 depthwise over a channel count no vector divides, SE with
+    SiLU and a sigmoid gate, softmax over channels."""
+    n, i = chain(conv("input", "stem", 3, 16, k=3, stride=2), silu_nodes("stem", "s"),
+                 conv("s", "full", 16, 18, k=3, seed=1), silu_nodes("full", "f"),
+                 conv("f", "dw", 18, 18, k=5, group=18, seed=2),
+                 ([helper.make_node("GlobalAveragePool", ["dw"], ["pool"])], []),
+                 conv("pool", "fc1", 18, 8, k=1, seed=3), silu_nodes("fc1", "act"),
+                 conv("act", "fc2", 8, 18, k=1, seed=4),
+                 ([helper.make_node("Sigmoid", ["fc2"], ["gate"]), helper.make_node("Mul", ["dw", "gate"], ["se"]),
+                   helper.make_node("Softmax", ["se"], ["output"], axis=1)], []))
+    return model(n, i, inputs=[("input", (1, 3, 32, 32))], output=("output", (1, 18, 16, 16)))

@@ -46,6 +46,20 @@ def test_default_schedules_on_the_emulated_device_match_onnxruntime(emulated, tm
     assert float(np.abs(m(x) - want).max()) <= 1e-4 * float(np.abs(want).max())
 
 
+def test_newer_kernel_kinds_on_the_emulated_device_match_onnxruntime(emulated, tmp_path):
+    """SiLU and sigmoid as polynomials, a deep full conv, a depthwise over 18 channels (no whole
+    NEON vector divides it), SE with SiLU, softmax: on the device, with Cortex-A55's parameters."""
+    from graphs import newer_kinds
+
+    proto = newer_kinds()
+    res = compile_model(proto, tmp_path / "newer.so", CompileConfig(target="aarch64-linux-gnu", cpu="cortex-a55"))
+    assert "unscheduled" not in res.manifest.default_schedules
+    m = mr.connect(tracker=emulated, key="emu-aarch64", timeout=120).load(res.library)
+    x = seeded_input((1, 3, 32, 32)) * 4
+    want = onnxruntime_outputs(proto.SerializeToString(), {"input": x})[0]
+    assert float(np.abs(m(x) - want).max()) <= 1e-4 * float(np.abs(want).max())
+
+
 def test_missing_rootfs_is_a_clear_error(tmp_path):
     with pytest.raises(emulate.EmulatorError, match="mobilec rpc emulate --build-only"):
         emulate.server_command(emulate.EmulatorConfig(cache=str(tmp_path)), "127.0.0.1:9190", "k")

@@ -6,16 +6,10 @@ import pytest
 import tvm
 from onnx import helper
 
-from graphs import assert_matches_onnxruntime, chain, conv, model
+from graphs import assert_matches_onnxruntime, chain, conv, model, newer_kinds, silu_nodes
 from mobilec.compiler import inspect_model
 from mobilec.compiler.pipeline import PipelineOptions, run_until
 from mobilec.targets import resolve
-
-
-def silu_nodes(x, out, gate_first=False):
-    s = f"{out}_sig"
-    operands = [s, x] if gate_first else [x, s]
-    return [helper.make_node("Sigmoid", [x], [s]), helper.make_node("Mul", operands, [out])], []
 
 
 def conv_silu(gate_first=False):
@@ -75,6 +69,13 @@ def test_no_libm_exp_left(graph):
     assert "T.max" in text or "T.Select" in text or "T.reinterpret" in text  # the kernels are there
     left = [f"T.{name}(" for name in ("exp", "tanh", "erf", "sigmoid") if f"T.{name}(" in text]
     assert not left, left
+
+
+@pytest.mark.build
+def test_newer_kinds_together_match_onnxruntime(tmp_path):
+    res = assert_matches_onnxruntime(newer_kinds(), tmp_path)
+    assert res.report.totals == {"silu": 2, "se": 1}, res.report.totals
+    assert "unscheduled" not in res.manifest.default_schedules
 
 
 @pytest.mark.build
