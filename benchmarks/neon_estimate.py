@@ -1,6 +1,7 @@
 """Static estimate of ARM NEON kernel speed, for when there is no phone to measure on.
 
-    .venv/bin/python benchmarks/neon_estimate.py [--model mobilenet_v3_large] [--int8] [--out benchmarks/results/neon_estimate.md]
+    .venv/bin/python benchmarks/neon_estimate.py [--model mobilenet_v3_large | FILE.onnx] [--int8]
+        [--out benchmarks/results/neon_estimate.md]
 
 Compiles the model untuned for aarch64 (cortex-a76 preset, 4 cores) with mobilec's own pipeline,
 splits the generated AArch64 assembly into kernels (TVM's ``__tvm_parallel_lambda`` bodies belong
@@ -88,8 +89,9 @@ def compile_assembly(model: str, workdir: Path, int8: bool = False, cpu: str = "
     from mobilec.frontends import export_model
     from mobilec.frontends.quantize import QuantizeConfig, quantize_model
 
-    onnx_path = workdir / f"{model}.onnx"
-    export_model(model, onnx_path)
+    onnx_path = Path(model) if model.endswith(".onnx") else workdir / f"{model}.onnx"
+    if not model.endswith(".onnx"):
+        export_model(model, onnx_path)
     if int8:
         onnx_path = quantize_model(onnx_path, workdir / f"{model}-int8.onnx", QuantizeConfig(random=4, held_out=1)).path
     target = resolve("aarch64-linux-gnu", cpu, 4).tvm_target()
@@ -333,7 +335,8 @@ def main() -> None:
     ap.add_argument("--int8", action="store_true", help="also the model quantised by mobilec quantize: "
                     "pointwise multiply-adds per cycle, fp32 (fmla) against int8 (sdot on A76/A55, "
                     "smull/smlal/sadalp on A53/A72)")
-    ap.add_argument("--model", default="mobilenet_v3_large")
+    ap.add_argument("--model", default="mobilenet_v3_large",
+                    help="a registered model, or any ONNX file (e.g. one of benchmarks/zoo.py's)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "neon_estimate.md"))
     args = ap.parse_args()
     start = time.perf_counter()
@@ -350,7 +353,7 @@ def main() -> None:
     no_loop = sorted(k.name for k in kernels if not k.loops)
 
     body, goal_met = table(kernels, schedules, peaks)
-    title = (f"# NEON FMA utilisation estimate: {args.model}, aarch64, untuned (default schedules)\n\n"
+    title = (f"# NEON FMA utilisation estimate: {Path(args.model).stem}, aarch64, untuned (default schedules)\n\n"
              "A static, compute-only estimate of the innermost loops' steady state ("
              f"{mca_version(mca)}, -iterations={ITERATIONS}): no memory stalls, no loop overheads "
              "outside the innermost loop; not a latency.\n\n"
