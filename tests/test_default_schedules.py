@@ -19,9 +19,10 @@ def _stem():
     return model(n, i, inputs=[("input", (1, 3, 64, 64))], output=("output", (1, 16, 32, 32)))
 
 
-def _full(hw, cin, cout, stride):
-    """A full 3x3 convolution with more taps x input channels than are unrolled (ResNet's)."""
-    n, i = chain(conv("input", "c", cin, cout, k=3, stride=stride), ([helper.make_node("Relu", ["c"], ["output"])], []))
+def _full(hw, cin, cout, stride, group=1):
+    """A full (or grouped) 3x3 convolution with more taps x input channels than are unrolled (ResNet's)."""
+    n, i = chain(conv("input", "c", cin, cout, k=3, stride=stride, group=group),
+                 ([helper.make_node("Relu", ["c"], ["output"])], []))
     out = (hw + stride - 1) // stride
     return model(n, i, inputs=[("input", (1, cin, hw, hw))], output=("output", (1, cout, out, out)))
 
@@ -73,6 +74,9 @@ KERNELS = [
     ("full-3x3-deep-s1", "direct", lambda: _full(14, 64, 96, 1)),
     ("full-3x3-deep-s2", "direct", lambda: _full(14, 96, 64, 2)),
     ("depthwise-9x9-channels-no-vector-divides", "depthwise", lambda: depthwise_graph(14, 90, 9, 1)),
+    ("grouped-3x3-8-per-group-s1", "grouped", lambda: _full(14, 48, 48, 1, group=6)),
+    ("grouped-3x3-8-per-group-s2", "grouped", lambda: _full(14, 104, 104, 2, group=13)),
+    ("grouped-3x3-16-per-group", "grouped", lambda: _full(14, 64, 64, 1, group=4)),
     ("squeeze-excite", "squeeze-excite", _se),
     ("classifier", "matmul", _classifier),
 ]

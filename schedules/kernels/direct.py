@@ -37,31 +37,41 @@ def schedule_nchw(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise
 
 
 def schedule_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise: bool) -> str:
-    """NHWC kxk conv (depthwise or full): output channels vectorised (contiguous in the input,
+    """NHWC kxk conv (depthwise, grouped or full): output channels vectorised (contiguous in the input,
     the HWIO weights and the output at any map size, any stride), pixels of an output row across
     registers; the taps unrolled so each tap's weight vector is loaded once per tile. The zero
     border is a condition on the row and column only (uniform across the vector). A full conv
     with more than ``MAX_UNROLLED_TAPS`` taps x input channels (ResNet's 3x3 over 64-512) keeps its
     input channels a loop inside the unrolled taps, and reads a padded copy of its input staged
-    once, so no border condition sits in that loop (56x56x64 3x3: 2.29 -> 2.02 ms on one thread)."""
+    once, so no border condition sits in that loop (56x56x64 3x3: 2.29 -> 2.02 ms on one thread).
+    A grouped conv (RegNet's 8 channels per group) is scheduled as a full one whose vector of
+    output channels stays inside one group."""
     loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
     n, y, x, f = (loop_extent(sch, l) for l in loops[:4])
     cpu = cpu.for_channels(f)
     vectors = next((v for v in (2, 1) if f % (v * cpu.lanes) == 0), 0)
     cols = vectors * cpu.lanes if vectors else (f if f <= 2 * cpu.lanes else cpu.lanes)
-    budget = max(1, (DEPTHWISE_ACCUMULATORS if depthwise else cpu.registers - 4) // max(1, vectors))
+    per_group = loop_extent(sch, loops[6])
+    grouped = depthwise and per_group > 1  # a grouped conv: each output channel reads per_group inputs
+    if grouped:
+        # a vector of output channels within one group reads one input value per step (a
+        # broadcast); across two groups it would read two (a shuffle per multiply-add)
+        cols = next((c for c in (cols, cols // 2, cols // 4) if c and per_group % c == 0 and f % c == 0), cols)
+        vectors = max(1, cols // cpu.lanes)
+    budget = max(1, (DEPTHWISE_ACCUMULATORS if depthwise and not grouped else cpu.registers - 4) // max(1, vectors))
     rows = row_tile(x, budget)
-    deep = not depthwise and math.prod(loop_extent(sch, l) for l in loops[4:7]) > MAX_UNROLLED_TAPS
+    deep = (not depthwise or grouped) and math.prod(loop_extent(sch, l) for l in loops[4:7]) > MAX_UNROLLED_TAPS
     if pad is not None and not deep:
         sch.compute_inline(pad)
-    # a channel count the vector does not divide leaves a lane predicate in the tile: taps unrolled
-    # over it are minutes of LLVM (MixNet's 9x9 over 90 channels: 137 s), so they stay loops there
     # the bigger operand is walked once, in the outer loop: rows of the map (then the weights of
     # every channel tile are read once per row), or channel tiles (then each tile's weights, read
     # once, serve every row): ResNet's 7x7x512 3x3 convs read 9.4 MB of weights 7 times in the
-    # first order, 4.7 -> ... ms each inside the network, where they are not in cache
+    # first order, 4.7 -> 2.2 ms each inside the network, where they are not in cache
     taps = math.prod(loop_extent(sch, l) for l in loops[4:6])
     order = [0, 3, 1, 2] if deep and choose(taps * f >= y * x) else [0, 1, 3, 2]
+    # a channel count the vector does not divide leaves a lane predicate in the tile: taps unrolled
+    # over it are minutes of LLVM (MixNet's 9x9 over 90 channels: 137 s), so they stay loops there
     tile_reduction(sch, block, [1, 1, rows, cols], cpu, epilogue, pad=pad if deep else None,
                    outer_order=order, unroll_reduction=f % cols == 0)
-    return f"{'depthwise' if depthwise else 'direct'} {rows} pixels x {cols} channels (NHWC)"
+    what = "grouped" if grouped else "depthwise" if depthwise else "direct"
+    return f"{what} {rows} pixels x {cols} channels (NHWC)"
