@@ -106,7 +106,10 @@ def cmd_compile(args) -> int:
                         input_shapes=_shapes(args.input_shape), tuning_db=args.tuning_db, dump_ir=args.dump_ir,
                         fuse=not args.no_fuse, default_schedules=not args.no_default_schedules, layout=args.layout,
                         force_tuning_db=args.force_tuning_db, integer=not args.no_integer)
-    res = compile_model(args.model, args.output, cfg)
+    from mobilec.present import compile_progress
+
+    with compile_progress(Path(args.model).name) as progress:
+        res = compile_model(args.model, args.output, cfg, progress)
     m = res.manifest
     print(f"wrote {res.library} and {res.library.with_suffix('.json')} in {res.seconds:.1f} s: "
           f"{m.triple} (cpu {m.cpu}), inputs {[(i['name'], i['shape']) for i in m.inputs]}, "

@@ -4,6 +4,9 @@ it may use pillow, rich and onnxruntime; nothing below the command line imports 
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -115,3 +118,28 @@ def bench_rows(results: list[tuple[str, dict]]) -> list[list[str]]:
     base = results[-1][1]["median_ms"]
     return [[name, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['max_ms']:.2f}",
              f"{r['median_ms'] / base:.2f}x"] for name, r in results]
+
+
+@contextlib.contextmanager
+def compile_progress(what: str, stream=None):
+    """The ``progress`` callback of ``compile_model`` for the command line: on a terminal one live
+    status line (rich) with the step, the kernel n of N and the seconds so far; otherwise one plain
+    line per step (no kernel lines), so logs stay short."""
+    stream = stream or sys.stderr
+    start = time.perf_counter()
+    if stream.isatty():
+        from rich.console import Console
+
+        with Console(file=stream).status(f"compiling {what}") as status:
+            def update(stage: str, detail: str, n: int, of: int) -> None:
+                count = f" {n} of {of}" if of else ""
+                status.update(f"compiling {what}: {stage}{count}{': ' + detail if detail else ''} "
+                              f"({time.perf_counter() - start:.0f} s)")
+            yield update
+        return
+
+    def line(stage: str, detail: str, n: int, of: int) -> None:
+        if not detail:
+            count = f" ({n} of {of})" if of else ""
+            print(f"compiling {what}: {stage}{count} at {time.perf_counter() - start:.1f} s", file=stream, flush=True)
+    yield line

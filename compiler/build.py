@@ -14,7 +14,7 @@ import onnx
 from mobilec import __version__
 from mobilec.compiler.artifacts import check_output, write_pair
 from mobilec.compiler.importer import import_onnx
-from mobilec.compiler.pipeline import PipelineOptions, build, check_layout, run_until
+from mobilec.compiler.pipeline import PipelineOptions, Progress, build, check_layout, run_until
 from mobilec.compiler.report import FusionReport
 from mobilec.targets import TargetError, export_function, resolve
 from mobilec.compiler.verdict import lookup, model_key
@@ -50,14 +50,19 @@ class CompileResult:
 
 
 def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, Path],
-                  config: Optional[CompileConfig] = None) -> CompileResult:
+                  config: Optional[CompileConfig] = None, progress: Optional[Progress] = None) -> CompileResult:
+    """Compile ``model`` into ``output`` (a .so) and its manifest. ``progress(stage, detail, n, of)``,
+    if given, is told each step as it starts (``pipeline.Progress``): import, the pipeline's
+    phases, each kernel scheduled, code generation, link."""
     cfg = config or CompileConfig()
+    tell = progress or (lambda *_: None)
     start = time.perf_counter()
     output = Path(output)
     check_output(output, None if isinstance(model, onnx.ModelProto) else model)  # before the long work
     resolved = resolve(cfg.target, cfg.cpu, cfg.num_cores)
     fcompile = export_function(resolved.triple)  # a missing toolchain fails before the long work
     db = _tuning_database(cfg.tuning_db, resolved.triple, resolved.cpu) if cfg.tuning_db else None
+    tell("import", "", 0, 0)
     imported = import_onnx(model, cfg.input_shapes)
     warnings = []
     if db and not cfg.force_tuning_db:
@@ -70,7 +75,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
             db = None
     target = resolved.tvm_target()
     opts = PipelineOptions(tuning_db=db, dump_ir=cfg.dump_ir, fuse=cfg.fuse, default_schedules=cfg.default_schedules,
-                           layout=cfg.layout, integer=cfg.integer)
+                           layout=cfg.layout, integer=cfg.integer, progress=progress)
     ex = build(with_signature(imported.mod, imported.inputs, imported.outputs), target, opts)
     if db and not opts.tuned_kernels:
         warnings.append(_unmatched_database(db, opts, resolved))
@@ -88,6 +93,7 @@ def compile_model(model: Union[str, Path, onnx.ModelProto], output: Union[str, P
             default_schedules=summarize(opts.default_kernels), cpu_needs=list(resolved.needs),
             task="segmentation" if len(imported.outputs[0].shape) == 4 else "classification")
 
+    tell("link", "", 0, 0)
     manifest = write_pair(output, lambda lib: ex.export_library(str(lib), fcompile=fcompile), describe)
     return CompileResult(output, manifest, opts.report, time.perf_counter() - start, warnings)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import tvm
 from tvm import relax
@@ -53,6 +53,10 @@ from mobilec.schedules.defaults import apply_defaults, is_scheduled
 from mobilec.targets import cpu_params
 
 PIPELINE_NAME = "mobilec"
+Progress = Callable[[str, str, int, int], None]
+"""progress(stage, detail, n, of): a phase as it starts (detail "", n of the phases), or one kernel
+of phase 4 as it is scheduled (detail: the kernel, n of the kernels); then "code generation" (TIR
+lowering and LLVM, the longest step; n = of = 0: no count)."""
 log = logging.getLogger("mobilec.compiler")
 
 
@@ -68,6 +72,7 @@ class PipelineOptions:
     tuned_kernels: int = 0  # set by phase 4: kernels whose schedule came from the database
     kernels: int = 0  # set by phase 4: all kernels (the database could have matched any of them)
     default_kernels: dict = field(default_factory=dict)  # set by phase 4: kernel -> defaults.Scheduled
+    progress: Optional[Progress] = field(default=None, repr=False, compare=False)  # told each phase and kernel
 
 
 def _dump(directory: Optional[str], index: int, phase: str) -> tvm.transform.Pass:
@@ -82,6 +87,16 @@ def _dump(directory: Optional[str], index: int, phase: str) -> tvm.transform.Pas
 
 
 LAYOUTS = ("NHWC", "NCHW")
+
+
+def _announce(progress: Optional[Progress], phase: str, n: int, of: int) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name=f"mobilec.Announce.{phase}")
+    def announce(mod, _ctx):
+        if progress is not None:
+            progress(phase, "", n, of)
+        return mod
+
+    return announce
 
 
 def check_layout(layout: str) -> None:
@@ -191,7 +206,9 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
         ("schedule", [
             _apply_database(opts.tuning_db, target) if opts.tuning_db else tvm.transform.Sequential([]),
             _count_tuned(opts),  # before the defaults: they mark what they schedule the same way
-            apply_defaults(cpu, opts.default_kernels) if opts.default_schedules
+            apply_defaults(cpu, opts.default_kernels,
+                           (lambda k, n, of: opts.progress("schedule", k, n, of)) if opts.progress else None)
+            if opts.default_schedules
             else tvm.transform.Sequential([]),
             relax.transform.SplitLayoutRewritePreproc(),  # each schedule's weight packing, split off
             relax.transform.FoldConstant(),  # and evaluated here, at compile time
@@ -219,8 +236,10 @@ def pipeline(target: tvm.target.Target, opts: Optional[PipelineOptions] = None) 
     def run(mod, _ctx):
         with target:  # some passes (MetaScheduleApplyDatabase) read the target when constructed
             passes = []
-            for i, (phase, ps) in enumerate(phases(target, opts), start=1):
-                passes += ps + [_dump(opts.dump_ir, i, phase)]
+            steps = phases(target, opts)
+            for i, (phase, ps) in enumerate(steps, start=1):
+                passes += [_announce(opts.progress, phase, i, len(steps))] + ps + [_dump(opts.dump_ir, i, phase)]
+            passes.append(_announce(opts.progress, "code generation", 0, 0))  # TVM's TIR lowering and LLVM, next
             return tvm.transform.Sequential(passes)(mod)
 
     return run

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import tvm
 from tvm.s_tir import Schedule
@@ -245,19 +245,20 @@ def is_scheduled(func: tvm.tirx.PrimFunc) -> bool:
     return bool(func.attrs) and any(k in func.attrs for k in (SCHEDULED, "tir.is_scheduled"))
 
 
-def apply_defaults(cpu: CpuParams, report: Optional[dict] = None) -> tvm.transform.Pass:
+def apply_defaults(cpu: CpuParams, report: Optional[dict] = None,
+                   progress: Optional[Callable[[str, int, int], None]] = None) -> tvm.transform.Pass:
     """Schedule every kernel not already scheduled (by the tuning database). A kernel whose
     default schedule fails is left to TVM's plain lowering and named in the log: slower, never
-    wrong."""
+    wrong. ``progress(kernel, n, of)`` is told each kernel before it is scheduled."""
 
     @tvm.transform.module_pass(opt_level=0, name="mobilec.DefaultSchedules")
     def run(mod, _ctx):
         updates = {}
-        for gv, func in mod.functions.items():
-            if not isinstance(func, tvm.tirx.PrimFunc):
-                continue
-            if is_scheduled(func):
-                continue
+        todo = [(gv, func) for gv, func in mod.functions.items()
+                if isinstance(func, tvm.tirx.PrimFunc) and not is_scheduled(func)]
+        for n, (gv, func) in enumerate(todo, start=1):
+            if progress is not None:
+                progress(gv.name_hint, n, len(todo))
             kernel = classify(Schedule(tvm.IRModule({"main": func})))  # also for the report if scheduling fails
             try:
                 updates[gv], how = schedule_kernel(func, cpu, kernel)

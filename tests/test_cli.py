@@ -47,6 +47,10 @@ def test_export_compile_inspect_run_bench(tmp_path):
     out = run("inspect", str(onnx_path))
     assert "mobilec.se" in out
     out = run("compile", str(onnx_path), "--target", "host", "-o", str(so))
+    # progress, one line per step (not a terminal), in order
+    steps = [line.split(": ", 1)[1].split(" at ")[0] for line in out.splitlines() if line.startswith("compiling s.onnx: ")]
+    assert steps == ["import", "canonicalize (1 of 5)", "fuse (2 of 5)", "lower (3 of 5)", "schedule (4 of 5)",
+                     "finalize (5 of 5)", "code generation", "link"], out
     manifest = json.loads(so.with_suffix(".json").read_text())
     assert manifest["triple"] == "x86_64-linux-gnu" and manifest["fusion"]["totals"]["se"] == 9
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 96, 96), np.float32))
