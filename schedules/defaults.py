@@ -43,7 +43,7 @@ from typing import Callable, Optional
 import tvm
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.kernels import direct, generic, integer, matmul, pointwise, resize, squeeze_excite
+from mobilec.schedules.kernels import direct, generic, integer, matmul, pointwise, resize, rowwise, squeeze_excite
 from mobilec.schedules.kinds import Kernel, Kind, classify, reductions
 from mobilec.schedules.loops import (CHOICES, ERRORS, SEARCHING, CpuParams, auto_inline, epilogue_of, find_block,
                                      is_nhwc, loop_extent)
@@ -206,6 +206,8 @@ def _schedule(sch: Schedule, cpu: CpuParams, kernel: Optional[Kernel] = None) ->
             how = direct.schedule_nchw(sch, conv, epilogue, pad, cpu, grouped)
     elif kernel.kind == Kind.RESIZE:
         how = resize.schedule(sch, cpu)
+    elif kernel.kind == Kind.ROWWISE:
+        how = rowwise.schedule(sch, cpu)
     elif kernel.kind == Kind.MATMUL:
         auto_inline(sch, set())
         block = sch.get_sblock(kernel.block)

@@ -11,6 +11,8 @@ everywhere.
   matmul          one matrix product (the classifier)                  matmul (integer: dot)
   squeeze-excite  a pool and 1x1 FCs on the pooled map, with the gate  squeeze_excite + generic
   resize          a separable bilinear resize                          resize
+  rowwise         reductions along the innermost axis (softmax, layer  rowwise
+                  norm) and elementwise work on the same rows
   elementwise     anything else (pools, adds, transposes)              generic
 
 ``integer``: the kernel's weights are integers (a quantised model's integer kernels), which take
@@ -25,6 +27,7 @@ from typing import Optional
 
 from tvm.s_tir import Schedule
 
+from mobilec.schedules.kernels.rowwise import is_rowwise
 from mobilec.schedules.kernels.squeeze_excite import is_fc
 from mobilec.schedules.loops import find_block, is_nhwc, is_reduction
 
@@ -37,6 +40,7 @@ class Kind(enum.Enum):
     MATMUL = "matmul"
     SQUEEZE_EXCITE = "squeeze-excite"
     RESIZE = "resize"
+    ROWWISE = "rowwise"
     ELEMENTWISE = "generic"
 
 
@@ -80,6 +84,8 @@ def classify(sch: Schedule) -> Kernel:
         return Kernel(Kind.MATMUL, names[0], integer=str(weight.dtype).startswith("int"))
     if any(is_fc(sch, b) for b in blocks):
         return Kernel(Kind.SQUEEZE_EXCITE)
+    if is_rowwise(sch, blocks):
+        return Kernel(Kind.ROWWISE)
     return Kernel(Kind.ELEMENTWISE)
 
 
