@@ -51,11 +51,13 @@ def schedule(sch: Schedule, cpu: CpuParams) -> str:
     inline_single_use(sch)
     out = sch.get(sch.get_child_blocks(sch.get_sblock("root"))[-1]).writes[0].source
     cpu = cpu.for_channels(int(out.shape[-1]))  # AVX-512's 16 lanes where they divide a row
+    partials = set()
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         inner = sch.get_loops(block)[-1]
         if is_reduction(sch, block) and _whole_vectors(sch, inner, cpu):
             _, lanes = sch.split(inner, [None, cpu.lanes])
-            sch.rfactor(lanes, factor_axis=0)  # the lanes' partial results side by side, summed once
+            # the lanes' partial results side by side, summed once
+            partials.add(sch.get(sch.rfactor(lanes, factor_axis=0)).name_hint)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     rows = sch.get_loops(blocks[-1])[:-1]
     if not rows:
@@ -65,18 +67,19 @@ def schedule(sch: Schedule, cpu: CpuParams) -> str:
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, par, preserve_unit_loops=True)
     for block in _under(sch, par):
-        kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
         loops = sch.get_loops(block)
         below = loops[next(i for i, l in enumerate(loops) if sch.get(l).same_as(sch.get(par))) + 1:]
-        if kinds[0] == 0 and kinds[-1] == 2 and below and loop_extent(sch, below[0]) == cpu.lanes:
-            sch.reorder(below[-1], below[0])  # a partial-results block: its lanes innermost
-            kinds = kinds[1:] + kinds[:1]
+        if sch.get(block).name_hint in partials:
+            sch.reorder(below[-1], below[0])  # its lanes (the first axis) innermost
         inner = sch.get_loops(block)[-1]
-        if kinds[-1] != 0 or not _whole_vectors(sch, inner, cpu) and loop_extent(sch, inner) != cpu.lanes:
+        if not _whole_vectors(sch, inner, cpu) and loop_extent(sch, inner) != cpu.lanes:
             continue
         if loop_extent(sch, inner) > cpu.lanes:
             inner = sch.split(inner, [None, cpu.lanes])[1]
-        sch.vectorize(inner)
+        try:
+            sch.vectorize(inner)
+        except ERRORS:  # the loop drives a reduction axis (a partial results' sum): it stays scalar
+            pass
     return "rowwise"
 
 
