@@ -24,6 +24,15 @@ def layer_norm(width=48):
                  inputs=[("input", shape)], output=("output", shape))
 
 
+def sum_of_squares():
+    """A reduction that is the kernel's output (EdgeNeXt's L2 norms): its partial results' sum
+    cannot be vectorised, the rest can."""
+    axes = helper.make_tensor("axes", 7, [1], [-1])
+    return model([helper.make_node("Mul", ["input", "input"], ["sq"]),
+                  helper.make_node("ReduceSum", ["sq", "axes"], ["output"], keepdims=1)], [axes],
+                 inputs=[("input", SHAPE)], output=("output", SHAPE[:-1] + (1,)))
+
+
 def _kernels(proto):
     import tvm
     from tvm.s_tir import Schedule
@@ -41,7 +50,7 @@ def _kernels(proto):
 
 
 @pytest.mark.structure
-@pytest.mark.parametrize("graph", [softmax, layer_norm])
+@pytest.mark.parametrize("graph", [softmax, layer_norm, sum_of_squares])
 def test_row_reductions_are_rowwise_kernels_with_vector_partial_results(graph):
     kernels = [text for kind, text in _kernels(graph()) if kind == "rowwise"]
     assert len(kernels) == 1, [kind for kind, _ in _kernels(graph())]
@@ -56,8 +65,8 @@ def test_softmax_computes_each_exponential_once():
 
 
 @pytest.mark.build
-@pytest.mark.parametrize("graph", [softmax, layer_norm, lambda: layer_norm(20)], ids=["softmax", "layer-norm",
-                                                                                     "layer-norm-20"])
+@pytest.mark.parametrize("graph", [softmax, layer_norm, lambda: layer_norm(20), sum_of_squares],
+                         ids=["softmax", "layer-norm", "layer-norm-20", "sum-of-squares"])
 def test_numerics(graph, tmp_path):
     res = assert_matches_onnxruntime(graph(), tmp_path)
     assert res.manifest.default_schedules.get("rowwise") == 1, res.manifest.default_schedules
