@@ -29,15 +29,16 @@ def is_reduction(sch: Schedule, block) -> bool:
     return any(int(iv.iter_type) == 2 for iv in sch.get(block).iter_vars)
 
 
-def auto_inline(sch: Schedule, keep: set[str]) -> None:
+def auto_inline(sch: Schedule, keep: set[str], single_use: bool = False) -> None:
     """Inline every elementwise block into its consumer (or producer), so a kernel becomes its
-    reduction blocks plus at most one epilogue each. Repeats until nothing changes."""
+    reduction blocks plus at most one epilogue each. Repeats until nothing changes.
+    ``single_use``: a block read by several others stays (computed once, not once per reader)."""
     changed = True
     while changed:
         changed = False
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             name = sch.get(block).name_hint
-            if name in keep or is_reduction(sch, block):
+            if name in keep or is_reduction(sch, block) or single_use and len(sch.get_consumers(block)) > 1:
                 continue
             for inline in (sch.compute_inline, sch.reverse_compute_inline):
                 try:

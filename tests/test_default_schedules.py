@@ -288,7 +288,6 @@ def test_search_space_gives_the_pointwise_loop_order_a_design_space_per_side():
     cannot mutate: the search gets one design space per side, each with the same tile-size
     samples; a depthwise kernel, with no such choice, gets one space. The default schedule is
     the first space with the heuristic's decisions."""
-    import tvm
     from tvm.s_tir import Schedule
 
     from mobilec.targets import resolve

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.loops import ERRORS, CpuParams, is_reduction, loop_extent
+from mobilec.schedules.loops import ERRORS, CpuParams, auto_inline, is_reduction, loop_extent
 
 
 def is_rowwise(sch: Schedule, blocks: list) -> bool:
@@ -30,25 +30,8 @@ def is_rowwise(sch: Schedule, blocks: list) -> bool:
     return True
 
 
-def inline_single_use(sch: Schedule) -> None:
-    """Inline every elementwise block into its one consumer; one with several consumers stays."""
-    changed = True
-    while changed:
-        changed = False
-        for block in sch.get_child_blocks(sch.get_sblock("root")):
-            if is_reduction(sch, block) or len(sch.get_consumers(block)) > 1:
-                continue
-            for inline in (sch.compute_inline, sch.reverse_compute_inline):
-                try:
-                    inline(block)
-                except ERRORS:
-                    continue
-                changed = True
-                break
-
-
 def schedule(sch: Schedule, cpu: CpuParams) -> str:
-    inline_single_use(sch)
+    auto_inline(sch, set(), single_use=True)
     out = sch.get(sch.get_child_blocks(sch.get_sblock("root"))[-1]).writes[0].source
     cpu = cpu.for_channels(int(out.shape[-1]))  # AVX-512's 16 lanes where they divide a row
     partials = set()
