@@ -219,7 +219,9 @@ class Module:
                     self._buffers = [tvm.runtime.empty(x.shape, str(x.dtype), self._device) for x in arrays]
                 for buf, x in zip(self._buffers, arrays):
                     buf.copyfrom(x if x.flags.c_contiguous else np.ascontiguousarray(x))
-                return _numpy(self._vm["main"](*self._buffers))
+                out = _numpy(self._vm["main"](*self._buffers))
+            _threads.settled()
+            return out
 
         def call():  # copying the inputs to a remote device, and the outputs back, talk to it too
             self._vm.set_input("main", *self._to_device(arrays))

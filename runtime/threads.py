@@ -115,16 +115,32 @@ def _ranges(cpus: Sequence[int]) -> str:
 SPIN_COUNT = "30000"
 
 
+_OURS = "MOBILEC_SET_TVM_SPIN_COUNT"  # marks TVM_THREAD_POOL_SPIN_COUNT as set by mobilec, not the user
+_unset_after_run = threading.Event()  # the spin count was set by mobilec and is to go after a first run
+
+
 @contextlib.contextmanager
 def _spin_count():
-    if "TVM_THREAD_POOL_SPIN_COUNT" in os.environ:  # the user's choice stands
+    """TVM reads the spin count in each new pool's first worker when it starts running, not when
+    the pool is made: the variable stays until a model has run on the pool (``settled``), so a
+    worker that starts late (a loaded machine) still reads it; else it spun TVM's default."""
+    if "TVM_THREAD_POOL_SPIN_COUNT" in os.environ and os.environ.get(_OURS) != "1":  # the user's choice stands
         yield
         return
     os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = SPIN_COUNT
-    try:
-        yield
-    finally:
-        del os.environ["TVM_THREAD_POOL_SPIN_COUNT"]  # not left for child processes
+    os.environ[_OURS] = "1"  # a child process started before the first run inherits it as ours, not the user's
+    _unset_after_run.set()
+    yield
+
+
+def settled() -> None:
+    """After a run on a pool mobilec made: its workers have run a task, so they have read the
+    spin count, and the variable goes (not left for child processes)."""
+    if _unset_after_run.is_set():
+        _unset_after_run.clear()
+        if os.environ.get(_OURS) == "1":
+            os.environ.pop("TVM_THREAD_POOL_SPIN_COUNT", None)
+            del os.environ[_OURS]
 
 
 def configure(tvm, threads: int, cpus: Sequence[int]) -> int:
