@@ -6,7 +6,7 @@ loop over rows, the elementwise ones vectorised, each reduction split into a vec
 results (``rfactor``: lanes accumulated side by side, then summed once). A value read by two
 blocks (softmax's exponentials: summed, then divided) is computed once and kept for the row,
 not recomputed inside each reader (the plain inlining computed every exp twice, scalar, inside
-the sum: MobileViT's 4x4x256x256 softmax took 3.7 ms of its 21).
+the sum: MobileViT-XXS's two 4x4x256x256 softmaxes took 7.3 ms of its 21).
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def schedule(sch: Schedule, cpu: CpuParams) -> str:
     sch.parallel(par)
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, par, preserve_unit_loops=True)
-    for block in _under(sch, par):
-        loops = sch.get_loops(block)
-        below = loops[next(i for i, l in enumerate(loops) if sch.get(l).same_as(sch.get(par))) + 1:]
+    for block in sch.get_child_blocks(par):
         if sch.get(block).name_hint in partials:
+            loops = sch.get_loops(block)
+            below = loops[next(i for i, l in enumerate(loops) if sch.get(l).same_as(sch.get(par))) + 1:]
             sch.reorder(below[-1], below[0])  # its lanes (the first axis) innermost
         inner = sch.get_loops(block)[-1]
         if not _whole_vectors(sch, inner, cpu) and loop_extent(sch, inner) != cpu.lanes:
@@ -69,8 +69,3 @@ def schedule(sch: Schedule, cpu: CpuParams) -> str:
 def _whole_vectors(sch: Schedule, loop, cpu: CpuParams) -> bool:
     extent = loop_extent(sch, loop)
     return extent >= 2 * cpu.lanes and extent % cpu.lanes == 0
-
-
-def _under(sch: Schedule, loop) -> list:
-    """The blocks inside ``loop``, in order."""
-    return list(sch.get_child_blocks(loop))
