@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -276,6 +277,23 @@ def _fold(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:
                                f"cannot load it: {_first_line(e)}") from None
 
 
+def _end_open_blocks(error: BaseException) -> None:
+    """Close the blocks a failed import left open in TVM's block builder.
+
+    The importer's builder lives on in the traceback the error keeps; destroyed with blocks still
+    open, TVM prints "BlockBuilder destroyed with remaining blocks!" after mobilec's error line.
+    """
+    from tvm import relax
+
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        for value in frame.f_locals.values():
+            builder = value if isinstance(value, relax.BlockBuilder) else getattr(value, "bb", None)
+            if isinstance(builder, relax.BlockBuilder):
+                with contextlib.suppress(Exception):  # TVM raises once no block is open
+                    while True:
+                        builder._end_block()
+
+
 def import_onnx(model: Union[str, Path, onnx.ModelProto],
                 input_shapes: Optional[dict[str, tuple[int, ...]]] = None) -> ImportedModel:
     from tvm.relax.frontend.onnx import from_onnx
@@ -304,10 +322,11 @@ def import_onnx(model: Union[str, Path, onnx.ModelProto],
         # TVM prints "Error converting operator ..." before re-raising; the error below says it in one line
         with relax_friendly_converters(), contextlib.redirect_stdout(io.StringIO()):
             mod = from_onnx(proto, shape_dict={i.name: list(i.shape) for i in inputs}, keep_params_in_input=False)
-    except ConversionError as e:
-        node = labels.get(e.node, e.node)
-        raise ModelImportError(f"{source}: TVM cannot import node {node}: {_first_line(e.__cause__)}") from e
     except Exception as e:
+        _end_open_blocks(e)
+        if isinstance(e, ConversionError):
+            node = labels.get(e.node, e.node)
+            raise ModelImportError(f"{source}: TVM cannot import node {node}: {_first_line(e.__cause__)}") from e
         raise ModelImportError(f"{source}: TVM's ONNX importer failed: {type(e).__name__}: {_first_line(e)}") from e
     outputs = []
     ret = mod["main"].ret_ty  # TVM 0.27 calls struct info "ty"

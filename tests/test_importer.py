@@ -165,6 +165,18 @@ def test_converter_failures_name_the_node():
         import_onnx(proto)
 
 
+def test_a_failed_import_leaves_no_builder_warning(capfd):
+    # TVM's builder, destroyed with blocks open, printed a warning after mobilec's error line
+    import gc
+
+    nodes = [helper.make_node("Conv", ["input", "w"], ["output"], name="conv1", pads=[1, 1, 1, 1])]
+    proto = model(nodes, [const("w", np.zeros((C, C + 1, 3, 3)))], output=("output", (1, C, HW, HW)))
+    with pytest.raises(ModelImportError, match=r"TVM cannot import node conv1 \(Conv\): The channel size"):
+        import_onnx(proto)
+    gc.collect()
+    assert "BlockBuilder destroyed" not in capfd.readouterr().err
+
+
 def test_text_that_is_not_utf8_is_refused_naming_the_field(tmp_path):
     from graphs import tiny
 
