@@ -58,6 +58,11 @@ def schedule_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise
         # broadcast); across two groups it would read two (a shuffle per multiply-add)
         cols = next((c for c in (cols, cols // 2, cols // 4) if c and per_group % c == 0 and f % c == 0), cols)
         vectors = max(1, cols // cpu.lanes)
+    if depthwise and not grouped and cpu.fma_by_lane and vectors == 2:
+        # AArch64 loads apart from its multiply-adds: one vector of channels by twice the pixels
+        # shares each input vector among more taps (3x3 s1: 39 loads per 72 multiply-adds, not 54);
+        # x86 folds the loads into its FMAs and keeps two vectors
+        vectors, cols = 1, cpu.lanes
     budget = max(1, (DEPTHWISE_ACCUMULATORS if depthwise and not grouped else cpu.registers - 4) // max(1, vectors))
     rows = row_tile(x, budget)
     deep = (not depthwise or grouped) and math.prod(loop_extent(sch, l) for l in loops[4:7]) > MAX_UNROLLED_TAPS
