@@ -139,17 +139,17 @@ def cmd_tune(args) -> int:
     from mobilec.compiler import TuneConfig, tune_model
     from mobilec.errors import ConfigError
     from mobilec.schedules.progress import Progress
-    from mobilec.schedules.tuning import TuneOptions
+    from mobilec.schedules.tuning import TuneOptions, trial_budget
 
     if not args.local and not args.tracker:
         raise ConfigError("say where to measure: --tracker HOST:PORT --key KEY, or --local")
-    opts = TuneOptions(trials=args.trials, minutes=args.minutes, per_round=args.per_round, all_tasks=args.all_tasks,
+    opts = TuneOptions(trials=args.trials, minutes=args.minutes, per_round=args.per_round, all_tasks=not args.conv_only,
                        tracker=None if args.local else args.tracker, key=args.key, seed=args.seed)
     cfg = TuneConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores, db=args.db,
                      input_shapes=_shapes(args.input_shape), options=opts, verify=not args.no_verify)
     res = tune_model(args.model, cfg, console=_console())
     if res.measured == 0:
-        print(f"nothing to measure: {res.database} already holds the budget of {args.trials} search trials "
+        print(f"nothing to measure: {res.database} already holds the budget of {trial_budget(opts)} search trials "
               f"for these tasks (raise --trials to tune further)")
     else:
         seeded = f", after measuring {res.seeded} default schedules to start from" if res.seeded else ""
@@ -157,21 +157,28 @@ def cmd_tune(args) -> int:
         _table(f"tuned {res.measured} candidates in {res.seconds:.0f} s{rate}{seeded} -> {res.database}",
                Progress.SUMMARY, res.progress.summary_rows())
         timed = sum(1 for t in res.progress.tasks if t.default_ms and t.best_ms)
-        if timed:
+        if timed and not res.confirmed:  # else the confirmation, measured side by side, says who won
             start = res.progress.default_estimate_ms
             total = (f"; the tuned kernels' estimated total {start:.3f} -> {res.progress.estimate_ms():.3f} ms"
                      if start else "")
             print(f"the search beat the default schedule in {res.progress.beat_default()} of {timed} tasks{total}")
-        settled = res.progress.trials_to_within(0.10)
+        settled = res.progress.within(0.10)
         if settled is not None:
-            print(f"the kernels' estimated total came within 10% of its final value after {settled} trials")
+            print(f"the kernels' estimated total came within 10% of its final value after {settled[0]} trials "
+                  f"({settled[1]:.0f} s)")
         if res.confirmed:
             _print_confirmed(res.confirmed)
         if res.plot:
             print(f"plot: {res.plot}")
-        if res.progress.out_of_time:
-            print(f"stopped at the time budget of {args.minutes:g} minutes with {res.progress.trials} of "
-                  f"{res.progress.budget} trials measured; a rerun continues from the database")
+        p = res.progress
+        if p.out_of_time:
+            of = f" of {p.budget}" if p.bounded else ""
+            print(f"stopped at the time budget of {args.minutes:g} minutes with {p.trials}{of} trials measured; "
+                  f"a rerun continues from the database")
+        elif p.all_converged():
+            print(f"every task converged (its best unchanged by more than {p.improved:.0%} for {p.patience} trials) "
+                  f"after {p.trials} trials" + (f", before the time budget of {args.minutes:g} minutes"
+                                                if args.minutes else "") + "; more trials would not help")
     if res.rechecked:
         _print_rechecked(res.rechecked)
     v = res.verdict
@@ -186,12 +193,16 @@ def cmd_tune(args) -> int:
 def _print_confirmed(confirmed) -> None:
     from mobilec.schedules.confirm import CONTENDERS, MARGIN, ROUNDS, estimate_ms
 
-    won = sum(c.searched_won for c in confirmed)
+    with_default = [c for c in confirmed if c.default_ms is not None]
+    won = sum(c.searched_won for c in with_default)
     before, after = estimate_ms(confirmed)
     total = f"; their estimated total {before:.3f} -> {after:.3f} ms ({after / before:.2f}x)" if before else ""
-    print(f"confirmed: the default and up to {CONTENDERS} searched candidates of {len(confirmed)} tasks measured "
-          f"again in {ROUNDS} interleaved rounds: a searched candidate won (by more than {MARGIN:.0%}) in {won}, "
-          f"the default schedule held in {len(confirmed) - won}{total}; compile --tuning-db applies the winners")
+    alone = len(confirmed) - len(with_default)
+    alone = f"; {alone} without a measured default schedule keep their fastest candidate" if alone else ""
+    print(f"confirmed: the default and up to {CONTENDERS} searched candidates of {len(with_default)} tasks measured "
+          f"again side by side in {ROUNDS} interleaved rounds: a searched candidate beat the default schedule (by "
+          f"more than {MARGIN:.0%}) in {won} of them, the default held in {len(with_default) - won}{total}{alone}; "
+          f"compile --tuning-db applies the winners")
 
 
 def _print_rechecked(rechecked) -> None:
@@ -362,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the activations' layout through the network (NCHW: as imported, for comparison)")
         p.set_defaults(func=cmd_compile if verb == "compile" else cmd_inspect)
 
-    p = sub.add_parser("tune", help="tune the convolution kernels with MetaSchedule, measured on the device")
+    p = sub.add_parser("tune", help="tune the model's kernels with MetaSchedule, measured on the device")
     p.add_argument("model", help="an ONNX file")
     p.add_argument("--target", default="host")
     p.add_argument("--cpu")
@@ -371,14 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--tracker", help="RPC tracker HOST:PORT; measure on a device registered there")
     where.add_argument("--local", action="store_true", help="measure on this machine")
     p.add_argument("--key", help="device key at the tracker")
-    p.add_argument("--trials", type=int, default=64, help="search trials for all tuned tasks, earlier runs "
-                   "included (the default schedules measured first and failed candidates do not count)")
+    p.add_argument("--trials", type=int, help="search trials for all tuned tasks, earlier runs included (the "
+                   "default schedules measured first and failed candidates do not count); default 64, or with "
+                   "--minutes as many as the time allows")
     p.add_argument("--minutes", type=float, help="time budget for this run's search: it stops after the "
                    "round that passes it, with every finished round in the database (a rerun continues); "
                    "every task's first round is measured first")
     p.add_argument("--per-round", type=int, default=16, help="candidates measured per round")
     p.add_argument("--db", default="tuning-db", help="database root (a subdirectory per triple and cpu)")
-    p.add_argument("--all-tasks", action="store_true", help="tune every kernel, not only convolutions")
+    tasks = p.add_mutually_exclusive_group()
+    tasks.add_argument("--all-tasks", dest="conv_only", action="store_false",
+                       help="tune every kernel (the default): a kernel without a mobilec template is searched in "
+                       "MetaSchedule's generic space, seeded with its default schedule")
+    tasks.add_argument("--conv-only", dest="conv_only", action="store_true", help="tune the convolution kernels only")
     p.add_argument("--input-shape", action="append", metavar="NAME=1x3x224x224")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-verify", action="store_true", help="skip the end of the run: the whole model built with "

@@ -46,6 +46,7 @@ setup(
     python_requires=">=3.10",
     packages=["mobilec"] + [f"mobilec.{p}" for p in SUBPACKAGES],
     package_dir={"mobilec": "."} | {f"mobilec.{p}": p.replace(".", "/") for p in SUBPACKAGES},
+    package_data={"mobilec.schedules": ["kernel_timer.cc"]},  # built for each target by `mobilec tune`
     install_requires=RUNTIME,
     extras_require={"all": ALL, "runtime": [], "peers": PEERS, "zoo": ZOO},
     entry_points={"console_scripts": ["mobilec=mobilec.cli:main"]},

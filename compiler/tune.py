@@ -38,7 +38,7 @@ def tune_model(model: Union[str, Path, onnx.ModelProto], config: Optional[TuneCo
     cfg = config or TuneConfig()
     if cfg.options.tracker and not cfg.options.key:
         raise ConfigError("--tracker needs --key: the device kind to measure on")
-    if cfg.options.trials < 1 or cfg.options.per_round < 1:
+    if (cfg.options.trials is not None and cfg.options.trials < 1) or cfg.options.per_round < 1:
         raise ConfigError(f"--trials {cfg.options.trials} --per-round {cfg.options.per_round}: both must be 1 or more")
     if cfg.options.minutes is not None and not cfg.options.minutes > 0:
         raise ConfigError(f"--minutes {cfg.options.minutes}: the time budget must be positive")
@@ -62,10 +62,11 @@ def _verify(model, imported, cfg: TuneConfig, db_dir: Path, opts: PipelineOption
     """The whole model built with the database and without, timed on the tuning device
     (``compiler/verdict.py``); None, with a warning, when that cannot be done (the database is
     complete either way). Measuring on this machine, the searched winners are first timed inside
-    the model and those not faster there give way to the default schedule
+    the model, on the same device, and those not faster there give way to the default schedule
     (``schedules/in_network.py``; ``result.rechecked``)."""
     import mobilec.runtime as mr
     from mobilec.compiler.build import CompileConfig, compile_model
+    from mobilec.schedules import kernel_timer
     from mobilec.schedules.in_network import recheck
 
     def build(output: Path, tuning_db: Optional[str]) -> Path:
@@ -76,20 +77,19 @@ def _verify(model, imported, cfg: TuneConfig, db_dir: Path, opts: PipelineOption
     remote = cfg.options.tracker
     device = f"the {cfg.options.key!r} device at {remote}" if remote else "this machine"
     key = model_key(imported, opts.layout, opts.fuse, opts.default_schedules)
+    open_device = (lambda: mr.connect(tracker=remote, key=cfg.options.key)) if remote else (lambda: mr)
     try:
         with tempfile.TemporaryDirectory(prefix="mobilec-verdict-") as tmp:
             untuned, tuned = build(Path(tmp) / "untuned.so", None), build(Path(tmp) / "tuned.so", cfg.db)
-            if not remote:
-                if console is not None:
-                    console.print("timing the searched winners inside the whole model ...")
-                result.rechecked = recheck(mod, target, db_dir, untuned, tuned)
-                if not all(r.kept for r in result.rechecked):
-                    tuned = build(Path(tmp) / "rechecked.so", cfg.db)
+            if console is not None:
+                console.print(f"timing the searched winners inside the whole model on {device} ...")
+            timer = kernel_timer.build(resolve(cfg.target, cfg.cpu, cfg.num_cores).triple, Path(tmp))
+            result.rechecked = recheck(mod, target, db_dir, untuned, tuned, open_device(), timer)
+            if not all(r.kept for r in result.rechecked):
+                tuned = build(Path(tmp) / "rechecked.so", cfg.db)
             if console is not None:
                 console.print(f"timing the whole model with and without the database on {device} ...")
-            verdict = measure(imported.source, key, untuned, tuned,
-                              (lambda: mr.connect(tracker=remote, key=cfg.options.key)) if remote else (lambda: mr),
-                              device)
+            verdict = measure(imported.source, key, untuned, tuned, open_device, device)
     except UserError as e:
         log.warning("warning: could not time the whole model with and without %s (%s); `compile --tuning-db` "
                     "applies it unmeasured", db_dir, e)

@@ -146,8 +146,10 @@ class Module:
     """A compiled model ready to run: call it, or ``run`` a dict of named inputs."""
 
     def __init__(self, manifest: Manifest, vm, device, path: Path, remote=None, threads: int = 1,
-                 cpus: Optional[list[int]] = None, check_finite: bool = True):
+                 cpus: Optional[list[int]] = None, check_finite: bool = True, session=None):
         self.manifest, self._vm, self._device, self.path, self._remote = manifest, vm, device, path, remote
+        self._session = session       # a remote module's RPC session (to load a timer beside it)
+        self._timer = None            # (path, library) of the kernel timer loaded where the model runs
         self.inputs = manifest.inputs
         self.outputs = manifest.outputs
         self.threads = threads        # threads each call runs on (on the device, for a remote module)
@@ -261,17 +263,22 @@ class Module:
         return {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
                 "repeat": repeat, "threads": self.threads}
 
-    def kernel_times(self, runs: int = 5, feeds: Optional[dict] = None) -> dict[str, list[float]]:
+    def kernel_times(self, runs: int = 5, feeds: Optional[dict] = None,
+                     timer: Union[str, Path, None] = None) -> dict[str, list[float]]:
         """Each kernel timed inside the whole model: ``runs`` inferences, the VM timing every call it
         makes; per function it calls (a kernel's symbol, or a VM builtin), the seconds of its calls
-        in order. A Python callback before and after each call does the timing, which adds about a
-        microsecond per call to each and 1-2 ms to a MobileNet's inference, and which a remote
-        device cannot call: a local module only."""
-        if self._remote is not None:
-            raise ConfigError(f"kernel_times: {self.path.name} runs on {self._remote}; kernels are timed inside "
-                              f"the model only where it runs in this process (mobilec.runtime.load)")
+        in order. ``timer``: the native timer library built for this module's triple
+        (``mobilec.schedules.kernel_timer.build``), loaded where the model runs: on this machine or on
+        the remote device alike. Without it a Python callback times each call (a local module only),
+        which adds about a microsecond per call and 1-2 ms to a MobileNet's inference."""
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
             raise ConfigError(f"kernel_times(runs={runs!r}): give a whole number >= 1")
+        if timer is not None:
+            return self._native_kernel_times(runs, feeds, Path(timer))
+        if self._remote is not None:
+            raise ConfigError(f"kernel_times: {self.path.name} runs on {self._remote}, which cannot call back into "
+                              f"Python: give timer=, the kernel timer built for {self.manifest.triple} "
+                              f"(mobilec.schedules.kernel_timer.build)")
         arrays = self._check(random_feeds(self) if feeds is None else feeds)
         times: dict[str, list[float]] = {}
         started: list[float] = []
@@ -293,6 +300,42 @@ class Module:
             finally:
                 self._vm.set_instrument(None)
         return times
+
+    def _timer_library(self, path: Path):
+        """The timer library at ``path``, loaded where this module runs (once per module)."""
+        if self._timer is not None and self._timer[0] == path:
+            return self._timer[1]
+        if not path.is_file():
+            raise ConfigError(f"kernel_times: no timer library at {path}")
+        if self._session is None:
+            lib = _tvm().runtime.load_module(str(path))
+        else:
+            name = f"{path.stem}-{uuid.uuid4().hex[:8]}{path.suffix}"
+            lib = self._remote_call(lambda: (self._session.upload(bytearray(path.read_bytes()), target=name),
+                                             self._session.load_module(name))[1])
+        self._timer = (path, lib)
+        return lib
+
+    def _native_kernel_times(self, runs: int, feeds: Optional[dict], timer: Path) -> dict[str, list[float]]:
+        arrays = self._check(random_feeds(self) if feeds is None else feeds)
+        lib = self._timer_library(timer)
+        attach, report = lib["mobilec_kernel_timer_attach"], lib["mobilec_kernel_timer_report"]
+        self._invoke(arrays)  # the inputs set, and the first call's allocations, before timing
+
+        def timed():
+            self._vm.set_input("main", *self._to_device(arrays))
+            report()  # nothing left over from an earlier, interrupted run
+            attach(self._vm.module, True)  # the timer sets itself as the VM's instrument, on the device
+            try:
+                for _ in range(runs):
+                    self._vm.invoke_stateful("main")
+            finally:
+                attach(self._vm.module, False)
+            return str(report())
+
+        self._pool()
+        with self._lock:
+            return json.loads(self._remote_call(timed))
 
 
 def _check_signature(vm, manifest: Manifest, path: Path) -> None:
@@ -404,7 +447,8 @@ class Remote:
         n = _threads.configure_remote(self.session, threads)
         vm = VirtualMachine(lib, device)
         _check_signature(vm, manifest, path)
-        return Module(manifest, vm, device, path, remote=self.description, threads=n, check_finite=check_finite)
+        return Module(manifest, vm, device, path, remote=self.description, threads=n, check_finite=check_finite,
+                      session=self.session)
 
 
 def connect(tracker: Optional[str] = None, key: Optional[str] = None, server: Optional[str] = None,

@@ -45,7 +45,7 @@ class Confirmed:
     weight: float
     default_ms: Optional[float]  # the default schedule, re-measured (None: it has none, or it failed)
     winner_ms: float
-    searched_won: bool         # a searched candidate won (False: the default schedule held)
+    searched_won: bool         # a searched candidate beat the default schedule (False: it held, or there is none)
     contenders: int
 
 
@@ -114,7 +114,7 @@ def confirm(tasks, target, db, db_dir: Path, builder, runner, seeds: dict[str, l
         winners.append((flat[best], runs[best]))
         out.append(Confirmed(names.get(task.task_name, task.task_name), float(task.weight),
                              None if default is None else timed[default] * 1e3, timed[best] * 1e3,
-                             best != default, len(timed)))
+                             default is not None and best != default, len(timed)))
     store(db_dir / CONFIRMED, winners)
     return out
 

@@ -10,8 +10,9 @@ whole made the model only 0.96-0.99x faster. Here both builds run alternately, t
 call (``mobilec.runtime.Module.kernel_times``), and a searched winner stays only where its time
 per inference in place beats the default schedule's by more than ``MARGIN``.
 
-The VM's timer is a Python callback, so this needs the model running in this process: a tuning
-run on a device over RPC keeps the kernel-level confirmation and the whole-model verdict only.
+The VM's timer is native code built for the target (``kernel_timer.cc``) and loaded beside the
+model where it runs, so a run on a device over RPC is confirmed in place on that device, by the
+same code as a run on this machine.
 """
 
 from __future__ import annotations
@@ -60,29 +61,31 @@ def per_inference(times: dict[str, list[float]], names: list[str], runs: int) ->
     return sum(per_inference_us(t, runs) for t in called) if called else None
 
 
-def time_in_place(libraries: dict[str, Path], rounds: int = ROUNDS, block: int = BLOCK) -> dict[str, dict]:
-    """Per build, every function's call times (``Module.kernel_times``) over ``rounds`` blocks of
-    ``block`` inferences, the builds alternating (``runtime.timing.alternating``)."""
-    import mobilec.runtime as mr
-
-    modules = {name: mr.load(path) for name, path in libraries.items()}
+def time_in_place(libraries: dict[str, Path], device, timer: Path, rounds: int = ROUNDS,
+                  block: int = BLOCK) -> dict[str, dict]:
+    """Per build, every function's call times (``Module.kernel_times`` with the native ``timer``)
+    over ``rounds`` blocks of ``block`` inferences, the builds alternating
+    (``runtime.timing.alternating``); ``device``: where the builds run (``mobilec.runtime`` itself,
+    or a ``Remote``)."""
+    modules = {name: device.load(path) for name, path in libraries.items()}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in modules}
 
     def run(name: str):
-        for fn, secs in modules[name].kernel_times(block).items():
+        for fn, secs in modules[name].kernel_times(block, timer=timer).items():
             times[name].setdefault(fn, []).extend(secs)
         return [0.0]
 
     for module in modules.values():
-        module.kernel_times(2)  # warm: the pool started, the weights read once
+        module.kernel_times(2, timer=timer)  # warm: the pool started, the weights read once
     alternating({name: (lambda n=name: run(n)) for name in modules}, rounds)
     return times
 
 
-def recheck(mod, target, db_dir: Path, untuned: Path, tuned: Path, rounds: int = ROUNDS,
+def recheck(mod, target, db_dir: Path, untuned: Path, tuned: Path, device, timer: Path, rounds: int = ROUNDS,
             block: int = BLOCK) -> list[Rechecked]:
     """Time the kernels whose confirmed winner in ``db_dir`` is searched inside ``untuned`` and
-    ``tuned`` (the model built from ``mod`` without and with the database) and confirm the default
+    ``tuned`` (the model built from ``mod`` without and with the database) on ``device``
+    (``mobilec.runtime`` or a ``Remote``), with ``timer`` built for it, and confirm the default
     schedule instead where the searched one is not faster in place. Returns one entry per kernel
     rechecked; the caller rebuilds with the database when any was reverted."""
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
@@ -107,7 +110,7 @@ def recheck(mod, target, db_dir: Path, untuned: Path, tuned: Path, rounds: int =
             contested.append((task, default))
     if not contested:
         return []
-    times = time_in_place({"default": untuned, "searched": tuned}, rounds, block)
+    times = time_in_place({"default": untuned, "searched": tuned}, device, timer, rounds, block)
     runs = rounds * block
     out, reverted = [], []
     for task, default in contested:

@@ -29,7 +29,7 @@ from tvm.s_tir import Schedule
 
 from mobilec.schedules.kernels.rowwise import is_rowwise
 from mobilec.schedules.kernels.squeeze_excite import is_fc
-from mobilec.schedules.loops import find_block, is_nhwc, is_reduction
+from mobilec.schedules.loops import child_blocks, find_block, is_nhwc, is_reduction
 
 
 class Kind(enum.Enum):
@@ -58,7 +58,7 @@ class Kernel:
 
 
 def reductions(sch: Schedule) -> list:
-    return [b for b in sch.get_child_blocks(sch.get_sblock("root")) if is_reduction(sch, b)]
+    return [b for b in child_blocks(sch) if is_reduction(sch, b)]
 
 
 def data_shape(sch: Schedule, block) -> list[int]:

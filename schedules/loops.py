@@ -36,7 +36,7 @@ def auto_inline(sch: Schedule, keep: set[str], single_use: bool = False) -> None
     changed = True
     while changed:
         changed = False
-        for block in sch.get_child_blocks(sch.get_sblock("root")):
+        for block in child_blocks(sch):
             name = sch.get(block).name_hint
             if name in keep or is_reduction(sch, block) or single_use and len(sch.get_consumers(block)) > 1:
                 continue
@@ -122,7 +122,7 @@ def vectorize_inner(sch: Schedule, block, lanes: int) -> None:
 def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilogue=None, pad=None,
           pad_at_channel: bool = False, outer_order: Optional[list[int]] = None, parallel: bool = True,
           unroll_reduction: bool = False, parallel_all: bool = False, most: Optional[list[int]] = None,
-          lane_read: Optional[int] = None) -> None:
+          lane_read: Optional[int] = None, serial_rows: Optional[tuple[int, int]] = None) -> list:
     """``tiles``: one register-tile size per spatial loop of ``block`` (in loop order; 1 = not
     tiled); the last spatial loop is the vectorised one. ``most``: per spatial loop, the largest
     tile the search may sample (default: 4 vectors on the vector loop, ``MAX_ROW_TILE`` on the
@@ -133,7 +133,9 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
     values the tile broadcasts, one per row of accumulators, along the last reduction loop: read
     instead a vector of ``lanes`` of them per reduction step into registers, for multiply-adds by
     vector element (NEON's ``fmla v, v, v.s[i]``: one load per ``lanes`` steps, not a broadcast load
-    each)."""
+    each). ``serial_rows``: (spatial loop, n): that loop's tile loop split into chunks of ``n``
+    iterations, the chunks parallel, the ``n`` walked in order just outside the last tile loop.
+    Returns the tile loops that stay serial, outermost first."""
     kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
     loops = sch.get_loops(block)
     spatial = [l for l, k in zip(loops, kinds) if k == 0]
@@ -144,8 +146,14 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
         o, i = split(sch, loop, tile, most[n] if most else 4 * cpu.lanes if vector else MAX_ROW_TILE)
         outer.append(o)
         inner.append(i)
+    rows = None
+    if serial_rows is not None:
+        axis, n = serial_rows
+        outer[axis], rows = sch.split(outer[axis], [None, n])
     if outer_order:
         outer = [outer[i] for i in outer_order]
+    if rows is not None:
+        outer.insert(len(outer) - 1, rows)
     sch.reorder(*outer, *reduce, *inner)
     if lane_read is not None and reduce and loop_extent(sch, reduce[-1]) % cpu.lanes == 0:
         steps, lane = sch.split(reduce[-1], [None, cpu.lanes])
@@ -162,7 +170,7 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
     # parallel over the leading tile loops; for depthwise only over channels, so each thread
     # stages whole padded planes
     lead = (outer if parallel_all else  # all tile loops, unit ones too (they sit between the others)
-            [l for l in outer[:(2 if pad_at_channel else -1)] if loop_extent(sch, l) > 1]
+            [l for l in outer[:(2 if pad_at_channel else -1 - (rows is not None))] if loop_extent(sch, l) > 1]
             or [l for l in outer if loop_extent(sch, l) > 1][-1:] or outer[:1])  # a GEMV: its one loop
     anchor = outer[-1]
     fused_anchor = any(l.same_as(anchor) for l in lead)
@@ -191,6 +199,7 @@ def tile_reduction(sch: Schedule, block, tiles: list[int], cpu: CpuParams, epilo
     sch.vectorize(inner[-1])
     if reduce:  # last: the init copies the unrolled, vectorised tile loops
         sch.decompose_reduction(block, reduce[0])
+    return [l for l in (rows, anchor) if l is not None]
 
 
 MAX_UNROLLED_TAPS = 64  # a reduction unrolled whole (taps x channels) up to this many steps of the tile
@@ -233,7 +242,13 @@ def stage_lanes(sch: Schedule, block, read: int, steps) -> None:
 
 def stage_padding(sch: Schedule, pad, under, cpu: CpuParams) -> None:
     """The zero border and the interior copy as separate branch-free loops (inside ``under``, the
-    loop the padding was computed at, if any), the copy vectorised."""
+    loop the padding was computed at, if any), the copy vectorised. In a search space the copy
+    keeps its border condition instead: TVM 0.27 cannot print ``decompose_padding``'s trace
+    instruction (a TypeError) and MetaSchedule prints every design space; the default schedule,
+    measured as the search's seed, keeps it, so a searched candidate still has to beat it."""
+    if SEARCHING.get():
+        vectorize_inner(sch, pad, cpu.lanes)
+        return
     loops = sch.get_loops(pad)
     depth = 0
     if under is not None:
@@ -262,8 +277,35 @@ def is_nhwc(block_name: str) -> bool:
     return block_name.rstrip("0123456789").endswith("_nhwc")
 
 
+def child_blocks(sch: Schedule, parent=None) -> list:
+    """The blocks directly under ``parent`` (a loop; default: the root block), as
+    ``sch.get_child_blocks`` finds them, but looked up by name: TVM 0.27 cannot print that
+    primitive's trace instruction for a block (a TypeError), and MetaSchedule prints every design
+    space it is given, so a search space holding it ended the tuning run."""
+    from tvm import s_tir
+    from tvm.tirx import stmt as S
+
+    names: list[str] = []
+
+    def walk(stmt) -> None:
+        if isinstance(stmt, s_tir.SBlockRealize):
+            names.append(stmt.block.name_hint)
+        elif isinstance(stmt, S.SeqStmt):
+            for s in stmt.seq:
+                walk(s)
+        elif isinstance(stmt, S.IfThenElse):
+            walk(stmt.then_case)
+            if stmt.else_case is not None:
+                walk(stmt.else_case)
+        elif hasattr(stmt, "body"):  # loops, attributes, allocations, bindings
+            walk(stmt.body)
+
+    walk(sch.get(parent if parent is not None else sch.get_sblock("root")).body)
+    return [sch.get_sblock(name) for name in names]
+
+
 def find_block(sch: Schedule, prefix: str):
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
+    for block in child_blocks(sch):
         if sch.get(block).name_hint.startswith(prefix):
             return block
     return None

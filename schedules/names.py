@@ -15,7 +15,7 @@ import tvm
 from tvm.s_tir import Schedule
 
 from mobilec.schedules.kinds import Kind, classify, data_shape, reductions
-from mobilec.schedules.loops import is_nhwc, is_reduction
+from mobilec.schedules.loops import child_blocks, is_nhwc, is_reduction
 
 
 def _kind(node) -> str:
@@ -101,7 +101,7 @@ def unique(names: list[str]) -> list[str]:
 def _name(mod: tvm.IRModule) -> Optional[str]:
     sch = Schedule(mod)
     root = sch.get_sblock("root")
-    blocks = list(sch.get_child_blocks(root))
+    blocks = list(child_blocks(sch))
     local = list(sch.get(root).alloc_buffers)
     kernel = classify(sch)
     if kernel.kind == Kind.SQUEEZE_EXCITE:

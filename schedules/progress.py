@@ -25,6 +25,8 @@ class TaskStats:
     best_ms: Optional[float] = None
     errors: int = 0
     task: str = ""                    # TVM's function name (the per-task logs are named by it)
+    stale: int = 0                    # trials since the task's best last improved
+    converged: bool = False           # its best stopped moving (``Progress.patience``): no more rounds
 
     @property
     def tuned_ms(self) -> Optional[float]:
@@ -39,6 +41,7 @@ class Progress:
     budget: int
     start: float = field(default_factory=time.time)
     history: list[tuple[int, float]] = field(default_factory=list)  # (trials, estimated ms)
+    elapsed: list[float] = field(default_factory=list)  # seconds since the start, per history entry
     lost: Optional[str] = None  # set when a whole round failed to reach the device
     first_error: Optional[str] = None  # the first failed candidate's error (last line)
     all_failed: bool = False    # set when every task had a round and every candidate failed
@@ -51,6 +54,9 @@ class Progress:
     seed_pace: Optional[float] = None  # seconds per default schedule built and measured (seeding)
     _round_at: Optional[float] = None  # when the last round ended
     _fastest: Optional[float] = None   # the fastest round's seconds per candidate, the first aside
+    patience: int = 0           # trials without an improvement after which a task has converged (0: never)
+    improved: float = 0.01      # an improvement: a best faster by more than this fraction
+    bounded: bool = True        # False: the time budget alone bounds the trials (``budget`` is no limit)
 
     def past_deadline(self) -> bool:
         """The time budget is spent, keeping time for the closing measurements: at seeding's pace
@@ -88,12 +94,19 @@ class Progress:
         ok = [v for v in latencies_ms if v is not None]
         t.trials += len(latencies_ms)
         t.errors += len(latencies_ms) - len(ok)
+        before = t.tuned_ms
         if ok:
             best = min(ok)
             t.best_ms = best if t.best_ms is None else min(t.best_ms, best)
+        if before is None or (t.tuned_ms is not None and t.tuned_ms < before * (1 - self.improved)):
+            t.stale = 0
+        else:
+            t.stale += len(latencies_ms)
+        t.converged = bool(self.patience) and t.stale >= self.patience
         if any(x.tuned_ms is None for x in self.tasks):
             self._all_measured_at = len(self.history) + 1
         self.history.append((self.trials, self.estimate_ms()))
+        self.elapsed.append(now - self.start)
 
     def start_from(self, default_ms: dict[str, Optional[float]]) -> None:
         """The default schedules' measurements (by TVM task name), before any search round: the
@@ -103,18 +116,23 @@ class Progress:
         if all(t.tuned_ms is not None for t in self.tasks):
             self.default_estimate_ms = self.estimate_ms()
             self.history.append((0, self.default_estimate_ms))
+            self.elapsed.append(time.time() - self.start)
 
-    def trials_to_within(self, frac: float = 0.10) -> Optional[int]:
-        """Trials after which the estimate stayed within ``frac`` of the final one, counted from the
-        point where every task had a measurement (before that the sum is incomplete)."""
-        n_tasks = len(self.tasks)
-        if not self.history or n_tasks == 0:
+    def all_converged(self) -> bool:
+        return bool(self.tasks) and all(t.converged for t in self.tasks)
+
+    def _of_budget(self, done: int, budget: int) -> str:
+        return f"{done}/{budget}" if self.bounded else f"{done}"
+
+    def within(self, frac: float = 0.10) -> Optional[tuple[int, float]]:
+        """(trials, seconds since the start) at which the estimate came within ``frac`` of the final
+        one (it only falls: the best so far), once every task had a measurement; None before that."""
+        if not self.history or not self.tasks:
             return None
         final = self.history[-1][1]
-        complete = [(t, est) for i, (t, est) in enumerate(self.history) if i >= self._all_measured_at]
-        for trials, est in complete:
-            if est <= final * (1 + frac):
-                return trials
+        for i, (trials, est) in enumerate(self.history):
+            if i >= self._all_measured_at and est <= final * (1 + frac):
+                return trials, self.elapsed[i]
         return None
 
     def render(self):
@@ -122,13 +140,16 @@ class Progress:
 
         elapsed = time.time() - self.start
         done = self.trials
-        eta = elapsed / done * (self.budget - done) if done else float("nan")
-        table = Table(title=f"tuning: {done}/{self.budget} trials, estimated {self.estimate_ms():.3f} ms "
-                            f"for the tuned kernels, {elapsed:.0f} s elapsed, ETA {eta:.0f} s")
+        if self.bounded:
+            eta = elapsed / done * (self.budget - done) if done else float("nan")
+        else:
+            eta = max(0.0, self.deadline - time.time()) if self.deadline else float("nan")
+        table = Table(title=f"tuning: {self._of_budget(done, self.budget)} trials, estimated {self.estimate_ms():.3f} "
+                            f"ms for the tuned kernels, {elapsed:.0f} s elapsed, ETA {eta:.0f} s")
         for col in ("task", "weight", "trials", "best ms"):
             table.add_column(col, justify="left" if col == "task" else "right")
         for t in self.tasks:
-            table.add_row(t.name, f"{t.weight:g}", f"{t.trials}/{t.budget}",
+            table.add_row(t.name, f"{t.weight:g}", self._of_budget(t.trials, t.budget) + " done" * t.converged,
                           "-" if t.best_ms is None else f"{t.best_ms:.4f}")
         return table
 
@@ -138,9 +159,10 @@ class Progress:
         elapsed = time.time() - self.start
         best = "-" if t.best_ms is None else f"{t.best_ms:.4f} ms"
         failed = f", {t.errors} failed" if t.errors else ""
-        return (f"round {self.rounds}: {t.name}: {t.trials}/{t.budget} trials, best {best}{failed}; "
-                f"all tasks {self.trials}/{self.budget} trials, estimated {self.estimate_ms():.3f} ms, "
-                f"{elapsed:.0f} s")
+        done = f", converged (best unchanged for {t.stale} trials)" if t.converged else ""
+        return (f"round {self.rounds}: {t.name}: {self._of_budget(t.trials, t.budget)} trials, best {best}{failed}"
+                f"{done}; all tasks {self._of_budget(self.trials, self.budget)} trials, estimated "
+                f"{self.estimate_ms():.3f} ms, {elapsed:.0f} s")
 
     SUMMARY = ["task", "trials", "default ms", "best searched ms", "vs default"]
 

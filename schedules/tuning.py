@@ -29,12 +29,19 @@ CONV_MARK = "conv2d"  # depthwise, pointwise and regular convolutions, with thei
 REPEAT = 10  # timed calls per candidate, each with cold caches; MetaSchedule ranks by their mean
 
 
+DEFAULT_TRIALS = 64  # the budget when neither trials nor minutes are given
+UNBOUNDED = 1 << 30  # trials, when the time budget alone bounds the search
+PATIENCE_ROUNDS = 3  # a task stops once this many of its rounds in a row left its best unchanged
+IMPROVED = 0.01      # ... by more than this fraction
+
+
 @dataclass
 class TuneOptions:
-    trials: int = 64                 # global budget for the selected tasks, counting earlier runs
+    trials: Optional[int] = None     # global budget for the tasks, counting earlier runs (None: DEFAULT_TRIALS,
+    #                                  or, with ``minutes``, as many as the time allows)
     minutes: Optional[float] = None  # time budget for this run's search: no round starts after it
     per_round: int = 16              # candidates measured per round
-    all_tasks: bool = False          # default: convolution tasks only
+    all_tasks: bool = True           # every kernel; False: convolution kernels only
     tracker: Optional[str] = None    # HOST:PORT; None with local=True measures on this machine
     key: Optional[str] = None
     session_timeout: int = 120
@@ -151,6 +158,46 @@ def select_tasks(extracted, all_tasks: bool):
     return [t for t in extracted if all_tasks or CONV_MARK in t.task_name]
 
 
+def trial_budget(opts: TuneOptions) -> int:
+    """The run's trial budget: as given; else, with a time budget, as many as it allows."""
+    if opts.trials is not None:
+        return opts.trials
+    return UNBOUNDED if opts.minutes is not None else DEFAULT_TRIALS
+
+
+def until_converged(strategy, stats: TaskStats):
+    """``strategy`` (a MetaSchedule search strategy) that proposes nothing more once ``stats`` says its
+    task has converged: MetaSchedule then ends the task itself, and spends the budget on the others."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+    @derived_object
+    class UntilConverged(PySearchStrategy):
+        def __init__(self, inner, stats):
+            super().__init__()
+            self.inner, self.stats = inner, stats
+
+        def _initialize_with_tune_context(self, context) -> None:
+            self.inner._initialize_with_tune_context(context)
+
+        def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
+            self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+        def post_tuning(self) -> None:
+            self.inner.post_tuning()
+
+        def generate_measure_candidates(self):
+            return None if self.stats.converged else self.inner.generate_measure_candidates()
+
+        def notify_runner_results(self, measure_candidates, results) -> None:
+            self.inner.notify_runner_results(measure_candidates, results)
+
+        def clone(self):
+            return UntilConverged(self.inner.clone(), self.stats)
+
+    return UntilConverged(strategy, stats)
+
+
 _MS_LOGGER = "tvm.s_tir.meta_schedule"
 
 
@@ -204,10 +251,13 @@ def seed_decisions(defaults: dict) -> dict[str, list]:
 POPULATION = 128
 
 
-def tune_contexts(tasks, target, work_dir: str, seeds: dict[str, list], seed: int):
+def tune_contexts(tasks, target, work_dir: str, seeds: dict[str, list], seed: int,
+                  stats: Optional[dict[str, TaskStats]] = None):
     """MetaSchedule tuning contexts: a kernel whose default schedule samples its tile sizes is
     searched in exactly that schedule's space (``defaults.search_space``: the same loop structure,
-    tile sizes sampled and mutated); any other kernel in MetaSchedule's generic space."""
+    tile sizes sampled and mutated); any other kernel in MetaSchedule's generic space (multi-level
+    tiling, inlining, parallel-vectorise-unroll), seeded with its default schedule's measurement.
+    ``stats``: per task, where a task that has converged (``TaskStats.converged``) stops."""
     from functools import partial
 
     from tvm.s_tir import meta_schedule as ms
@@ -222,9 +272,11 @@ def tune_contexts(tasks, target, work_dir: str, seeds: dict[str, list], seed: in
     for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks))):
         space = (ms.space_generator.ScheduleFn(partial(search_space, cpu=cpu), sch_rules=[])
                  if seeds.get(task.task_name) else "post-order-apply")
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=POPULATION)
+        if stats and task.task_name in stats:
+            strategy = until_converged(strategy, stats[task.task_name])
         contexts.append(ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
-                                       search_strategy=ms.search_strategy.EvolutionarySearch(
-                                           population_size=POPULATION), task_name=task.task_name, logger=logger,
+                                       search_strategy=strategy, task_name=task.task_name, logger=logger,
                                        rand_state=rand_state, num_threads="physical").clone())
     return contexts, [float(t.weight) for t in tasks]
 
@@ -291,19 +343,22 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     db = open_database(db_dir)
     tasks = select_tasks(extract_tasks(mod, target), opts.all_tasks)
     if not tasks:
-        raise TuningError("no tunable tasks in this model (use all_tasks / --all-tasks to include every kernel)")
+        raise TuningError("no tunable tasks in this model" + (" (leave out --conv-only to tune every kernel)"
+                                                              if not opts.all_tasks else ""))
     names = dict(zip((t.task_name for t in tasks),
                      unique([kernel_name(t.dispatched[0], t.task_name) for t in tasks])))
-    per_task = max(opts.per_round, math.ceil(opts.trials / len(tasks)))
+    trials = trial_budget(opts)
+    per_task = max(opts.per_round, math.ceil(trials / len(tasks)))
     defaults = default_schedules(tasks, target)
     seeds = seed_decisions(defaults)
     done = {t.task_name: searched(valid_records(db, t.dispatched[0]), seeds[t.task_name]) for t in tasks}
     todo = [t for t in tasks if done[t.task_name] < per_task]
     skipped = [names[t.task_name] for t in tasks if t not in todo]
-    remaining = opts.trials - sum(done.values())
+    remaining = trials - sum(done.values())
     stats = [TaskStats(names[t.task_name], float(t.weight), per_task - done[t.task_name], task=t.task_name)
              for t in todo]
-    progress = Progress(stats, budget=max(remaining, 0))
+    progress = Progress(stats, budget=max(remaining, 0), patience=PATIENCE_ROUNDS * opts.per_round,
+                        improved=IMPROVED, bounded=trials < UNBOUNDED)
     if opts.minutes is not None:
         progress.deadline = start + 60.0 * opts.minutes
     if remaining <= 0 or not todo:
@@ -322,7 +377,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         progress.start_from({name: mean_ms(r.run_secs) for name, r in measured.items() if r is not None})
         progress.closing = seedings(len(todo))  # the time budget keeps room to confirm
         _prepare_metaschedule_logging()
-        contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed)  # logs in DB/logs
+        contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed,  # logs in DB/logs
+                                          {t.task: t for t in stats})
         _quiet_metaschedule_console()
         echo = None
         if opts.live and console is not None:

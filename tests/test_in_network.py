@@ -63,6 +63,30 @@ def test_every_kernel_is_timed_inside_the_model(library):
 
 
 @pytest.mark.build
+def test_the_native_timer_times_the_same_calls_here_and_over_rpc(library, tmp_path):
+    """The VM's instrument as native code built for the target: on this machine it sees every call
+    the Python callback sees; over a loopback RPC session (a device) it does the same, through the
+    same ``time_in_place`` the tuning run's confirmation uses."""
+    from mobilec.rpc import local
+    from mobilec.schedules import kernel_timer
+
+    timer = kernel_timer.build(resolve("host").triple, tmp_path)
+    here = mr.load(library)
+    python, native = here.kernel_times(3), here.kernel_times(3, timer=timer)
+    assert sorted(python) == sorted(native) and all(len(native[k]) == len(python[k]) for k in python)
+    assert all(0 < t < 1 for calls in native.values() for t in calls)
+    with local.tracker() as tracker, local.server(tracker, "timer-host"):
+        device = mr.connect(tracker=tracker, key="timer-host")  # a server runs one session at a time
+        with pytest.raises(ConfigError, match="give timer="):
+            device.load(library).kernel_times(1)
+        times = in_network.time_in_place({"a": library, "b": library}, device, timer, rounds=2, block=2)
+    for build in ("a", "b"):
+        kernels = {k: v for k, v in times[build].items() if not k.startswith("vm.builtin")}
+        assert sorted(kernels) == sorted(k for k in python if not k.startswith("vm.builtin"))
+        assert all(len(v) == 4 for v in kernels.values())  # 2 rounds x 2 inferences, the warm-up apart
+
+
+@pytest.mark.build
 def test_bench_lists_the_slowest_kernels_timed_in_place(library, capsys):
     from mobilec.cli import main
 
@@ -100,14 +124,14 @@ def test_a_winner_slower_inside_the_model_gives_way_to_the_default(tmp_path, mon
     slower, faster = names
     assert slower and faster
 
-    def timed(libraries, rounds, block):
+    def timed(libraries, device, timer, rounds, block):
         runs = rounds * block
         default = {slower[0]: [10e-6] * runs, faster[0]: [10e-6] * runs}  # a kernel under one of its names
         searched = {slower[0]: [12e-6] * runs, faster[0]: [8e-6] * runs}
         return {"default": default, "searched": searched}
 
     monkeypatch.setattr(in_network, "time_in_place", timed)
-    out = in_network.recheck(mod, target, sub, tmp_path / "untuned.so", tmp_path / "tuned.so")
+    out = in_network.recheck(mod, target, sub, tmp_path / "untuned.so", tmp_path / "tuned.so", mr, None)
     assert {r.name.split()[0]: (r.kept, round(r.default_us), round(r.searched_us)) for r in out} == {
         "pw": (False, 10, 12), "dw3x3": (True, 10, 8)}
     applied = for_target(sub, target)
@@ -117,5 +141,5 @@ def test_a_winner_slower_inside_the_model_gives_way_to_the_default(tmp_path, mon
     assert_matches_onnxruntime(tiny(), tmp_path, tuning_db=str(tmp_path / "db"), force_tuning_db=True)
 
     # nothing contested any more but the kept winner; timed again the same, nothing changes
-    again = in_network.recheck(mod, target, sub, tmp_path / "untuned.so", tmp_path / "tuned.so")
+    again = in_network.recheck(mod, target, sub, tmp_path / "untuned.so", tmp_path / "tuned.so", mr, None)
     assert [r.kept for r in again] == [True]

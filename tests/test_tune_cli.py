@@ -4,6 +4,7 @@ counts its budget, how it fails, and what a database it wrote does to a build.""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 
@@ -226,6 +227,42 @@ def test_time_budget_ends_the_search_after_the_round_that_passes_it(tmp_path, ca
     assert searched(db / host_db()) == 2
     assert main(args + ["--minutes", "0"]) == 2
     assert "time budget must be positive" in capsys.readouterr().err
+
+
+def test_a_task_converges_when_its_best_stops_moving():
+    """A task's best (the faster of its default and its searched candidates) not improved by more
+    than ``improved`` over ``patience`` trials: converged; an improvement starts the count again."""
+    from mobilec.schedules.progress import Progress, TaskStats
+
+    p = Progress([TaskStats("a", 1.0, 100, task="a"), TaskStats("b", 2.0, 100, task="b")], budget=200, patience=4,
+                 improved=0.01)
+    p.start_from({"a": 1.0, "b": 1.0})
+    p.record(0, [0.995, 1.2])   # within 1% of the default: no improvement
+    p.record(0, [0.9, None])    # 10% better: the count starts again
+    assert p.tasks[0].stale == 0 and not p.tasks[0].converged
+    p.record(0, [0.899, 0.95])
+    p.record(0, [0.91, 0.93])
+    assert p.tasks[0].stale == 4 and p.tasks[0].converged and not p.all_converged()
+    p.record(1, [1.5] * 4)
+    assert p.tasks[1].converged and p.all_converged()
+    assert p.within(0.10) == (0, p.elapsed[0])  # the defaults' 3.0 ms is within 10% of the final 2.899
+    assert p.within(0.01) == (4, p.elapsed[2])  # 2.9 ms after the second round
+    assert "converged (best unchanged for 4 trials)" in p.line(1)
+
+
+@pytest.mark.build
+def test_a_time_budget_alone_runs_until_every_task_converges(tmp_path, capsys):
+    """--minutes without --trials: no trial limit; tasks stop as they converge, and a run whose tasks
+    all have ends before its time budget, saying so."""
+    one = tmp_path / "one.onnx"
+    onnx.save(pw_dw(), one)
+    assert main(["tune", str(one), "--local", "--minutes", "10", "--per-round", "2", "--db", str(tmp_path / "db"),
+                 "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "every task converged (its best unchanged by more than 1% for 6 trials) after" in out, out
+    assert "before the time budget of 10 minutes" in out and "stopped at the time budget" not in out
+    rounds = [line for line in out.splitlines() if line.startswith("round ")]
+    assert rounds and re.search(r"all tasks \d+ trials, estimated", rounds[-1]), rounds  # no trial limit to show
 
 
 def test_tune_leaves_no_candidates_in_the_temporary_directory(tuned):

@@ -13,7 +13,7 @@ from helpers import emulator_or_skip, host_db, moved_from_seed, onnxruntime_outp
 from mobilec.compiler import CompileConfig, TuneConfig, compile_model, tune_model
 from mobilec.compiler.verdict import lookup
 from mobilec.rpc import local
-from mobilec.schedules import merge, open_database
+from mobilec.schedules import kernel_timer, merge, open_database
 from mobilec.schedules.tuning import DeviceLost, TuneOptions
 
 pytestmark = [pytest.mark.tuning, pytest.mark.rpc]
@@ -30,9 +30,9 @@ def records(db_dir) -> int:
 
 
 def test_tune_over_rpc_then_compile_with_the_database(host_device, tmp_path):
-    opts = TuneOptions(trials=8, per_round=4, tracker=host_device, key="host-cpu", live=False)
+    opts = TuneOptions(trials=8, per_round=4, tracker=host_device, key="host-cpu", live=False, all_tasks=False)
     res = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts))
-    # both tasks seeded with their default schedule, measured on the device, before the search
+    # both convolution tasks seeded with their default schedule, measured on the device, before the search
     assert res.seeded == 2 and res.measured == 8 and records(res.database) == 10
     assert all(t.best_ms and t.best_ms > 0 for t in res.progress.tasks)
     assert res.plot and res.plot.stat().st_size > 0
@@ -54,12 +54,12 @@ def test_merge_databases(host_device, tmp_path):
         tune_model(tiny(), TuneConfig(db=str(tmp_path / f"db{i}"), options=opts, verify=False))
     sub = host_db()
     added = merge([tmp_path / "db0" / sub, tmp_path / "db1" / sub], tmp_path / "merged")
-    assert added == records(tmp_path / "merged") == 12  # 4 searched + 2 seeded, from each
+    assert added == records(tmp_path / "merged") == 16  # 4 searched + 4 seeded (2 convolutions, 2 transposes), from each
 
 
 def test_two_devices_under_one_key_measure_in_parallel(tmp_path):
     with local.tracker() as tracker, local.server(tracker, "farm"), local.server(tracker, "farm"):
-        opts = TuneOptions(trials=4, per_round=4, tracker=tracker, key="farm", live=False)
+        opts = TuneOptions(trials=4, per_round=4, tracker=tracker, key="farm", live=False, all_tasks=False)
         res = tune_model(tiny(), TuneConfig(db=str(tmp_path / "db"), options=opts, verify=False))
     assert res.devices == 2 and res.measured == 4 and records(res.database) == 6
 
@@ -121,3 +121,7 @@ def test_tune_on_the_emulated_aarch64_device(tmp_path):
         x = seeded_input((1, C, 10, 10))
         want = onnxruntime_outputs(tiny().SerializeToString(), {"input": x})[0]
         assert float(np.abs(m(x) - want).max()) <= 1e-4 * float(np.abs(want).max())
+        # its kernels timed inside the model on the device, by the timer built for it
+        times = m.kernel_times(2, timer=kernel_timer.build("aarch64-linux-gnu", tmp_path))
+        kernels = [k for k in times if not k.startswith("vm.builtin")]
+        assert len(kernels) == 4 and all(len(times[k]) == 2 and 0 < min(times[k]) < 1 for k in kernels), times

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.loops import CpuParams, loop_extent, vectorize_inner
+from mobilec.schedules.loops import CpuParams, child_blocks, loop_extent, vectorize_inner
 
 
 def schedule(sch: Schedule, cpu: CpuParams, done: set[str] = frozenset()) -> None:
     """Everything else (SE's pool and gating; pools; reshapes): each block's spatial loops
     fused and parallel, the innermost contiguous loop vectorised where it is spatial."""
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
+    for block in child_blocks(sch):
         if sch.get(block).name_hint in done:
             continue
         loops = sch.get_loops(block)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.loops import CpuParams, auto_inline, loop_extent, vectorize_inner
+from mobilec.schedules.loops import CpuParams, auto_inline, child_blocks, loop_extent, vectorize_inner
 
 
 def schedule(sch: Schedule, cpu: CpuParams) -> str:
@@ -12,9 +12,9 @@ def schedule(sch: Schedule, cpu: CpuParams) -> str:
     into the second would bring back four gathers per output): per pass, every loop but the
     contiguous innermost parallel, the innermost (fused with the one above when it is shorter
     than a vector, e.g. NHWC channels) vectorised."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    blocks = child_blocks(sch)
     auto_inline(sch, {n for n in (sch.get(b).name_hint for b in blocks) if n.startswith("resize_")})
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
+    for block in child_blocks(sch):
         loops = sch.get_loops(block)
         if len(loops) < 2:
             continue

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.loops import ERRORS, CpuParams, auto_inline, is_reduction, loop_extent
+from mobilec.schedules.loops import ERRORS, CpuParams, auto_inline, child_blocks, is_reduction, loop_extent
 
 
 def is_rowwise(sch: Schedule, blocks: list) -> bool:
     """``blocks``: the kernel's reductions. Each reduces one axis, the innermost index of what it
     reads."""
-    last = sch.get_child_blocks(sch.get_sblock("root"))[-1]
+    last = child_blocks(sch)[-1]
     if not blocks or len(sch.get_loops(last)) < 2:  # no axis of rows to run in parallel
         return False
     for block in blocks:
@@ -32,16 +32,16 @@ def is_rowwise(sch: Schedule, blocks: list) -> bool:
 
 def schedule(sch: Schedule, cpu: CpuParams) -> str:
     auto_inline(sch, set(), single_use=True)
-    out = sch.get(sch.get_child_blocks(sch.get_sblock("root"))[-1]).writes[0].source
+    out = sch.get(child_blocks(sch)[-1]).writes[0].source
     cpu = cpu.for_channels(int(out.shape[-1]))  # AVX-512's 16 lanes where they divide a row
     partials = set()
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
+    for block in child_blocks(sch):
         inner = sch.get_loops(block)[-1]
         if is_reduction(sch, block) and _whole_vectors(sch, inner, cpu):
             _, lanes = sch.split(inner, [None, cpu.lanes])
             # the lanes' partial results side by side, summed once
             partials.add(sch.get(sch.rfactor(lanes, factor_axis=0)).name_hint)
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    blocks = child_blocks(sch)
     rows = sch.get_loops(blocks[-1])[:-1]
     if not rows:
         raise ValueError("a row-wise kernel needs an axis of rows")
@@ -49,7 +49,7 @@ def schedule(sch: Schedule, cpu: CpuParams) -> str:
     sch.parallel(par)
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, par, preserve_unit_loops=True)
-    for block in sch.get_child_blocks(par):
+    for block in child_blocks(sch, par):
         if sch.get(block).name_hint in partials:
             loops = sch.get_loops(block)
             below = loops[next(i for i, l in enumerate(loops) if sch.get(l).same_as(sch.get(par))) + 1:]
