@@ -103,3 +103,50 @@ def test_requantisation_rounds_and_stores_whole_vectors(cpu, tmp_path):
     quantize_model(src, qdq, QuantizeConfig(random=4, held_out=1))
     asm = assembly(str(qdq), "x86_64-linux-gnu", cpu)
     assert "vpextrb" not in asm and "vgather" not in asm
+
+
+def _bordered_conv1d():
+    """A 3-tap convolution over 16 values with a zero border read in place, its tile loop marked
+    ``PARTITION`` (as the default kxk schedules mark theirs)."""
+    from tvm.script import tirx as T
+
+    from mobilec.schedules.lowering import PARTITION
+
+    @T.prim_func
+    def conv1d(a: T.Buffer((16,), "float32"), w: T.Buffer((3,), "float32"), b: T.Buffer((16,), "float32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for io in T.serial(4, annotations={PARTITION: 1}):
+            for ii in T.unroll(4):
+                b[io * 4 + ii] = T.float32(0)
+                for k in T.unroll(3):
+                    b[io * 4 + ii] = b[io * 4 + ii] + T.if_then_else(
+                        1 <= io * 4 + ii + k and io * 4 + ii + k < 17, a[io * 4 + ii + k - 1], T.float32(0)) * w[k]
+
+    return conv1d
+
+
+@pytest.mark.build
+def test_a_marked_loop_splits_into_border_tiles_and_a_condition_free_interior():
+    import tvm
+    from tvm import tirx
+
+    from mobilec.schedules.lowering import TIR_PIPELINE, SplitBorders
+
+    func = _bordered_conv1d()
+    split = tvm.ir.transform.Sequential([SplitBorders, tirx.transform.ConvertSSA(), tirx.transform.StmtSimplify()])(
+        tvm.IRModule({"main": func}))["main"]
+    body = split.body
+    while not isinstance(body, tirx.stmt.SeqStmt):
+        body = body.body
+    first, middle, last = body.seq
+    assert isinstance(middle, tirx.stmt.For) and int(middle.min) == 1 and int(middle.extent) == 2
+    assert "if_then_else" not in middle.script()  # the interior tiles: every tap in range
+    assert "if_then_else" in first.script() and "if_then_else" in last.script()  # the borders keep theirs
+    a, w = (np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in ((0, 16), (1, 3)))
+    want = np.convolve(np.pad(a, 1), w[::-1], mode="valid")
+    target = tvm.target.Target({"kind": "llvm"})
+    for pipeline in ("default", TIR_PIPELINE):
+        b = tvm.runtime.tensor(np.zeros(16, np.float32))
+        tvm.compile(tvm.IRModule({"main": func}), target=target, tir_pipeline=pipeline)(
+            tvm.runtime.tensor(a), tvm.runtime.tensor(w), b)
+        np.testing.assert_allclose(b.numpy(), want, rtol=1e-5, atol=1e-6)

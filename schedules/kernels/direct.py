@@ -8,6 +8,8 @@ import math
 from tvm.s_tir import Schedule
 
 from mobilec.schedules.loops import MAX_UNROLLED_TAPS, CpuParams, choose, loop_extent, row_tile, tile_reduction
+from mobilec.schedules.lowering import PARTITION
+from mobilec.schedules.tile_cost import divisors
 
 
 DEPTHWISE_ACCUMULATORS = 8  # measured (AVX2, Large): 1 -> 4 -> 8 took its depthwise kernels 0.90 -> 0.82 -> 0.75 ms
@@ -76,7 +78,18 @@ def schedule_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise
     order = [0, 3, 1, 2] if deep and choose(taps * f >= y * x) else [0, 1, 3, 2]
     # a channel count the vector does not divide leaves a lane predicate in the tile: taps unrolled
     # over it are minutes of LLVM (MixNet's 9x9 over 90 channels: 137 s), so they stay loops there
-    tile_reduction(sch, block, [1, 1, rows, cols], cpu, epilogue, pad=pad if deep else None,
-                   outer_order=order, unroll_reduction=f % cols == 0)
+    inline = pad is not None and not deep
+    # the zero border read in place (the padding inlined): the rows of the map walked in order in
+    # chunks (the chunks and channel tiles parallel), so the rows and the tiles of each row split
+    # into border and interior ones, the interior's taps without a condition (lowering.SplitBorders)
+    chunk = next((r for r in reversed(divisors(y, y)) if r >= 3 and (y // r) * -(-f // cols) >= 2 * cpu.cores), None) \
+        if inline and order == [0, 1, 3, 2] else None
+    serial = tile_reduction(sch, block, [1, 1, rows, cols], cpu, epilogue, pad=pad if deep else None,
+                            outer_order=order, unroll_reduction=f % cols == 0,
+                            serial_rows=(1, chunk) if chunk else None)
+    if inline:
+        for loop in serial:
+            if loop_extent(sch, loop) > 2:
+                sch.annotate(loop, PARTITION, 1)
     what = "grouped" if grouped else "depthwise" if depthwise else "direct"
     return f"{what} {rows} pixels x {cols} channels (NHWC)"
