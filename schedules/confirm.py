@@ -51,10 +51,13 @@ class Confirmed:
 
 def _contenders(records: list, seed: list, k: int) -> list:
     """The default schedule's record (first, where measured) and the ``k`` fastest searched ones with
-    distinct decisions (``records`` come fastest first)."""
+    distinct decisions (``records`` come fastest first); the default alone where no searched record
+    measured faster than it (the default holds: nothing to confirm)."""
     from mobilec.schedules.defaults import decisions
 
     default = seed_record(records, seed) if seed else None
+    if default is not None and records and decisions(records[0].trace) == decisions(default.trace):
+        return [default]
     picked, seen = ([default], [decisions(default.trace)]) if default is not None else ([], [])
     for rec in records:
         d = decisions(rec.trace)

@@ -84,7 +84,9 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
     weights are inside a network: pointwise 0.25 -> 0.17-0.21 ms, the classifier's 1280x1000 GEMV
     0.36 -> 0.28 ms, SE at 7x7x960 0.18 -> 0.10 ms). Covered: NHWC pointwise convs, matmuls
     (classifiers) and NHWC SE's FCs; [] for any other kernel, and for weights that are not a
-    parameter or whose tile does not divide the features."""
+    parameter or whose tile does not divide the features. NHWC full convolutions too (HWIO weights:
+    a channel tile read the weights of each tap and input channel as a short row, a weight matrix's
+    width apart)."""
     sch = Schedule(tvm.IRModule({"main": func}))
     kernel = classify(sch)
     plans = []
@@ -109,6 +111,9 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
         if len(sch.get(block).reads[1].source.shape) == 2:
             n = int(sch.get(block).writes[0].source.shape[-1])
             plan(block, 1, n, matmul.columns(n, cpu))
+    elif kernel.kind == Kind.CONV and kernel.nhwc and not kernel.integer:
+        f = int(sch.get(block).writes[0].source.shape[-1])
+        plan(block, 1, f, cpu.for_channels(f).lanes)
     elif kernel.kind == Kind.SQUEEZE_EXCITE:
         for block in reductions(sch):
             if squeeze_excite.is_fc(sch, block) and is_nhwc(sch.get(block).name_hint):

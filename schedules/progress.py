@@ -50,7 +50,7 @@ class Progress:
     rounds: int = 0
     _all_measured_at: int = 0   # index into history from which every task has a measurement
     default_estimate_ms: Optional[float] = None  # set by start_from: the estimate with the defaults only
-    closing: float = 0.0        # the measurements after the search (confirm.py), in seed-equivalents
+    closing: float = 0.0        # the measurements after the search (confirm.py) per contested task, in seed-equivalents
     seed_pace: Optional[float] = None  # seconds per default schedule built and measured (seeding)
     _round_at: Optional[float] = None  # when the last round ended
     _fastest: Optional[float] = None   # the fastest round's seconds per candidate, the first aside
@@ -64,7 +64,13 @@ class Progress:
         if self.deadline is None:
             return False
         pace = self.seed_pace or self._fastest or 0.0
-        return time.time() + pace * self.closing >= self.deadline
+        return time.time() + pace * self.closing * self.contested() >= self.deadline
+
+    def contested(self) -> int:
+        """Tasks the confirmation will measure again: a searched candidate measured faster than the
+        default schedule (or there is no default to hold)."""
+        return sum(1 for t in self.tasks
+                   if t.best_ms is not None and (t.default_ms is None or t.best_ms < t.default_ms))
 
     @property
     def trials(self) -> int:

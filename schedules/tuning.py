@@ -325,6 +325,30 @@ def seed_with_defaults(tasks, target, db, builder, runner, progress: Optional[Pr
     return added
 
 
+# of the time left after seeding, for every task's first round (before any result is read), at
+# seeding's pace per candidate: seeding builds every task's default in one batch on every core, about
+# a third of a search round's time per candidate or less (EfficientNet-B0, 42 kernels: 0.3 of 7.5
+# minutes at seeding's pace was 12 candidates a round, and the first rounds took 5+ minutes)
+FIRST_ROUNDS_SHARE = 0.1
+
+
+def _rounds_that_fit(opts: TuneOptions, progress: Progress, tasks: int) -> int:
+    """Candidates per round: ``opts.per_round``, or fewer (at least 2) under a time budget, so that
+    every task's first round fits in ``FIRST_ROUNDS_SHARE`` of the time left. MetaSchedule's
+    gradient scheduler gives every task one round before it reads any result, and the time budget
+    is checked when results are read: EfficientNet-B0's 42 kernels x 16 candidates were 13 minutes
+    of a 10-minute budget before the first check. The pace is seeding's (a build and a run)."""
+    if progress.deadline is None or not progress.seed_pace:
+        return opts.per_round
+    left = progress.deadline - time.time()
+    fit = int(FIRST_ROUNDS_SHARE * left / (tasks * progress.seed_pace))
+    per_round = max(2, min(opts.per_round, fit))
+    if per_round < opts.per_round:
+        logging.getLogger(__name__).info("rounds of %d candidates: every kernel's first round fits the time budget",
+                                         per_round)
+    return per_round
+
+
 def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions, console=None) -> TuneResult:
     """Tune the kernels of ``mod`` (a Relax module after mobilec's lowering phase) for ``target``:
     seed each task with its default schedule, search, then confirm each task's winner by measuring
@@ -375,7 +399,9 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         measured = {t.task_name: seed_record(valid_records(db, t.dispatched[0]), seeds[t.task_name]) for t in todo
                     if defaults[t.task_name] is not None}  # read again: seeding added records
         progress.start_from({name: mean_ms(r.run_secs) for name, r in measured.items() if r is not None})
-        progress.closing = seedings(len(todo))  # the time budget keeps room to confirm
+        progress.closing = seedings(1)  # the time budget keeps room to confirm each contested task
+        per_round = _rounds_that_fit(opts, progress, len(todo))
+        progress.patience = PATIENCE_ROUNDS * per_round
         _prepare_metaschedule_logging()
         contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed,  # logs in DB/logs
                                           {t.task: t for t in stats})
@@ -393,7 +419,8 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
             with stops.inside_tvm():  # a stop ends the search after its round (ProgressCallback)
                 ms.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
-                    max_trials_global=remaining, max_trials_per_task=per_task, num_trials_per_iter=opts.per_round,
+                    max_trials_global=remaining, max_trials_per_task=max(per_task, per_round),
+                    num_trials_per_iter=per_round,
                     builder=builder, runner=runner, database=db, cost_model="xgb",
                     measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                     + [ProgressCallback(progress, live, echo)],
