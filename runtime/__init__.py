@@ -310,9 +310,7 @@ class Module:
         if self._session is None:
             lib = _tvm().runtime.load_module(str(path))
         else:
-            name = f"{path.stem}-{uuid.uuid4().hex[:8]}{path.suffix}"
-            lib = self._remote_call(lambda: (self._session.upload(bytearray(path.read_bytes()), target=name),
-                                             self._session.load_module(name))[1])
+            lib = self._remote_call(lambda: _upload(self._session, path, path.read_bytes()))
         self._timer = (path, lib)
         return lib
 
@@ -333,7 +331,6 @@ class Module:
                 attach(self._vm.module, False)
             return str(report())
 
-        self._pool()
         with self._lock:
             return json.loads(self._remote_call(timed))
 
@@ -428,12 +425,8 @@ class Remote:
         path = Path(path)
         manifest, data = _verified_bytes(path)
         arch = elf_arch_of(data)
-        # A fresh name per load: writing over a library the device still has mapped (an earlier load
-        # of the same file in this session) kills the server.
-        name = f"{path.stem}-{uuid.uuid4().hex[:8]}{path.suffix}"
         try:
-            self.session.upload(bytearray(data), target=name)
-            lib = self.session.load_module(name)
+            lib = _upload(self.session, path, data)
         except Exception as e:  # noqa: BLE001 - TVM words a wrong-architecture library as a missing file
             if "shared library" not in str(e) and "ELF" not in str(e):
                 raise RemoteError(f"lost the RPC session to {self.description} while loading {path.name}: "
@@ -449,6 +442,15 @@ class Remote:
         _check_signature(vm, manifest, path)
         return Module(manifest, vm, device, path, remote=self.description, threads=n, check_finite=check_finite,
                       session=self.session)
+
+
+def _upload(session, path: Path, data: bytes):
+    """``data`` (the library ``path``) uploaded to the device and loaded there. A fresh name per
+    load: writing over a library the device still has mapped (an earlier load of the same file in
+    this session) kills the server."""
+    name = f"{path.stem}-{uuid.uuid4().hex[:8]}{path.suffix}"
+    session.upload(bytearray(data), target=name)
+    return session.load_module(name)
 
 
 def connect(tracker: Optional[str] = None, key: Optional[str] = None, server: Optional[str] = None,

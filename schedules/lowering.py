@@ -20,10 +20,10 @@ The budget keeps well inside the smallest thread stack a kernel runs on (Android
 for a pthread); anything bigger, or of a size known only at run time, stays with the pool.
 
 A kxk convolution that reads its zero border in place (the padding inlined: a condition on the
-row and column of each tap) marks its loop over a row's tiles ``PARTITION``; after TVM's lowering
-``SplitBorders`` peels that loop's first and last tile off, and the simplifier, knowing the middle
-loop's range, drops the conditions there: the interior tiles' taps are straight-line loads and
-multiply-adds. (TVM's own loop partitioning needs its hint annotation, which does not survive its
+row and column of each tap) marks its loops over a chunk's rows and a row's tiles ``PARTITION``;
+after TVM's lowering ``SplitBorders`` peels each such loop's first and last iteration off, and the
+simplifier, knowing the middle loop's range, drops the conditions there: the interior tiles' taps
+are straight-line loads and multiply-adds. (TVM's own loop partitioning needs its hint annotation, which does not survive its
 64-to-32-bit index narrowing, or every constant loop with a predicate partitioned, which left
 unrolled loops of symbolic extent in MobileNetV3-Large.)
 """
@@ -111,12 +111,14 @@ def _split_borders(stmt):
         n, lo, var = int(loop.extent), loop.min, loop.loop_var
         if n < 3 or not isinstance(lo, tirx.IntImm):
             return loop
+        def const(value: int):
+            return tirx.IntImm(str(loop.extent.ty), value)
+
         rest = {k: v for k, v in loop.annotations.items() if k != PARTITION}
-        first = tirx.IntImm(str(loop.extent.ty), int(lo))
-        middle = S.For(var, tirx.IntImm(str(loop.extent.ty), int(lo) + 1), tirx.IntImm(str(loop.extent.ty), n - 2), loop.kind, loop.body,
-                       loop.thread_binding, rest, loop.step, loop.span)
-        last = tirx.IntImm(str(loop.extent.ty), int(lo) + n - 1)
-        return S.SeqStmt([at(loop.body, var, first), middle, at(loop.body, var, last)], loop.span)
+        first = int(lo)
+        middle = S.For(var, const(first + 1), const(n - 2), loop.kind, loop.body, loop.thread_binding, rest, loop.step,
+                       loop.span)
+        return S.SeqStmt([at(loop.body, var, const(first)), middle, at(loop.body, var, const(first + n - 1))], loop.span)
 
     return tvm_ffi.structural_map(stmt, [(S.For, split)])
 
@@ -130,7 +132,8 @@ def SplitBorders(func, _mod, _ctx):  # noqa: N802 - a pass, named like TVM's
 def _pipeline(**kwargs):
     lower, host_passes, device = compilation_pipeline.get_tir_pipeline("s_tir", **kwargs)
     # the parts of a split loop define its variables again: made unique before the simplifier
-    lower = tvm.ir.transform.Sequential([lower, SplitBorders, tirx.transform.ConvertSSA(), tirx.transform.StmtSimplify()])
+    lower = tvm.ir.transform.Sequential([lower, SplitBorders, tirx.transform.ConvertSSA(),
+                                         tirx.transform.StmtSimplify()])
 
     def host():  # TVM's host finalisation (LowerTVMBuiltin first) after ours
         return tvm.ir.transform.Sequential([StackTiles, host_passes()])

@@ -50,7 +50,8 @@ class Progress:
     rounds: int = 0
     _all_measured_at: int = 0   # index into history from which every task has a measurement
     default_estimate_ms: Optional[float] = None  # set by start_from: the estimate with the defaults only
-    closing: float = 0.0        # the measurements after the search (confirm.py) per contested task, in seed-equivalents
+    closing: float = 0.0        # the measurements after the search (confirm.py) per contested task,
+    #                             in seed-equivalents
     seed_pace: Optional[float] = None  # seconds per default schedule built and measured (seeding)
     _round_at: Optional[float] = None  # when the last round ended
     _fastest: Optional[float] = None   # the fastest round's seconds per candidate, the first aside

@@ -381,8 +381,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     remaining = trials - sum(done.values())
     stats = [TaskStats(names[t.task_name], float(t.weight), per_task - done[t.task_name], task=t.task_name)
              for t in todo]
-    progress = Progress(stats, budget=max(remaining, 0), patience=PATIENCE_ROUNDS * opts.per_round,
-                        improved=IMPROVED, bounded=trials < UNBOUNDED)
+    progress = Progress(stats, budget=max(remaining, 0), improved=IMPROVED, bounded=trials < UNBOUNDED)
     if opts.minutes is not None:
         progress.deadline = start + 60.0 * opts.minutes
     if remaining <= 0 or not todo:
@@ -401,7 +400,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
         progress.start_from({name: mean_ms(r.run_secs) for name, r in measured.items() if r is not None})
         progress.closing = seedings(1)  # the time budget keeps room to confirm each contested task
         per_round = _rounds_that_fit(opts, progress, len(todo))
-        progress.patience = PATIENCE_ROUNDS * per_round
+        progress.patience = PATIENCE_ROUNDS * per_round  # three of the rounds this run measures
         _prepare_metaschedule_logging()
         contexts, weights = tune_contexts(todo, target, str(db_dir), seeds, opts.seed,  # logs in DB/logs
                                           {t.task: t for t in stats})
@@ -419,8 +418,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
             with stops.inside_tvm():  # a stop ends the search after its round (ProgressCallback)
                 ms.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
-                    max_trials_global=remaining, max_trials_per_task=max(per_task, per_round),
-                    num_trials_per_iter=per_round,
+                    max_trials_global=remaining, max_trials_per_task=per_task, num_trials_per_iter=per_round,
                     builder=builder, runner=runner, database=db, cost_model="xgb",
                     measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                     + [ProgressCallback(progress, live, echo)],

@@ -82,7 +82,8 @@ def schedule_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise
     # the zero border read in place (the padding inlined): the rows of the map walked in order in
     # chunks (the chunks and channel tiles parallel), so the rows and the tiles of each row split
     # into border and interior ones, the interior's taps without a condition (lowering.SplitBorders)
-    chunk = next((r for r in reversed(divisors(y, y)) if r >= 3 and (y // r) * -(-f // cols) >= 2 * cpu.cores), None) \
+    tiles = -(-f // cols)  # channel tiles, parallel beside the chunks: enough work for every core twice
+    chunk = next((r for r in reversed(divisors(y, y)) if r >= 3 and (y // r) * tiles >= 2 * cpu.cores), None) \
         if inline and order == [0, 1, 3, 2] else None
     serial = tile_reduction(sch, block, [1, 1, rows, cols], cpu, epilogue, pad=pad if deep else None,
                             outer_order=order, unroll_reduction=f % cols == 0,
