@@ -290,6 +290,42 @@ def cmd_demo(args) -> int:
                console=_console())
 
 
+def cmd_adapt(args) -> int:
+    from mobilec.adapt import AdaptConfig, Device, adapt
+    from mobilec.errors import ConfigError
+    from mobilec.present import live_lines
+
+    if not args.local and not args.tracker:
+        raise ConfigError("say where to measure: --tracker HOST:PORT --key KEY, or --local")
+    device = Device(target=args.target, cpu=args.cpu, tracker=args.tracker, key=args.key, threads=args.threads)
+    cfg = AdaptConfig(device=device, budget=args.budget, budget_ms=args.budget_ms, data=args.data,
+                      synthetic=args.synthetic, steps=args.steps, weights=args.weights, input_size=args.input_size,
+                      resolution=args.resolution, delta=args.delta, pretrain=args.pretrain,
+                      final_steps=args.final_steps, max_steps=args.max_steps, table=args.table, seed=args.seed)
+    with live_lines() as progress:
+        res = adapt(args.model, args.output, cfg, progress)
+    first, last = res.steps[0], res.steps[-1]
+    rows = [[s["step"], s["proposals"][s["chosen"]]["what"] if s.get("proposals") else "start",
+             f"{s['predicted_ms']:.3f}", f"{s['measured_ms']:.3f}", f"{s['table_error']:+.1%}", f"{s['accuracy']:.3f}",
+             f"{s['reward']:.3f}"] for s in res.steps]
+    _table(f"NetAdapt steps (accuracy: {res.accuracy_means})",
+           ["step", "shrunk", "predicted ms", "measured ms", "table error", "accuracy", "reward"], rows)
+    print(f"latency table: {res.table_measured} layers compiled and timed by this run, the rest reused from {args.table}")
+    if res.final:
+        f = res.final
+        print(f"adapted: {f['measured_ms']:.3f} ms against the start's {f['start_measured_ms']:.3f} ms "
+              f"({f['measured_ms'] / f['start_measured_ms']:.2f}x; target {res.target_ms:.3f} ms), timed in "
+              f"alternating blocks; the table predicted {f['predicted_ms']:.3f} and {f['start_predicted_ms']:.3f} ms "
+              f"({f['predicted_ms'] / f['measured_ms'] - 1:+.1%}, {f['start_predicted_ms'] / f['start_measured_ms'] - 1:+.1%})")
+        print(f"accuracy {first['accuracy']:.3f} -> {f['accuracy']:.3f} after a final fine-tune of "
+              f"{f['fine_tune_steps']} steps ({res.accuracy_means})")
+    else:
+        print(f"stopped after step {last['step']} (--max-steps); the same command continues")
+    print(f"wrote {res.out}/adapted.onnx, adapted.json (`mobilec export {res.out}/adapted.json --weights "
+          f"{res.out}/adapted.pt` rebuilds it), adapted.pt, log.json, adapt.png")
+    return 0
+
+
 def cmd_rpc(args) -> int:
     from mobilec.rpc import cli as rpc_cli
 
@@ -401,6 +437,40 @@ def build_parser() -> argparse.ArgumentParser:
                    "and without the database and timed on the device (compile --tuning-db will not know whether "
                    "the database makes this model faster)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("adapt", help="NetAdapt: shrink a registered MobileNetV3 to a latency budget measured on "
+                       "the device")
+    p.add_argument("model", help="a registered classification model (see `mobilec models`) or a network file")
+    p.add_argument("-o", "--output", required=True, help="folder for adapted.onnx/.json/.pt, log.json, adapt.png "
+                   "(a rerun with the same folder resumes)")
+    p.add_argument("--target", default="host")
+    p.add_argument("--cpu")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--tracker", help="RPC tracker HOST:PORT; measure on a device registered there")
+    where.add_argument("--local", action="store_true", help="measure on this machine")
+    p.add_argument("--key", help="device key at the tracker")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget", type=float, metavar="FRACTION", help="target latency as a fraction of the start's")
+    budget.add_argument("--budget-ms", type=float, metavar="MS", help="target latency in milliseconds")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--data", metavar="DIR", help="a folder of class subfolders of images (images without "
+                      "subfolders: no labels, fine-tuning distils from the start)")
+    data.add_argument("--synthetic", type=int, nargs="?", const=2048, metavar="N",
+                      help="N generated labelled images (shapes x colours; default 2048)")
+    p.add_argument("--steps", type=int, default=20, help="fine-tuning steps per proposal (default 20)")
+    p.add_argument("--weights", help="starting weights: a torchvision state_dict (or adapted.pt for a network file)")
+    p.add_argument("--input-size", type=int, help="the resolution latency is measured at (default: the model's)")
+    p.add_argument("--resolution", type=int, default=64, help="image size for fine-tuning (default 64)")
+    p.add_argument("--delta", type=float, default=0.025, help="each step cuts at least this share of the starting "
+                   "latency, decaying by 0.96 per step (default 0.025; the paper: 0.01, more steps)")
+    p.add_argument("--pretrain", type=int, help="steps fitting the start to labelled data first (default 600 with "
+                   "labels, 0 without)")
+    p.add_argument("--final-steps", type=int, default=300, help="the adapted network's final fine-tune (default 300)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (a rerun continues)")
+    p.add_argument("--table", default="latency-table.json", help="the latency table, reused across runs")
+    p.add_argument("--threads", type=int, help="threads to time with (default: the device's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("tune-merge", help="merge tuning databases (e.g. from several devices of one kind)")
     p.add_argument("sources", nargs="+", help="database directories (each checked before anything is written)")

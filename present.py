@@ -143,3 +143,29 @@ def compile_progress(what: str, stream=None):
             count = f" ({n} of {of})" if of else ""
             print(f"compiling {what}: {stage}{count} at {time.perf_counter() - start:.1f} s", file=stream, flush=True)
     yield line
+
+
+@contextlib.contextmanager
+def live_lines(stream=None):
+    """A ``progress(message, transient)`` callback for long work: on a terminal, transient
+    messages are one live status line (rich) and the others are printed above it; otherwise only
+    the others are printed, one plain line each, with the seconds so far."""
+    stream = stream or sys.stderr
+    start = time.perf_counter()
+    if stream.isatty():
+        from rich.console import Console
+
+        console = Console(file=stream)
+        with console.status("starting") as status:
+            def update(message: str, transient: bool) -> None:
+                if transient:
+                    status.update(f"{message} ({time.perf_counter() - start:.0f} s)")
+                else:
+                    console.print(message, highlight=False)
+            yield update
+        return
+
+    def line(message: str, transient: bool) -> None:
+        if not transient:
+            print(f"[{time.perf_counter() - start:6.0f} s] {message}", file=stream, flush=True)
+    yield line

@@ -6,7 +6,7 @@
 
 from setuptools import setup
 
-SUBPACKAGES = ["compiler", "compiler.fusions", "frontends", "schedules", "schedules.kernels", "rpc", "runtime"]
+SUBPACKAGES = ["adapt", "compiler", "compiler.fusions", "frontends", "schedules", "schedules.kernels", "rpc", "runtime"]
 
 RUNTIME = [
     "numpy>=1.26",

@@ -7,7 +7,7 @@ keys of torchvision state_dicts onto it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import torch
@@ -115,6 +115,67 @@ class MobileNetV3Config:
     def channels(self, c: int) -> int:
         return make_divisible(c * self.width)
 
+    def plan(self) -> "Plan":
+        """Every layer's width, resolved from the table, the width multiplier and the switches."""
+        cin, table_in, blocks = self.channels(16), 16, []
+        for i, row in enumerate(self.rows):
+            dilation = 2 if self.dilated and i >= len(self.rows) - 3 else 1
+            # The expansion is a ratio of the (rounded) input width, as in the reference TF code the
+            # paper's figures come from; at width 1.0 it is exactly the table's "exp" column.
+            exp, out = make_divisible(cin * row.exp / table_in), self.channels(row.out)
+            conv_stride = 1 if dilation > 1 else row.stride
+            blocks.append(Block(row.kernel, exp, out, make_divisible(exp // 4) if row.se else 0, row.nl, row.stride,
+                                dilation, residual=conv_stride == 1 and cin == out, expand=exp != cin))
+            cin, table_in = out, row.out
+        return Plan(self.channels(16), tuple(blocks), self.channels(self.last_conv), self.head, self.num_classes,
+                    self.nl_stem, self.dropout)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One bottleneck with its widths resolved: what the layers are built from."""
+
+    kernel: int
+    exp: int
+    out: int
+    se: int  # the squeeze width of its SE block; 0: no SE
+    nl: str
+    stride: int  # the table's stride; a dilated block convolves with stride 1
+    dilation: int = 1
+    residual: bool = False
+    expand: bool = True  # False: no expansion conv; the depthwise runs on the input (exp == input width)
+
+    @property
+    def conv_stride(self) -> int:
+        return 1 if self.dilation > 1 else self.stride
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A MobileNetV3 with every width explicit: the stem, the blocks, the last conv and the head.
+    ``MobileNetV3Config.plan`` gives the paper's; NetAdapt (``mobilec.adapt``) changes widths here."""
+
+    stem: int
+    blocks: tuple[Block, ...]
+    last: int
+    head: int
+    num_classes: int = 1000
+    nl_stem: str = "HS"
+    dropout: float = 0.2
+
+    def inputs(self) -> list[int]:
+        """Each block's input width."""
+        return [self.stem] + [b.out for b in self.blocks[:-1]]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["blocks"] = [asdict(b) for b in self.blocks]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        return cls(**{**d, "blocks": tuple(Block(**b) for b in d["blocks"])})
+
 
 def activation(nl: str) -> nn.Module:
     return nn.Hardswish() if nl == "HS" else nn.ReLU()
@@ -135,9 +196,8 @@ class ConvBNAct(nn.Sequential):
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excite, reduced to 1/4 of the expansion width (paper sec. 5.3), h-sigmoid gate."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, squeeze: int):
         super().__init__()
-        squeeze = make_divisible(channels // 4)
         self.reduce = nn.Conv2d(channels, squeeze, 1)
         self.expand = nn.Conv2d(squeeze, channels, 1)
 
@@ -149,20 +209,17 @@ class SqueezeExcite(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, cin: int, row: Bneck, ratio: float, cfg: MobileNetV3Config, dilation: int = 1):
+    def __init__(self, cin: int, b: Block):
         super().__init__()
-        # The expansion is a ratio of the (rounded) input width, as in the reference TF code the
-        # paper's figures come from; at width 1.0 it is exactly the table's "exp" column.
-        exp, out = make_divisible(cin * ratio), cfg.channels(row.out)
-        stride = 1 if dilation > 1 else row.stride
-        self.residual = stride == 1 and cin == out
+        exp = b.exp if b.expand else cin
+        self.residual = b.residual
         # No expansion conv where the expansion equals the input (Large's first row).
-        self.expand = ConvBNAct(cin, exp, nl=row.nl) if exp != cin else None
-        self.depthwise = ConvBNAct(exp, exp, row.kernel, stride, groups=exp, dilation=dilation, nl=row.nl)
-        self.se = SqueezeExcite(exp) if row.se else None
-        self.project = ConvBNAct(exp, out, nl=None)
-        self.out_channels = out
-        self.stride = row.stride
+        self.expand = ConvBNAct(cin, exp, nl=b.nl) if b.expand else None
+        self.depthwise = ConvBNAct(exp, exp, b.kernel, b.conv_stride, groups=exp, dilation=b.dilation, nl=b.nl)
+        self.se = SqueezeExcite(exp, b.se) if b.se else None
+        self.project = ConvBNAct(exp, b.out, nl=None)
+        self.out_channels = b.out
+        self.stride = b.stride
 
     def forward(self, x):
         y = x if self.expand is None else self.expand(x)
@@ -174,28 +231,21 @@ class Bottleneck(nn.Module):
 
 
 class MobileNetV3(nn.Module):
-    def __init__(self, cfg: MobileNetV3Config):
+    def __init__(self, cfg: MobileNetV3Config, plan: Optional[Plan] = None):
         super().__init__()
         self.config = cfg
-        cin = cfg.channels(16)
-        self.stem = ConvBNAct(3, cin, 3, 2, nl=cfg.nl_stem)
-        blocks, table_in = [], 16
-        for i, row in enumerate(cfg.rows):
-            in_last_stage = cfg.dilated and i >= len(cfg.rows) - 3
-            ratio = row.exp / table_in
-            blocks.append(Bottleneck(cin, row, ratio, cfg, dilation=2 if in_last_stage else 1))
-            cin, table_in = blocks[-1].out_channels, row.out
-        self.blocks = nn.ModuleList(blocks)
-        last = cfg.channels(cfg.last_conv)
-        self.last_conv = ConvBNAct(cin, last, nl=cfg.nl_stem)
-        self.out_channels = last
+        self.plan = plan = plan or cfg.plan()
+        self.stem = ConvBNAct(3, plan.stem, 3, 2, nl=plan.nl_stem)
+        self.blocks = nn.ModuleList(Bottleneck(cin, b) for cin, b in zip(plan.inputs(), plan.blocks))
+        self.last_conv = ConvBNAct(plan.blocks[-1].out, plan.last, nl=plan.nl_stem)
+        self.out_channels = plan.last
         # The paper's "conv2d 1x1, NBN" layers after pooling, written as Linear like torchvision
         # (identical maths on a 1x1 map; Gemm in ONNX).
         self.classifier = nn.Sequential(
-            nn.Linear(last, cfg.head),
-            activation(cfg.nl_stem),
-            nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.head, cfg.num_classes),
+            nn.Linear(plan.last, plan.head),
+            activation(plan.nl_stem),
+            nn.Dropout(plan.dropout),
+            nn.Linear(plan.head, plan.num_classes),
         )
         self.reset_parameters()
 

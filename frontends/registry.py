@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 
 from mobilec.errors import UserError
 from mobilec.frontends.lraspp import LRASPP
-from mobilec.frontends.mobilenetv3 import MobileNetV3, MobileNetV3Config
+from mobilec.frontends.mobilenetv3 import MobileNetV3, MobileNetV3Config, Plan
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class ModelSpec:
     paper_params_m: Optional[float] = None  # Table 3 of the paper, millions
     task: str = "classification"
     torchvision: Optional[str] = None        # torchvision builder whose state_dict keys we map
+    file: Optional[Path] = None              # a network file (``save_network``): weights are in our own keys
 
 
 def _v3(arch: str, width: float = 1.0, minimal: bool = False) -> nn.Module:
@@ -64,12 +67,53 @@ class UnknownModelError(UserError, KeyError):
         return self.args[0]
 
 
+NETWORK_FORMAT = "mobilec-network"
+
+
 def get_spec(name: str) -> ModelSpec:
+    """A registered model by name, or a network file (``*.json``, written by ``save_network``)."""
+    if name.endswith(".json"):
+        return load_network(name)
     try:
         return MODELS[name]
     except KeyError:
         raise UnknownModelError(
-            f"unknown model {name!r}; valid names: {', '.join(MODELS)}") from None
+            f"unknown model {name!r}; valid names: {', '.join(MODELS)}, or a network file (*.json) "
+            f"written by `mobilec adapt`") from None
+
+
+def save_network(path, plan: Plan, base: str, input_size: int) -> Path:
+    """Write ``plan`` (a MobileNetV3 with explicit widths, derived from the registered ``base``) as a
+    network file: the registry builds it by its path, like a name (``get_spec``)."""
+    get_spec(base)  # a known base
+    path = Path(path)
+    doc = {"format": NETWORK_FORMAT, "version": 1, "base": base, "input_size": input_size, "plan": plan.to_dict()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_network(path) -> ModelSpec:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnknownModelError(f"{path}: no such network file") from None
+    except (OSError, ValueError) as e:
+        raise UnknownModelError(f"{path}: not a network file ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != NETWORK_FORMAT:
+        raise UnknownModelError(f"{path}: not a network file (no \"format\": \"{NETWORK_FORMAT}\"); "
+                                f"`mobilec adapt` writes them")
+    try:
+        base = MODELS[doc["base"]]
+        plan = Plan.from_dict(doc["plan"])
+        input_size = int(doc["input_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UnknownModelError(f"{path}: a damaged network file ({type(e).__name__}: {e})") from None
+    arch = "large" if "large" in base.name else "small"
+    build = partial(MobileNetV3, MobileNetV3Config(arch), plan)
+    return ModelSpec(path.stem, build, input_size, task=base.task, file=path)
 
 
 def calibrate_batch_norm(model: nn.Module, input_size: int, batch: int = 4, seed: int = 0) -> nn.Module:
@@ -93,6 +137,11 @@ def create_model(name: str, weights: Optional[str] = None, seed: int = 0) -> nn.
     spec = get_spec(name)
     torch.manual_seed(seed)
     model = spec.build()
+    if weights is not None and spec.file is not None:
+        from mobilec.frontends.weights import load_own_weights
+
+        load_own_weights(model, weights)
+        return model.eval()
     if weights is not None:
         from mobilec.frontends.weights import load_torchvision_weights
 

@@ -73,8 +73,7 @@ def translate(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, 
     return out
 
 
-def load_torchvision_weights(model: nn.Module, path: str | Path) -> None:
-    path = Path(path)
+def _state_dict(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -86,7 +85,21 @@ def load_torchvision_weights(model: nn.Module, path: str | Path) -> None:
             state = state[wrapper]
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: holds a {type(state).__name__}, expected a state_dict")
-    ours = translate(state, model)
+    return state
+
+
+def load_torchvision_weights(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    _load_checked(model, translate(_state_dict(path), model), path)
+
+
+def load_own_weights(model: nn.Module, path: str | Path) -> None:
+    """A state_dict in our own keys (``mobilec adapt`` writes them), for the network it was saved from."""
+    path = Path(path)
+    _load_checked(model, _state_dict(path), path)
+
+
+def _load_checked(model: nn.Module, ours: dict, path: Path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(ours))
     if missing:
