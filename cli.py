@@ -301,15 +301,18 @@ def cmd_adapt(args) -> int:
     cfg = AdaptConfig(device=device, budget=args.budget, budget_ms=args.budget_ms, data=args.data,
                       synthetic=args.synthetic, steps=args.steps, weights=args.weights, input_size=args.input_size,
                       resolution=args.resolution, delta=args.delta, pretrain=args.pretrain,
-                      final_steps=args.final_steps, max_steps=args.max_steps, table=args.table, seed=args.seed)
+                      final_steps=args.final_steps, max_steps=args.max_steps, extra_steps=args.extra_steps,
+                      table=args.table, seed=args.seed)
     with live_lines() as progress:
         res = adapt(args.model, args.output, cfg, progress)
     first, last = res.steps[0], res.steps[-1]
     rows = [[s["step"], s["proposals"][s["chosen"]]["what"] if s.get("proposals") else "start",
-             f"{s['predicted_ms']:.3f}", f"{s['measured_ms']:.3f}", f"{s['table_error']:+.1%}", f"{s['accuracy']:.3f}",
-             f"{s['reward']:.3f}"] for s in res.steps]
+             f"{s['predicted_ms']:.3f}", f"{s['measured_ms']:.3f}",
+             f"{s['measured_ms'] / s['start_measured_ms']:.2f}x" if "start_measured_ms" in s else "1.00x",
+             f"{s['table_error']:+.1%}", f"{s['accuracy']:.3f}", f"{s['reward']:.3f}"] for s in res.steps]
     _table(f"NetAdapt steps (accuracy: {res.accuracy_means})",
-           ["step", "shrunk", "predicted ms", "measured ms", "table error", "accuracy", "reward"], rows)
+           ["step", "shrunk", "predicted ms", "measured ms", "measured / start", "table error", "accuracy", "reward"],
+           rows)
     print(f"latency table: {res.table_measured} layers compiled and timed by this run, the rest reused from {args.table}")
     if res.final:
         f = res.final
@@ -467,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "labels, 0 without)")
     p.add_argument("--final-steps", type=int, default=300, help="the adapted network's final fine-tune (default 300)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (a rerun continues)")
+    p.add_argument("--extra-steps", type=int, default=3, help="steps past the predicted target while the time "
+                   "measured on the device misses it (default 3)")
     p.add_argument("--table", default="latency-table.json", help="the latency table, reused across runs")
     p.add_argument("--threads", type=int, help="threads to time with (default: the device's default)")
     p.add_argument("--seed", type=int, default=0)

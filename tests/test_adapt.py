@@ -160,7 +160,7 @@ def table_path(tmp_path_factory):
 
 def _config(table_path, **kw) -> AdaptConfig:
     base = dict(budget=0.97, synthetic=96, steps=2, pretrain=10, final_steps=5, input_size=128, resolution=32,
-                delta=0.05, table=str(table_path))  # one step meets the budget
+                delta=0.05, extra_steps=0, table=str(table_path))  # one step meets the predicted budget
     return AdaptConfig(**{**base, **kw})
 
 

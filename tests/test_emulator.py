@@ -91,3 +91,21 @@ def test_int8_kernels_on_the_emulated_device_match_the_qdq_reference(emulated, t
     assert ("cortex-a76", "conv2d (int8 dot (sdot))") in ways and ("cortex-a55", "conv2d (int8 dot (sdot))") in ways
     assert not any("sdot" in how for cpu, how in ways if cpu == "cortex-a72"), ways
     assert ("cortex-a72", "conv2d (int8 pairs (smull))") in ways, ways
+
+
+def test_adapt_measures_its_table_and_a_step_on_the_emulated_device(emulated, tmp_path):
+    """`mobilec adapt` over RPC: the layers compiled for aarch64, timed on the device, one NetAdapt
+    step, the networks timed there too (the emulator's times say nothing of a phone's)."""
+    import json
+
+    from mobilec.adapt import AdaptConfig, Device, adapt
+
+    device = Device(target="aarch64-linux-gnu", cpu="cortex-a55", tracker=emulated, key="emu-aarch64")
+    cfg = AdaptConfig(device=device, budget=0.99, delta=0.01, synthetic=64, steps=1, pretrain=5, final_steps=0,
+                      input_size=64, resolution=32, max_steps=1, extra_steps=0, table=str(tmp_path / "table.json"))
+    res = adapt("mobilenet_v3_small_035", tmp_path / "out", cfg)
+    assert [s["step"] for s in res.steps] == [0, 1] and res.steps[1]["proposals"]
+    assert all(s["measured_ms"] > 0 and s["predicted_ms"] > 0 for s in res.steps)
+    table = json.loads((tmp_path / "table.json").read_text())["devices"]
+    assert list(table) == ["aarch64-linux-gnu cortex-a55 rpc:emu-aarch64 threads=default"]
+    assert res.table_measured == len(table[device.table_key()]) > 10

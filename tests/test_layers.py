@@ -1,6 +1,7 @@
 """Which way imports run: read from the source (ast), not by importing.
 
   cli, quickstart, present        the command line: may import anything
+  adapt                           NetAdapt: builds on frontends, compiler and runtime
   frontends, compiler             -> schedules -> runtime, rpc -> targets, errors, stops
 
 No module below the command line imports ``present``, ``cli`` or ``quickstart``; ``schedules``,
@@ -21,13 +22,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND_LINE = {"cli", "quickstart", "present", "__main__"}
 FORBIDDEN = {  # layer -> the layers it must not import
-    "schedules": {"compiler", "frontends", *COMMAND_LINE},
-    "runtime": {"compiler", "frontends", "schedules", *COMMAND_LINE},
-    "rpc": {"compiler", "frontends", "schedules", *COMMAND_LINE},
-    "compiler": {"frontends", *COMMAND_LINE},
-    "frontends": {"compiler", "schedules", *COMMAND_LINE},
-    "targets": {"compiler", "frontends", "schedules", "runtime", "rpc", *COMMAND_LINE},
-    "errors": {"compiler", "frontends", "schedules", "runtime", "rpc", "targets", *COMMAND_LINE},
+    "adapt": COMMAND_LINE,
+    "schedules": {"adapt", "compiler", "frontends", *COMMAND_LINE},
+    "runtime": {"adapt", "compiler", "frontends", "schedules", *COMMAND_LINE},
+    "rpc": {"adapt", "compiler", "frontends", "schedules", *COMMAND_LINE},
+    "compiler": {"adapt", "frontends", *COMMAND_LINE},
+    "frontends": {"adapt", "compiler", "schedules", *COMMAND_LINE},
+    "targets": {"adapt", "compiler", "frontends", "schedules", "runtime", "rpc", *COMMAND_LINE},
+    "errors": {"adapt", "compiler", "frontends", "schedules", "runtime", "rpc", "targets", *COMMAND_LINE},
 }
 
 

@@ -1,0 +1,115 @@
+"""NetAdapt's goal on this host: ``mobilec adapt`` with a user's defaults, then the start and the
+adapted network compiled by ``mobilec compile`` and timed in alternating blocks in one run, with
+onnxruntime on both ONNX files for scale.
+
+    .venv/bin/python benchmarks/adapt.py [--model mobilenet_v3_small] [--budget 0.75] [--out adapt-run]
+        [--results benchmarks/results/adapt.md]
+
+Prints (and writes to --results) the adaptation's steps, the adapted / start latency ratio, and
+the latency table's prediction against both networks' measured times. ``--out`` holds the run
+(a rerun resumes it); the latency table is ``OUT/latency-table.json``, so a fresh ``--out``
+measures from scratch, as a new user's first run does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from mobilec.adapt import AdaptConfig, adapt
+from mobilec.compiler import CompileConfig, compile_model
+from mobilec.present import live_lines, onnxruntime_session
+from mobilec.runtime import load, random_feeds
+from mobilec.runtime.timing import interleaved
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="mobilenet_v3_small")
+    ap.add_argument("--budget", type=float, default=0.75)
+    ap.add_argument("--out", default="adapt-run")
+    ap.add_argument("--results", default="benchmarks/results/adapt.md")
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    out = Path(args.out)
+    started = time.perf_counter()
+    cfg = AdaptConfig(budget=args.budget, synthetic=2048, table=str(out / "latency-table.json"))
+    with live_lines() as progress:
+        res = adapt(args.model, out, cfg, progress)
+    adapt_s = time.perf_counter() - started
+    log = json.loads((out / "log.json").read_text())
+    start_onnx = out / "start.onnx"
+    from mobilec.frontends import ExportConfig, create_model, export_onnx
+
+    start = create_model(args.model)
+    start.load_state_dict(torch.load(out / "start.pt", weights_only=True))
+    export_onnx(start, start_onnx, ExportConfig(input_size=log["identity"]["input_size"]))
+    libs = {name: compile_model(path, out / f"{name}.so", CompileConfig()).library
+            for name, path in (("start", start_onnx), ("adapted", out / "adapted.onnx"))}
+    modules = {name: load(lib) for name, lib in libs.items()}
+    threads = modules["start"].threads
+    feeds = random_feeds(modules["start"])
+    engines = {f"mobilec {n}": (lambda m=m: m.run(feeds)) for n, m in modules.items()}
+    for name, path in (("start", start_onnx), ("adapted", out / "adapted.onnx")):
+        sess = onnxruntime_session(str(path), threads)
+        engines[f"onnxruntime {name}"] = lambda s=sess: s.run(None, feeds)
+    timed = interleaved(engines, warmup=10, rounds=args.rounds, block=5)
+    ms = {n: t["median_ms"] for n, t in timed.items()}
+    final = log.get("final", {})
+    pred_start, pred_adapted = final.get("start_predicted_ms"), final.get("predicted_ms")
+    lines = [
+        f"## {time.strftime('%Y-%m-%d')}: `mobilec adapt {args.model} --target host --local --budget {args.budget} "
+        f"--synthetic`",
+        "",
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores; {threads} threads; adaptation took {adapt_s / 60:.1f} min "
+        f"({res.table_measured} layers compiled and timed for the table).",
+        "",
+        "| step | shrunk | predicted ms | measured ms (in the run) | accuracy | reward |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for s in log["steps"]:
+        c = s["proposals"][s["chosen"]] if s.get("proposals") else None
+        what = f"{c['what']} {c['width'][0]} -> {c['width'][1]}" if c else "start"
+        lines.append(f"| {s['step']} | {what} | {s['predicted_ms']:.3f} | {s['measured_ms']:.3f} | "
+                     f"{s['accuracy']:.3f} | {s['reward']:.3f} |")
+    lines += [
+        "",
+        f"Accuracy: {log['accuracy_means']}; after the final fine-tune of {final.get('fine_tune_steps')} steps: "
+        f"{final.get('accuracy', float('nan')):.3f} (start {log['steps'][0]['accuracy']:.3f}).",
+        "",
+        f"Timed afterwards in alternating blocks ({args.rounds} rounds of 5 calls, {threads} threads), each network "
+        f"compiled by `mobilec compile` with the defaults:",
+        "",
+        "| engine | start ms | adapted ms | adapted / start |",
+        "|---|---:|---:|---:|",
+    ]
+    for engine in ("mobilec", "onnxruntime"):
+        a, b = ms[f"{engine} start"], ms[f"{engine} adapted"]
+        lines.append(f"| {engine} | {a:.3f} | {b:.3f} | {b / a:.2f}x |")
+    if pred_start:
+        lines += ["", f"The table's prediction against these times: start {pred_start:.3f} ms "
+                      f"({pred_start / ms['mobilec start'] - 1:+.1%}), adapted {pred_adapted:.3f} ms "
+                      f"({pred_adapted / ms['mobilec adapted'] - 1:+.1%}). Target {res.target_ms:.3f} ms "
+                      f"({args.budget} of the start's prediction)."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(text if not results.exists() else results.read_text() + "\n" + text)
+
+
+if __name__ == "__main__":
+    main()
