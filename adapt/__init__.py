@@ -330,7 +330,8 @@ def _step(n: int, plan, predicted: float, measured: float, accuracy: float, targ
 
     return {"step": n, "predicted_ms": round(predicted, 4), "measured_ms": round(measured, 4),
             "table_error": round(predicted / measured - 1, 4), "accuracy": accuracy,
-            "reward": round(reward(accuracy, measured, target), 4), "plan": plan.to_dict()}
+            # the table's latency: the measured time of one step moves with the device's load
+            "reward": round(reward(accuracy, predicted, target), 4), "plan": plan.to_dict()}
 
 
 def _line(step: dict, start_ms: float, chosen: Optional[dict] = None) -> str:

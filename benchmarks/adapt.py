@@ -77,13 +77,14 @@ def main() -> None:
         f"CPU: {cpu_name()}, {os.cpu_count()} cores; {threads} threads; adaptation took {adapt_s / 60:.1f} min "
         f"({res.table_measured} layers compiled and timed for the table).",
         "",
-        "| step | shrunk | predicted ms | measured ms (in the run) | accuracy | reward |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| step | shrunk | predicted ms | measured ms (in the run) | measured / start beside it | accuracy | reward |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for s in log["steps"]:
         c = s["proposals"][s["chosen"]] if s.get("proposals") else None
         what = f"{c['what']} {c['width'][0]} -> {c['width'][1]}" if c else "start"
-        lines.append(f"| {s['step']} | {what} | {s['predicted_ms']:.3f} | {s['measured_ms']:.3f} | "
+        beside = f"{s['measured_ms'] / s['start_measured_ms']:.2f}x" if "start_measured_ms" in s else "-"
+        lines.append(f"| {s['step']} | {what} | {s['predicted_ms']:.3f} | {s['measured_ms']:.3f} | {beside} | "
                      f"{s['accuracy']:.3f} | {s['reward']:.3f} |")
     lines += [
         "",
