@@ -9,7 +9,6 @@ completed step is written at once; a rerun with the same ``out`` resumes after t
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 import time
@@ -102,6 +101,7 @@ class _Run:
 
         self.model, self.out, self.cfg, self.say, self.tmp = model, out, cfg, say, tmp
         self.spec = get_spec(model)
+        self.base = self.spec.base or self.spec.name
         self.input_size = cfg.input_size or self.spec.input_size
         self.table = LatencyTable(cfg.table, cfg.device)
         self.data = _data(cfg)
@@ -112,9 +112,9 @@ class _Run:
 
     # -- networks and their files ------------------------------------------------------------
     def build(self, plan, state=None):
-        from mobilec.frontends.mobilenetv3 import MobileNetV3, MobileNetV3Config
+        from mobilec.frontends.registry import network_model
 
-        net = MobileNetV3(MobileNetV3Config("large" if "large" in self.model else "small"), plan)
+        net = network_model(self.base, plan)
         if state is not None:
             net.load_state_dict(state)
         return net.eval()
@@ -130,9 +130,8 @@ class _Run:
 
         from mobilec.frontends.registry import save_network
 
-        base = self.spec.name if self.spec.file is None else json.loads(self.spec.file.read_text())["base"]
         _write_atomic(self.out / WEIGHTS, lambda p: torch.save(net.state_dict(), p))
-        save_network(self.out / NETWORK, net.plan, base, self.input_size)
+        save_network(self.out / NETWORK, net.plan, self.base, self.input_size)
         _write_atomic(self.out / ONNX, lambda p: self.export(net, p))
         _write_atomic(self.out / LOG, lambda p: p.write_text(json.dumps(log, indent=1) + "\n"))
 
@@ -194,9 +193,7 @@ def adapt(model: str, out, config: Optional[AdaptConfig] = None, progress: Optio
     import torch
 
     from mobilec.adapt import netadapt, surgery, train
-    from mobilec.frontends import create_model
-
-    from mobilec.frontends import get_spec
+    from mobilec.frontends import create_model, get_spec
 
     cfg = config or AdaptConfig()
     say = progress or (lambda *_: None)
@@ -297,7 +294,7 @@ def adapt(model: str, out, config: Optional[AdaptConfig] = None, progress: Optio
 def _met(log: dict, cfg: AdaptConfig, say: Progress) -> bool:
     """Whether the last step meets the budget: by the table's prediction and, as measured on the
     device beside the start, by the measured time too. Where the prediction meets it and the
-    measurement does not, up to ``MEASURED_EXTRA`` more steps are taken."""
+    measurement does not, up to ``cfg.extra_steps`` more steps are taken."""
     steps, target = log["steps"], log["target_ms"]
     last = steps[-1]
     if last["predicted_ms"] > target:
@@ -359,5 +356,5 @@ def _resumed(out: Path, identity: dict) -> Optional[dict]:
         raise ConfigError(f"{out} holds another adaptation ({diff}); give another -o, or the same settings to resume")
     if not (out / WEIGHTS).exists() or not (out / START).exists():
         raise ConfigError(f"{out}: {LOG} without {WEIGHTS} / {START}; give another -o")
-    return copy.deepcopy(log)
+    return log
 

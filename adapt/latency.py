@@ -72,18 +72,18 @@ def time_on(device: Device, libraries: dict[str, Path]) -> dict[str, float]:
     return time_alternately(modules, rounds=ROUNDS)
 
 
-def _out(res: int, kernel: int, stride: int, dilation: int = 1) -> int:
+def out_size(res: int, kernel: int, stride: int, dilation: int = 1) -> int:
     pad = (kernel - 1) // 2 * dilation
     return (res + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def layers(plan: Plan, input_size: int) -> list[dict]:
     """The plan's layers as table keys: the call's fixed cost, the stem, each block, the head."""
-    res = _out(input_size, 3, 2)
+    res = out_size(input_size, 3, 2)
     out = [{"layer": "call"}, {"layer": "stem", "res": input_size, "out": plan.stem, "nl": plan.nl_stem}]
     for cin, b in zip(plan.inputs(), plan.blocks):
         out.append({"layer": "block", "res": res, "cin": cin, **asdict(b)})
-        res = _out(res, b.kernel, b.conv_stride, b.dilation)
+        res = out_size(res, b.kernel, b.conv_stride, b.dilation)
     out.append({"layer": "head", "res": res, "cin": plan.blocks[-1].out, "last": plan.last, "head": plan.head,
                 "classes": plan.num_classes, "nl": plan.nl_stem})
     return out
@@ -174,7 +174,7 @@ class LatencyTable:
         if not todo:
             return 0
         call = {"layer": "call"}
-        batch = todo if key_of(call) in {key_of(t) for t in todo} else [call] + todo
+        batch = todo if call in todo else [call] + todo
         from mobilec.compiler import CompileConfig, compile_model
 
         with tempfile.TemporaryDirectory(prefix="mobilec-latency-") as tmp:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mobilec.adapt import surgery
-from mobilec.adapt.latency import LatencyTable, key_of, layers
+from mobilec.adapt.latency import LatencyTable, key_of, layers, out_size
 from mobilec.frontends.mobilenetv3 import Plan
 
 ROUNDS = 3  # measured guesses per width and step before a width sits the step out
@@ -35,12 +35,12 @@ def _madds(layer: dict) -> float:
     """A layer's multiply-adds: only to guess how many channels to remove before measuring."""
     kind, r = layer["layer"], layer.get("res", 1)
     if kind == "block":
-        exp, k, s = layer["exp"], layer["kernel"], layer["stride"] if layer["dilation"] == 1 else 1
-        o = math.ceil(r / s)
+        exp, k = layer["exp"], layer["kernel"]
+        o = out_size(r, k, layer["stride"] if layer["dilation"] == 1 else 1, layer["dilation"])
         expand = layer["cin"] * exp * r * r if layer["expand"] else 0
         return expand + exp * k * k * o * o + 2 * exp * layer["se"] + exp * layer["out"] * o * o
     if kind == "stem":
-        return 27 * layer["out"] * (r // 2) ** 2
+        return 27 * layer["out"] * out_size(r, 3, 2) ** 2
     if kind == "head":
         return layer["cin"] * layer["last"] * r * r + layer["last"] * layer["head"] + layer["head"] * layer["classes"]
     return 0.0
@@ -48,11 +48,11 @@ def _madds(layer: dict) -> float:
 
 def _guess_ms(table: LatencyTable, plan: Plan, new: Plan, input_size: int) -> float:
     """``new``'s latency guessed from ``plan``'s measured layers, each scaled by its multiply-adds."""
-    old_layers = {key_of(x): x for x in layers(plan, input_size)}
+    old_layers = layers(plan, input_size)
     total = 0.0
-    for old, layer in zip(layers(plan, input_size), layers(new, input_size)):
+    for old, layer in zip(old_layers, layers(new, input_size)):
         ms = table.entries[key_of(old)]["ms"]
-        total += ms * (_madds(layer) / _madds(old) if key_of(layer) not in old_layers and _madds(old) else 1.0)
+        total += ms * (_madds(layer) / _madds(old) if layer not in old_layers and _madds(old) else 1.0)
     return total
 
 
@@ -63,9 +63,9 @@ def candidates(plan: Plan, table: LatencyTable, input_size: int, delta_ms: float
     of a round is measured in one batch; a width with no such cut after ``ROUNDS`` sits out."""
     table.measure([plan], input_size, say)
     now = table.predict(plan, input_size)
-    widths = surgery.spaces(plan).widths
-    q = surgery.QUANTUM
-    open_spaces = {s: None for s in surgery.spaces(plan).shrinkable() if widths[s] > q}
+    spaces = surgery.spaces(plan)
+    widths, q = spaces.widths, surgery.QUANTUM
+    open_spaces = {s: None for s in spaces.shrinkable() if widths[s] > q}
     found: dict[str, Candidate] = {}
     for _ in range(ROUNDS):
         guesses = {}

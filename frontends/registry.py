@@ -26,6 +26,7 @@ class ModelSpec:
     task: str = "classification"
     torchvision: Optional[str] = None        # torchvision builder whose state_dict keys we map
     file: Optional[Path] = None              # a network file (``save_network``): weights are in our own keys
+    base: Optional[str] = None               # a network file's registered model
 
 
 def _v3(arch: str, width: float = 1.0, minimal: bool = False) -> nn.Module:
@@ -111,9 +112,13 @@ def load_network(path) -> ModelSpec:
         input_size = int(doc["input_size"])
     except (KeyError, TypeError, ValueError) as e:
         raise UnknownModelError(f"{path}: a damaged network file ({type(e).__name__}: {e})") from None
-    arch = "large" if "large" in base.name else "small"
-    build = partial(MobileNetV3, MobileNetV3Config(arch), plan)
-    return ModelSpec(path.stem, build, input_size, task=base.task, file=path)
+    return ModelSpec(path.stem, partial(network_model, base.name, plan), input_size, task=base.task, file=path,
+                     base=base.name)
+
+
+def network_model(base: str, plan: Plan) -> MobileNetV3:
+    """The MobileNetV3 of ``plan``, a registered model ``base`` with its widths changed."""
+    return MobileNetV3(MobileNetV3Config("large" if "large" in base else "small"), plan)
 
 
 def calibrate_batch_norm(model: nn.Module, input_size: int, batch: int = 4, seed: int = 0) -> nn.Module:
