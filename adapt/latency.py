@@ -59,17 +59,21 @@ class Device:
 
 
 ROUNDS = 10  # alternating rounds of 5 calls per library: a layer of a MobileNet takes tens of microseconds
+SPAN_S = 4.0  # and rounds for at least this long: a busy spell of a shared machine lasts seconds
 SETTLE_S = 0.5  # idle before timing: PyTorch's OpenMP threads spin on after fine-tuning
 
 
 def time_on(device: Device, libraries: dict[str, Path]) -> dict[str, float]:
-    """Each library's latency (ms) on ``device``, all timed in alternating blocks."""
+    """Each library's latency (ms) on ``device``, all timed in alternating blocks for at least
+    ``SPAN_S``: the 10th percentile of its block medians (``quiet_ms``), the device at its quietest.
+    Tables and whole networks are timed minutes apart; the median of one timing moves with the
+    load of the moment (a shared VM: up to 2x within a minute, measured), the quiet time much less."""
     from mobilec.compiler.verdict import time_alternately
 
     where = device.open()
     modules = {name: where.load(lib, threads=device.threads) for name, lib in libraries.items()}
     time.sleep(SETTLE_S)
-    return time_alternately(modules, rounds=ROUNDS)
+    return time_alternately(modules, rounds=ROUNDS, statistic="quiet_ms", min_seconds=SPAN_S)
 
 
 def out_size(res: int, kernel: int, stride: int, dilation: int = 1) -> int:

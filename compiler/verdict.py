@@ -83,14 +83,16 @@ def record(db_dir: str | Path, verdict: Verdict) -> Path:
     return path
 
 
-def time_alternately(modules: dict[str, object], rounds: int = 4, block: int = 5) -> dict[str, float]:
-    """Median of block medians per module (``runtime.timing.alternating``), each block of
-    ``block`` runs timed where the model runs (``Module.benchmark``: on the device over RPC)."""
+def time_alternately(modules: dict[str, object], rounds: int = 4, block: int = 5, statistic: str = "median_ms",
+                     min_seconds: float = 0.0) -> dict[str, float]:
+    """Each module's ``statistic`` of its block medians (``runtime.timing.alternating``: the median,
+    or ``quiet_ms``), each block of ``block`` runs timed where the model runs (``Module.benchmark``:
+    on the device over RPC)."""
     for module in modules.values():
         module.benchmark(warmup=3, repeat=1)
     timed = alternating({name: (lambda m=m: [m.benchmark(warmup=1, repeat=block)["median_ms"]])
-                         for name, m in modules.items()}, rounds)
-    return {name: t["median_ms"] for name, t in timed.items()}
+                         for name, m in modules.items()}, rounds, min_seconds)
+    return {name: t[statistic] for name, t in timed.items()}
 
 
 def measure(source: str, key: str, untuned: Path, tuned: Path, open_device: Callable[[], object],

@@ -25,13 +25,14 @@ def blocks_for(repeat: int) -> tuple[int, int]:
 
 
 def interleaved(engines: dict[str, Callable[[], object]], warmup: int = 5, rounds: int = 10,
-                block: int = 5) -> dict[str, dict]:
+                block: int = 5, min_seconds: float = 0.0) -> dict[str, dict]:
     """Time several engines fairly on one machine: ``warmup`` untimed calls of each, then ``rounds``
     rounds in which every engine runs a block of ``block`` timed calls, in a new order each round
     (``alternating``). Engines alternate in blocks because a thread pool still spinning after one
     engine's last call (TVM's and onnxruntime's both spin) steals cores from whatever runs next;
     the first call of a block pays for it and the block's median drops it. Per engine: the median
-    of the block medians, min and max over every call (ms)."""
+    of the block medians, their 10th percentile, min and max over every call (ms); rounds go on
+    until ``min_seconds`` have passed (``alternating``)."""
     if warmup < 0 or rounds < 1 or block < 1:
         raise ConfigError(f"warmup={warmup}, rounds={rounds}, block={block}: need warmup >= 0, rounds >= 1, block >= 1")
     names = list(engines)
@@ -49,7 +50,7 @@ def interleaved(engines: dict[str, Callable[[], object]], warmup: int = 5, round
             return ms
         return run_block
 
-    return alternating({name: timed(fn) for name, fn in engines.items()}, rounds)
+    return alternating({name: timed(fn) for name, fn in engines.items()}, rounds, min_seconds)
 
 
 def round_order(names: list, r: int) -> list:
@@ -62,21 +63,35 @@ def round_order(names: list, r: int) -> list:
 SETTLE_S = 0.02  # idle between blocks: longer than TVM's, onnxruntime's and OpenMP's spin-waits
 
 
-def alternating(blocks: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, dict]:
+QUIET_PERCENTILE = 10  # ``quiet_ms``: this percentile of the block medians
+
+
+def alternating(blocks: dict[str, Callable[[], list[float]]], rounds: int, min_seconds: float = 0.0) -> dict[str, dict]:
     """The alternation ``interleaved`` times with: ``rounds`` rounds, each engine's ``blocks[name]()``
     once per round (returning its calls' times, ms), in a new order each round (``round_order``).
-    Also for engines timed elsewhere (a device's own timer: one median per block).
+    Also for engines timed elsewhere (a device's own timer: one median per block). More rounds
+    follow until ``min_seconds`` have passed.
+
+    Per engine: ``median_ms``, the median of the block medians; ``quiet_ms``, their 10th
+    percentile: the device at its quietest, for comparing times taken minutes apart on a machine
+    whose neighbours come and go (a shared VM read 0.76-0.95 ms for a MobileNetV3-Small in its
+    quiet seconds, and about 1.8 ms for 1-5 s at a time, several times a minute: measured);
+    ``min_ms`` and ``max_ms`` over every call.
 
     Each block starts after ``SETTLE_S`` idle. With a rotation instead of ``round_order``, mobilec
     fp32 timed after onnxruntime's int8 read 4.3-4.5 ms where it runs 2.9 (measured)."""
     names = list(blocks)
     medians: dict[str, list[float]] = {n: [] for n in names}
     calls: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
+    started, r = time.monotonic(), 0
+    while r < rounds or time.monotonic() - started < min_seconds:
         for name in round_order(names, r):
             time.sleep(SETTLE_S)  # the last engine's pool stops spinning before this one is timed
             ms = blocks[name]()
             medians[name].append(float(np.median(ms)))
             calls[name] += ms
-    return {n: {"median_ms": float(np.median(medians[n])), "min_ms": min(calls[n]), "max_ms": max(calls[n]),
-                "rounds": rounds, "block": len(calls[n]) // rounds, "calls": len(calls[n])} for n in names}
+        r += 1
+    return {n: {"median_ms": float(np.median(medians[n])),
+                "quiet_ms": float(np.percentile(medians[n], QUIET_PERCENTILE)),
+                "min_ms": min(calls[n]), "max_ms": max(calls[n]), "rounds": r, "block": len(calls[n]) // r,
+                "calls": len(calls[n])} for n in names}

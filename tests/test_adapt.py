@@ -158,6 +158,14 @@ def table_path(tmp_path_factory):
     return tmp_path_factory.mktemp("latency") / "table.json"
 
 
+@pytest.fixture(autouse=True)
+def short_timing(monkeypatch):
+    """Each timing spans half a second here, not the seconds a quiet time needs on a busy machine."""
+    from mobilec.adapt import latency
+
+    monkeypatch.setattr(latency, "SPAN_S", 0.5)
+
+
 def _config(table_path, **kw) -> AdaptConfig:
     base = dict(budget=0.97, synthetic=96, steps=2, pretrain=10, final_steps=5, input_size=128, resolution=32,
                 delta=0.05, extra_steps=0, table=str(table_path))  # one step meets the predicted budget

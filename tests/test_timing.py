@@ -34,8 +34,8 @@ def test_engines_alternate_in_blocks_after_the_warmup(monkeypatch):
     blocks = [timed[i:i + 3] for i in range(0, len(timed), 3)]
     assert all(len(set(b)) == 1 for b in blocks)  # blocks of 3 calls of one engine
     assert all(sorted(b[0] for b in blocks[i:i + 2]) == ["a", "b"] for i in range(0, 8, 2))  # each once a round
-    assert out["a"] == {"median_ms": approx(2.0), "min_ms": approx(2.0), "max_ms": approx(2.0), "rounds": 4,
-                        "block": 3, "calls": 12}
+    assert out["a"] == {"median_ms": approx(2.0), "quiet_ms": approx(2.0), "min_ms": approx(2.0),
+                        "max_ms": approx(2.0), "rounds": 4, "block": 3, "calls": 12}
     assert out["b"]["median_ms"] == approx(3.0)
 
 
@@ -76,6 +76,22 @@ def test_median_of_block_medians(monkeypatch):
     script = [5, 1, 1, 9, 9, 2, 3, 3, 3]  # blocks of 3: medians 1, 9, 3 -> 3
     out = timing.interleaved({"x": clock.engine("x", lambda i: script[i - 1])}, warmup=0, rounds=3, block=3)
     assert (out["x"]["median_ms"], out["x"]["min_ms"], out["x"]["max_ms"]) == approx((3.0, 1.0, 9.0))
+    assert out["x"]["quiet_ms"] == approx(1.4)  # the 10th percentile of 1, 3, 9
+
+
+@pytest.mark.structure
+def test_rounds_go_on_for_the_time_asked(monkeypatch):
+    """A busy spell of a shared machine lasts seconds: ``min_seconds`` spreads the rounds over
+    that long, so the quiet time has quiet seconds to come from."""
+    clock, seconds = Clock(), iter(range(1000))
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    monkeypatch.setattr(timing.time, "monotonic", lambda: next(seconds))  # a second per look at the clock
+    script = lambda i: 2.0 if i > 20 else 4.0  # busy for the first 4 rounds of 5 calls
+    out = timing.interleaved({"x": clock.engine("x", script)}, warmup=0, rounds=2, block=5, min_seconds=9)
+    assert out["x"]["rounds"] == 10 and out["x"]["calls"] == 50  # the clock read 9 s after round 10
+    assert out["x"]["median_ms"] == approx(2.0) and out["x"]["quiet_ms"] == approx(2.0)
+    out = timing.interleaved({"x": clock.engine("x", 1.0)}, warmup=0, rounds=3, block=1)
+    assert out["x"]["rounds"] == 3  # no time asked: the rounds asked
 
 
 @pytest.mark.structure
