@@ -144,7 +144,8 @@ def cmd_tune(args) -> int:
     if not args.local and not args.tracker:
         raise ConfigError("say where to measure: --tracker HOST:PORT --key KEY, or --local")
     opts = TuneOptions(trials=args.trials, minutes=args.minutes, per_round=args.per_round, all_tasks=not args.conv_only,
-                       tracker=None if args.local else args.tracker, key=args.key, seed=args.seed)
+                       tracker=None if args.local else args.tracker, key=args.key, seed=args.seed,
+                       build_limit=args.build_limit)
     cfg = TuneConfig(target=args.target, cpu=args.cpu, num_cores=args.num_cores, db=args.db,
                      input_shapes=_shapes(args.input_shape), options=opts, verify=not args.no_verify)
     res = tune_model(args.model, cfg, console=_console())
@@ -428,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "round that passes it, with every finished round in the database (a rerun continues); "
                    "every task's first round is measured first")
     p.add_argument("--per-round", type=int, default=16, help="candidates measured per round")
+    p.add_argument("--build-limit", type=float, default=60.0, metavar="SECONDS",
+                   help="a candidate whose build takes longer is a failed one and the search goes on")
     p.add_argument("--db", default="tuning-db", help="database root (a subdirectory per triple and cpu)")
     tasks = p.add_mutually_exclusive_group()
     tasks.add_argument("--all-tasks", dest="conv_only", action="store_false",

@@ -42,6 +42,8 @@ def tune_model(model: Union[str, Path, onnx.ModelProto], config: Optional[TuneCo
         raise ConfigError(f"--trials {cfg.options.trials} --per-round {cfg.options.per_round}: both must be 1 or more")
     if cfg.options.minutes is not None and not cfg.options.minutes > 0:
         raise ConfigError(f"--minutes {cfg.options.minutes}: the time budget must be positive")
+    if not cfg.options.build_limit > 0:
+        raise ConfigError(f"--build-limit {cfg.options.build_limit}: a candidate's build needs some seconds")
     resolved = resolve(cfg.target, cfg.cpu, cfg.num_cores)
     if not cfg.options.tracker:
         check_local(resolved)

@@ -1,10 +1,16 @@
-"""A MetaSchedule builder that compiles candidates in this process.
+"""A MetaSchedule builder whose worker processes live for the whole tuning run.
 
 MetaSchedule's LocalBuilder starts a fresh worker pool for every batch and each worker imports
 ``tvm.s_tir.tensor_intrin`` (tens of seconds on a 2-core host), so most of a batch's time is
-imports. Building here costs only the build; the libraries are written and linked in parallel. The tensor intrinsics are not imported:
-safe for plain NEON/AVX2 schedules, which is what mobilec's targets use (no dotprod/i8mm
-tensorisation in fp32).
+imports. Here one worker per core (TVM's ``PopenPoolExecutor``) is started once and builds
+candidates until the run ends: lowering, code generation and linking run on every core. The
+tensor intrinsics are not imported: safe for plain NEON/AVX2 schedules, which is what mobilec's
+targets use (no dotprod/i8mm tensorisation in fp32).
+
+**A build has a time limit** (``TuneOptions.build_limit``, ``--build-limit``). Some samples of a search space (an unrolled
+depthwise 5x5 with a SiLU epilogue) keep LLVM busy for minutes; such a candidate is a failed one
+("build took longer than ..."), its worker is killed and another one started, and the search goes
+on. Workers ignore Ctrl-C: the run stops after its round and closes them.
 
 Candidates are written under ``workdir``, a private directory of the tuning run that the run
 removes when it ends (also on an error or Ctrl-C); each one is removed as soon as it is measured.
@@ -13,8 +19,8 @@ removes when it ends (also on an error or Ctrl-C); each one is removed as soon a
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from tvm.ir.utils import derived_object
@@ -40,33 +46,54 @@ def build_candidate(mod, target):
         return tvm_build(mod, target=target, pipeline=TIR_PIPELINE)
 
 
+RECYCLE_AFTER = 256  # builds per worker process before a fresh one (TVM's workers leak memory)
+
+
+def _quiet_worker() -> None:
+    """A worker's initializer: Ctrl-C is for the tuning run, which closes its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _build_and_export(mod, target, fcompile: Callable, workdir: Optional[str]) -> str:
+    """One candidate, in a worker: lowered (``build_candidate``) and linked into a library."""
+    lib = build_candidate(as_candidate(mod), target)
+    path = os.path.join(tempfile.mkdtemp(prefix="mobilec-cand-", dir=workdir), "cand.so")
+    lib.export_library(path, fcompile=fcompile)
+    return path
+
+
 @derived_object
-class InProcessBuilder(PyBuilder):
-    def __init__(self, fcompile: Callable, workdir: Optional[str] = None, workers: Optional[int] = None):
+class PooledBuilder(PyBuilder):
+    """Builds candidates in ``workers`` processes (default: one per core), each build limited to
+    ``limit_s`` seconds. ``close()`` stops the workers; a later ``build`` starts new ones."""
+
+    def __init__(self, fcompile: Callable, workdir: Optional[str], limit_s: float, workers: Optional[int] = None):
         super().__init__()
         self.fcompile = fcompile
         self.workdir = workdir  # None: the system's temporary directory (the caller cleans up)
         self.workers = workers or os.cpu_count() or 1
+        self.limit_s = limit_s
+        self._pool = None
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
-        """TVM's lowering and code generation one candidate at a time (TVM's passes are not meant to
-        run concurrently in one process); writing and linking each shared library, a compiler
-        subprocess, on every core."""
-        def export(lib) -> BuilderResult:
-            try:
-                path = os.path.join(tempfile.mkdtemp(prefix="mobilec-cand-", dir=self.workdir), "cand.so")
-                lib.export_library(path, fcompile=self.fcompile)
-                return BuilderResult(path, None)
-            except Exception as e:  # noqa: BLE001 - a failed candidate is a result, not a crash
-                return BuilderResult(None, f"{type(e).__name__}: {e}")
+        from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
-        built = []
-        for item in build_inputs:
-            try:
-                built.append(build_candidate(as_candidate(item.mod), item.target))
-            except Exception as e:  # noqa: BLE001
-                built.append(BuilderResult(None, f"{type(e).__name__}: {e}"))
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            exported = {i: pool.submit(export, lib) for i, lib in enumerate(built)
-                        if not isinstance(lib, BuilderResult)}
-            return [exported[i].result() if i in exported else b for i, b in enumerate(built)]
+        if self._pool is None:
+            self._pool = PopenPoolExecutor(max_workers=self.workers, timeout=self.limit_s,
+                                           initializer=_quiet_worker, maximum_process_uses=RECYCLE_AFTER)
+        jobs = [(item.mod, item.target, self.fcompile, self.workdir) for item in build_inputs]
+        results = []
+        for done in self._pool.map_with_error_catching(lambda job: _build_and_export(*job), jobs):
+            if done.status == StatusKind.COMPLETE:
+                results.append(BuilderResult(done.value, None))
+            elif done.status == StatusKind.TIMEOUT:
+                results.append(BuilderResult(None, f"build took longer than {self.limit_s:g} s (stopped); the "
+                                                   f"search goes on without this candidate"))
+            else:  # the worker's traceback: a failed candidate is a result, not a crash
+                results.append(BuilderResult(None, f"{type(done.value).__name__}: {done.value}"))
+        return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -47,6 +47,8 @@ class TuneOptions:
     session_timeout: int = 120
     seed: int = 0
     live: bool = True                # show progress on ``console``: a live table, or plain lines off a terminal
+    build_limit: float = 60.0        # seconds one candidate's build may take (most take 0.5-3 s); a slower
+    #                                  one is a failed candidate and the search goes on
 
 
 @dataclass
@@ -360,7 +362,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
-    from mobilec.schedules.builder import InProcessBuilder
+    from mobilec.schedules.builder import PooledBuilder
 
     start = time.time()
     db_dir = Path(db_dir)
@@ -389,9 +391,10 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     confirmed = []
     workdir = tempfile.mkdtemp(prefix="mobilec-tune-")  # every candidate of this run, removed at the end
     live = None
+    builder = PooledBuilder(fcompile, workdir, limit_s=opts.build_limit)
     try:
         farm = farm_size(opts) if opts.tracker else 1
-        builder, runner = InProcessBuilder(fcompile, workdir), _runner(opts, farm)  # seeding measures like the search
+        runner = _runner(opts, farm)  # seeding measures like the search
         seeding = time.time()
         seeded = seed_with_defaults(todo, target, db, builder, runner, progress, defaults)
         progress.seed_pace = (time.time() - seeding) / seeded if seeded else None
@@ -436,6 +439,7 @@ def tune_module(mod, target, db_dir: Path, fcompile: Callable, opts: TuneOptions
     finally:
         if live is not None:
             live.stop()
+        builder.close()
         shutil.rmtree(workdir, ignore_errors=True)
     if progress.trials and progress.errors == progress.trials:
         where = f"the device at {opts.tracker} (key {opts.key})" if opts.tracker else "this machine"

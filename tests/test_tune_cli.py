@@ -70,7 +70,7 @@ def tuned(tmp_path_factory, onnx_file):
     from mobilec.compiler.importer import import_onnx
     from mobilec.compiler.pipeline import PipelineOptions, run_until
     from mobilec.targets import export_function
-    from mobilec.schedules.builder import InProcessBuilder
+    from mobilec.schedules.builder import PooledBuilder
     from mobilec.schedules.tuning import TuneOptions, _runner, seed_with_defaults, select_tasks
 
     base = tmp_path_factory.mktemp("tuned")
@@ -82,8 +82,11 @@ def tuned(tmp_path_factory, onnx_file):
     mod = run_until(import_onnx(pw_dw()).mod, target, PipelineOptions(), "lower")
     tasks = select_tasks(extract_tasks(mod, target), all_tasks=False)
     work = tempfile.mkdtemp(dir=private)
-    seeded = seed_with_defaults(tasks, target, open_database(db_dir), InProcessBuilder(export_function(host.triple), work),
-                                _runner(TuneOptions()))
+    builder = PooledBuilder(export_function(host.triple), work, limit_s=TuneOptions().build_limit)
+    try:
+        seeded = seed_with_defaults(tasks, target, open_database(db_dir), builder, _runner(TuneOptions()))
+    finally:
+        builder.close()
     shutil.rmtree(work)
     assert seeded == 2 and searched(db_dir) == 0
 
