@@ -444,9 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the database makes this model faster)")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("adapt", help="NetAdapt: shrink a registered MobileNetV3 to a latency budget measured on "
-                       "the device")
-    p.add_argument("model", help="a registered classification model (see `mobilec models`) or a network file")
+    p = sub.add_parser("adapt", help="NetAdapt: shrink a registered MobileNetV3 (or LR-ASPP) to a latency budget "
+                       "measured on the device")
+    p.add_argument("model", help="a registered model (see `mobilec models`) or a network file")
     p.add_argument("-o", "--output", required=True, help="folder for adapted.onnx/.json/.pt, log.json, adapt.png "
                    "(a rerun with the same folder resumes)")
     p.add_argument("--target", default="host")

@@ -75,16 +75,20 @@ class AdaptResult:
     accuracy_means: str
 
 
-def _data(cfg: AdaptConfig):
+def _data(cfg: AdaptConfig, segmentation: bool):
     from mobilec.adapt import data
 
-    if cfg.data:
-        return data.folder(cfg.data, cfg.resolution, cfg.seed)
-    d = data.synthetic(cfg.synthetic or 2048, cfg.resolution, cfg.seed)
-    if cfg.synthetic is None:  # no data given: the generated images, distilling from the start
+    def unlabelled(d, why: str):
         d.train_labels = d.held_out_labels = None
-        d.description = f"{d.description}, labels not used (no --data or --synthetic given)"
-    return d
+        d.description = f"{d.description}, labels not used ({why})"
+        return d
+
+    if cfg.data:
+        d = data.folder(cfg.data, cfg.resolution, cfg.seed)
+        return unlabelled(d, "a segmentation model needs masks") if segmentation and d.labelled else d
+    d = data.synthetic(cfg.synthetic or 2048, cfg.resolution, cfg.seed, masks=segmentation)
+    # no data given: the generated images, distilling from the start
+    return d if cfg.synthetic is not None else unlabelled(d, "no --data or --synthetic given")
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -104,10 +108,15 @@ class _Run:
         self.base = self.spec.base or self.spec.name
         self.input_size = cfg.input_size or self.spec.input_size
         self.table = LatencyTable(cfg.table, cfg.device)
-        self.data = _data(cfg)
-        self.accuracy_means = ("top-1 accuracy on the held-out images" if self.data.labelled else
-                               "top-1 agreement with the starting network on the held-out images (no labels: "
-                               "fine-tuning distils from it)")
+        self.data = _data(cfg, self.spec.task == "segmentation")
+        if self.spec.task == "segmentation":
+            self.accuracy_means = ("mean IoU on the held-out images" if self.data.labelled else
+                                   "mean IoU against the starting network's classes on the held-out images (no "
+                                   "labels: fine-tuning distils from it)")
+        else:
+            self.accuracy_means = ("top-1 accuracy on the held-out images" if self.data.labelled else
+                                   "top-1 agreement with the starting network on the held-out images (no labels: "
+                                   "fine-tuning distils from it)")
         self._libraries: dict[str, object] = {}
 
     # -- networks and their files ------------------------------------------------------------
@@ -193,13 +202,10 @@ def adapt(model: str, out, config: Optional[AdaptConfig] = None, progress: Optio
     import torch
 
     from mobilec.adapt import netadapt, surgery, train
-    from mobilec.frontends import create_model, get_spec
+    from mobilec.frontends import create_model
 
     cfg = config or AdaptConfig()
     say = progress or (lambda *_: None)
-    if get_spec(model).task != "classification":
-        raise ConfigError(f"{model}: adapt takes the registry's classification MobileNetV3s (segmentation "
-                          f"models are not supported yet)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mobilec-adapt-") as tmp:

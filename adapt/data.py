@@ -34,7 +34,7 @@ class DataError(UserError, ValueError):
 class Dataset:
     train: torch.Tensor  # N x 3 x S x S, normalised as for ImageNet
     held_out: torch.Tensor
-    train_labels: Optional[torch.Tensor]  # None: no labels; fine-tuning distils from the starting network
+    train_labels: Optional[torch.Tensor]  # N, or N x S x S per pixel; None: fine-tuning distils from the start
     held_out_labels: Optional[torch.Tensor]
     classes: list[str]
     description: str
@@ -59,14 +59,17 @@ def _split(images: np.ndarray, labels: Optional[np.ndarray], classes: list[str],
                    description)
 
 
-def synthetic(n: int = 2048, size: int = 64, seed: int = 0) -> Dataset:
-    """``n`` generated labelled images of ``size`` pixels, 8 classes (shape x colour)."""
+def synthetic(n: int = 2048, size: int = 64, seed: int = 0, masks: bool = False) -> Dataset:
+    """``n`` generated labelled images of ``size`` pixels, 8 classes (shape x colour); with
+    ``masks``, labelled per pixel for segmentation: the shape's class + 1 over the whole shape
+    (stripes included), 0 for the background."""
     if n < 16 or size < 32:
         raise DataError(f"--synthetic {n} at {size} px: give at least 16 images of at least 32 px")
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     images = np.empty((n, 3, size, size), dtype=np.uint8)
     labels = rng.integers(0, len(SHAPES) * len(COLOURS), n)
+    pixels = np.zeros((n, size, size), dtype=np.int64) if masks else None
     for k in range(n):
         shape, warm = divmod(int(labels[k]), len(COLOURS))
         cy, cx = rng.uniform(0.3, 0.7, 2)
@@ -80,6 +83,8 @@ def synthetic(n: int = 2048, size: int = 64, seed: int = 0) -> Dataset:
             mask = (dy <= r * 0.8) & (dy >= -r) & (abs(dx) <= (dy + r) * 0.6)
         else:
             mask = ((abs(dy) <= r * 0.3) | (abs(dx) <= r * 0.3)) & (np.maximum(abs(dy), abs(dx)) <= r)
+        if pixels is not None:
+            pixels[k][mask] = labels[k] + 1
         if rng.random() < 0.5:  # striped
             angle = rng.uniform(0, np.pi)
             mask &= np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * size * 0.9) > 0
@@ -89,6 +94,9 @@ def synthetic(n: int = 2048, size: int = 64, seed: int = 0) -> Dataset:
         img = np.where(mask[None], colour[:, None, None] + rng.normal(0, 10, (3, size, size)), background)
         images[k] = np.clip(img, 0, 255).astype(np.uint8)
     classes = [f"{c} {s}" for s in SHAPES for c in COLOURS]
+    if pixels is not None:
+        return _split(images, pixels, ["background"] + classes, f"{n} generated images, labelled per pixel "
+                      f"({len(classes)} classes: shape x colour, and the background; {size} px)", seed)
     return _split(images, labels, classes, f"{n} generated images ({len(classes)} classes: shape x colour, "
                   f"{size} px)", seed)
 

@@ -1,7 +1,7 @@
 """A latency lookup table measured on the device, with mobilec's own compiled kernels.
 
 Each distinct layer of a plan (the stem, a block with its widths, kernel, stride, SE, activation
-and input resolution, the head) is exported as a network of its own, compiled by the real
+and input resolution, the classifier's head or LR-ASPP's) is exported as a network of its own, compiled by the real
 pipeline for the target and timed on the device (this machine, or one behind an RPC tracker),
 every layer of a batch in alternating blocks. A block's network takes and gives NHWC, so the
 layout pass cancels the transposes around it and it runs as it runs inside the model. A
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mobilec.frontends.lraspp import LRASPPHead
 from mobilec.frontends.mobilenetv3 import Bottleneck, ConvBNAct, Plan, activation
 
 VERSION = 1
@@ -85,11 +86,18 @@ def layers(plan: Plan, input_size: int) -> list[dict]:
     """The plan's layers as table keys: the call's fixed cost, the stem, each block, the head."""
     res = out_size(input_size, 3, 2)
     out = [{"layer": "call"}, {"layer": "stem", "res": input_size, "out": plan.stem, "nl": plan.nl_stem}]
+    sizes = []
     for cin, b in zip(plan.inputs(), plan.blocks):
         out.append({"layer": "block", "res": res, "cin": cin, **asdict(b)})
         res = out_size(res, b.kernel, b.conv_stride, b.dilation)
-    out.append({"layer": "head", "res": res, "cin": plan.blocks[-1].out, "last": plan.last, "head": plan.head,
-                "classes": plan.num_classes, "nl": plan.nl_stem})
+        sizes.append(res)
+    top = {"res": res, "cin": plan.blocks[-1].out, "last": plan.last, "classes": plan.num_classes, "nl": plan.nl_stem}
+    if plan.task == "segmentation":  # the last conv and LR-ASPP, reading the 1/8 features too
+        low = plan.low_tap()
+        out.append({"layer": "lraspp", **top, "inter": plan.head, "low_res": sizes[low], "low": plan.blocks[low].out,
+                    "size": input_size})
+    else:
+        out.append({"layer": "head", **top, "head": plan.head})
     return out
 
 
@@ -119,27 +127,45 @@ class _Head(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.last_conv(x), 1), 1))
 
 
-def network(layer: dict) -> tuple[nn.Module, tuple[int, ...]]:
-    """The network that times ``layer``, and its input shape."""
+class _LRASPP(nn.Module):
+    """The last conv and the LR-ASPP head, between NHWC features (1/16 and 1/8) and the class
+    scores at the input's size (NCHW, as the model gives them)."""
+
+    def __init__(self, layer: dict):
+        super().__init__()
+        self.last_conv = ConvBNAct(layer["cin"], layer["last"], nl=layer["nl"])
+        self.head = LRASPPHead(layer["last"], layer["low"], layer["inter"], layer["classes"])
+        self.size = (layer["size"], layer["size"])
+
+    def forward(self, high, low):
+        return self.head.decode(self.last_conv(high.permute(0, 3, 1, 2)), low.permute(0, 3, 1, 2), self.size)
+
+
+def network(layer: dict) -> tuple[nn.Module, list[tuple[int, ...]]]:
+    """The network that times ``layer``, and its inputs' shapes."""
     kind, res = layer["layer"], layer.get("res", 1)
     if kind == "call":
-        return _NHWC(nn.ReLU()), (1, 1, 1, 8)
+        return _NHWC(nn.ReLU()), [(1, 1, 1, 8)]
     if kind == "stem":
-        return _NHWC(ConvBNAct(3, layer["out"], 3, 2, nl=layer["nl"]), nchw_in=True), (1, 3, res, res)
+        return _NHWC(ConvBNAct(3, layer["out"], 3, 2, nl=layer["nl"]), nchw_in=True), [(1, 3, res, res)]
     if kind == "block":
         from mobilec.frontends.mobilenetv3 import Block
 
         block = Block(**{k: v for k, v in layer.items() if k not in ("layer", "res", "cin")})
-        return _NHWC(Bottleneck(layer["cin"], block)), (1, res, res, layer["cin"])
+        return _NHWC(Bottleneck(layer["cin"], block)), [(1, res, res, layer["cin"])]
+    if kind == "lraspp":
+        low = layer["low_res"]
+        return _LRASPP(layer), [(1, res, res, layer["cin"]), (1, low, low, layer["low"])]
     head = _Head(layer["cin"], layer["last"], layer["head"], layer["classes"], layer["nl"])
-    return _NHWC(head, nhwc_out=False), (1, res, res, layer["cin"])
+    return _NHWC(head, nhwc_out=False), [(1, res, res, layer["cin"])]
 
 
-def export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
+def export(model: nn.Module, shapes: list[tuple[int, ...]], path: Path) -> Path:
+    names = ["input"] if len(shapes) == 1 else [f"input{i}" for i in range(len(shapes))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
-        torch.onnx.export(model.eval(), (torch.randn(shape),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"])
+        torch.onnx.export(model.eval(), tuple(torch.randn(s) for s in shapes), str(path), dynamo=False,
+                          opset_version=17, input_names=names, output_names=["output"])
     return path
 
 
@@ -185,8 +211,8 @@ class LatencyTable:
             libraries = []
             for n, layer in enumerate(batch, 1):
                 say(f"latency table: compiling layer {n} of {len(batch)} ({describe(layer)})")
-                model, shape = network(layer)
-                onnx_path = export(model, shape, Path(tmp) / f"{n}.onnx")
+                model, shapes = network(layer)
+                onnx_path = export(model, shapes, Path(tmp) / f"{n}.onnx")
                 cfg = CompileConfig(target=self.device.target, cpu=self.device.cpu)
                 libraries.append(compile_model(onnx_path, Path(tmp) / f"{n}.so", cfg).library)
             say(f"latency table: timing {len(batch)} layers on {self.device.describe()}")
@@ -221,4 +247,7 @@ def describe(layer: dict) -> str:
         return f"stem 3->{layer['out']} at {layer['res']}px"
     if kind == "head":
         return f"head {layer['cin']}->{layer['last']}->{layer['head']}->{layer['classes']}"
+    if kind == "lraspp":
+        return (f"LR-ASPP {layer['cin']}->{layer['last']}->{layer['inter']}->{layer['classes']} with "
+                f"{layer['low']} at 1/8, to {layer['size']}px")
     return "one call's fixed cost"

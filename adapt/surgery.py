@@ -35,12 +35,16 @@ class Spaces:
 
 
 def spaces(plan: Plan) -> Spaces:
+    """The spaces of a classifier's layers, or of LR-ASPP's (its backbone under ``backbone.``,
+    its head reading the last conv and the 1/8 features)."""
+    seg = plan.task == "segmentation"
+    p0 = "backbone." if seg else ""
     layers: dict[str, tuple[str, str | None]] = {}
     widths: dict[str, int] = {"width:-1": plan.stem}
-    layers["stem.0"] = layers["stem.1"] = ("width:-1", None)
-    current = "width:-1"
+    layers[p0 + "stem.0"] = layers[p0 + "stem.1"] = ("width:-1", None)
+    current, outs = "width:-1", []
     for i, b in enumerate(plan.blocks):
-        p = f"blocks.{i}."
+        p = f"{p0}blocks.{i}."
         exp = f"exp:{i}" if b.expand else current
         if b.expand:
             widths[exp] = b.exp
@@ -56,11 +60,18 @@ def spaces(plan: Plan) -> Spaces:
         layers[p + "project.0"] = (out, exp)
         layers[p + "project.1"] = (out, None)
         current = out
+        outs.append(out)
     widths["last"] = plan.last
-    layers["last_conv.0"] = ("last", current)
-    layers["last_conv.1"] = ("last", None)
-    layers["classifier.0"] = ("head", "last")
-    layers["classifier.3"] = ("classes", "head")
+    layers[p0 + "last_conv.0"] = ("last", current)
+    layers[p0 + "last_conv.1"] = ("last", None)
+    if seg:
+        layers["cbr.0"] = layers["scale"] = ("head", "last")
+        layers["cbr.1"] = ("head", None)
+        layers["low_classifier"] = ("classes", outs[plan.low_tap()])
+        layers["high_classifier"] = ("classes", "head")
+    else:
+        layers["classifier.0"] = ("head", "last")
+        layers["classifier.3"] = ("classes", "head")
     return Spaces(layers, widths)
 
 

@@ -153,7 +153,9 @@ class Block:
 @dataclass(frozen=True)
 class Plan:
     """A MobileNetV3 with every width explicit: the stem, the blocks, the last conv and the head.
-    ``MobileNetV3Config.plan`` gives the paper's; NetAdapt (``mobilec.adapt``) changes widths here."""
+    ``MobileNetV3Config.plan`` gives the paper's; NetAdapt (``mobilec.adapt``) changes widths here.
+    ``task`` "segmentation": the LR-ASPP head on this backbone (``mobilec.frontends.lraspp``),
+    ``head`` its inner width (the paper's 128)."""
 
     stem: int
     blocks: tuple[Block, ...]
@@ -162,10 +164,20 @@ class Plan:
     num_classes: int = 1000
     nl_stem: str = "HS"
     dropout: float = 0.2
+    task: str = "classification"
 
     def inputs(self) -> list[int]:
         """Each block's input width."""
         return [self.stem] + [b.out for b in self.blocks[:-1]]
+
+    def low_tap(self) -> int:
+        """The first block whose output is at 1/8 of the input: LR-ASPP's low-level features."""
+        strides = 2
+        for i, b in enumerate(self.blocks):
+            strides *= b.stride
+            if strides == 8:
+                return i
+        raise ValueError("no block at 1/8 of the input")
 
     def to_dict(self) -> dict:
         d = asdict(self)

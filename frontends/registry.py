@@ -116,9 +116,13 @@ def load_network(path) -> ModelSpec:
                      base=base.name)
 
 
-def network_model(base: str, plan: Plan) -> MobileNetV3:
-    """The MobileNetV3 of ``plan``, a registered model ``base`` with its widths changed."""
-    return MobileNetV3(MobileNetV3Config("large" if "large" in base else "small"), plan)
+def network_model(base: str, plan: Plan) -> nn.Module:
+    """The network of ``plan``, a registered model ``base`` with its widths changed: a MobileNetV3,
+    or LR-ASPP on one for a segmentation plan."""
+    arch = "large" if "large" in base else "small"
+    if plan.task == "segmentation":
+        return LRASPP(MobileNetV3Config(arch, dilated=True), plan=plan)
+    return MobileNetV3(MobileNetV3Config(arch), plan)
 
 
 def calibrate_batch_norm(model: nn.Module, input_size: int, batch: int = 4, seed: int = 0) -> nn.Module:

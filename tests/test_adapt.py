@@ -99,6 +99,63 @@ def test_the_latency_table_keys_every_layer_with_its_resolution():
 
 
 @pytest.mark.structure
+def test_lraspp_widths_shrink_with_its_head_and_its_file_rebuilds_it(tmp_path):
+    """LR-ASPP's head reads the last conv and the 1/8 features: narrowing the width at the 1/8 tap
+    slices its low classifier's input; the backbone's untouched blocks and the head's other
+    layers keep their weights; the network file rebuilds LR-ASPP."""
+    from mobilec.frontends.registry import network_model
+
+    model = create_model("lraspp_mobilenet_v3_small")
+    plan, low = model.plan, model.low_index
+    assert plan.task == "segmentation" and plan.head == 128 and plan.num_classes == 21
+    space = f"width:{low}"
+    assert space in surgery.spaces(plan).shrinkable()
+    kept = surgery.ranked(model, space, 16)
+    new = surgery.carry(model, network_model("lraspp_mobilenet_v3_small", surgery.shrink(plan, space, 16)),
+                        {space: kept}).eval()
+    assert new.low_classifier.weight.shape[1] == 16 and new.low_index == low
+    assert torch.equal(new.low_classifier.weight, model.low_classifier.weight[:, kept])
+    assert torch.equal(new.high_classifier.weight, model.high_classifier.weight)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before, after = (m.backbone.blocks[0](m.backbone.stem(x)) for m in (model, new))
+        assert torch.equal(before, after)
+        assert new(x).shape == (1, 21, 64, 64)
+    path = save_network(tmp_path / "seg.json", new.plan, "lraspp_mobilenet_v3_small", 512)
+    torch.save(new.state_dict(), tmp_path / "seg.pt")
+    assert get_spec(str(path)).task == "segmentation"
+    rebuilt = create_model(str(path), weights=str(tmp_path / "seg.pt"))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), new(x))
+    ls = layers(plan, 512)
+    assert ls[-1]["layer"] == "lraspp" and ls[-1]["size"] == 512 and ls[-1]["low"] == plan.blocks[low].out
+    assert ls[-1]["low_res"] == 64 and ls[-1]["res"] == 32  # 1/8 and 1/16 of 512 (the last blocks dilate)
+
+
+@pytest.mark.structure
+def test_segmentation_data_is_labelled_per_pixel_and_scored_by_mean_iou():
+    from mobilec.adapt import train
+
+    d = data.synthetic(32, size=32, masks=True)
+    assert d.train_labels.shape[1:] == (32, 32) and d.classes[0] == "background" and len(d.classes) == 9
+    assert set(d.train_labels.unique().tolist()) - {0} and 0 in d.train_labels
+
+    class Predicts(torch.nn.Module):  # the held-out images' true classes, or the background everywhere
+        def __init__(self, background: bool):
+            super().__init__()
+            self.background = background
+
+        def forward(self, x):
+            y = d.held_out_labels[: len(x)] * (not self.background)
+            return torch.nn.functional.one_hot(y, 21).permute(0, 3, 1, 2).float()
+
+    y = d.held_out_labels
+    assert train.accuracy(Predicts(False), d) == 1.0
+    # all background: its IoU is its share of the pixels, every other class present scores 0
+    assert train.accuracy(Predicts(True), d) == pytest.approx(float((y == 0).float().mean()) / len(y.unique()))
+
+
+@pytest.mark.structure
 def test_the_generated_data_and_a_folder_of_images(tmp_path):
     from PIL import Image
 
@@ -133,8 +190,6 @@ def test_settings_are_checked_before_any_work():
         AdaptConfig(budget=1.5)
     with pytest.raises(ConfigError, match="--key"):
         AdaptConfig(budget=0.5, device=Device(tracker="127.0.0.1:9190"))
-    with pytest.raises(ConfigError, match="segmentation"):
-        adapt("lraspp_mobilenet_v3_small", "unused", AdaptConfig(budget=0.5, synthetic=16))
 
 
 @pytest.mark.structure
@@ -220,6 +275,21 @@ def test_a_stopped_run_resumes_where_it_stopped(table_path, tmp_path):
     assert (out / "adapt.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="another adaptation"):
         adapt(SMALL, out, _config(table_path, budget=0.9))
+
+
+@pytest.mark.build
+def test_lraspp_adapts_on_masks_scored_by_mean_iou(tmp_path):
+    """LR-ASPP: its head is one layer of the table (to the input's size), a step shrinks it and
+    the log says what accuracy means."""
+    cfg = _config(tmp_path / "table.json", input_size=64, max_steps=1, final_steps=0)
+    res = adapt("lraspp_mobilenet_v3_small", tmp_path / "out", cfg)
+    assert [s["step"] for s in res.steps] == [0, 1] and res.accuracy_means.startswith("mean IoU")
+    assert res.steps[1]["predicted_ms"] < res.steps[0]["predicted_ms"]
+    assert all(0 <= s["accuracy"] <= 1 and s["measured_ms"] > 0 for s in res.steps)
+    table = json.loads((tmp_path / "table.json").read_text())["devices"][Device().table_key()]
+    assert sum(json.loads(k)["layer"] == "lraspp" for k in table) >= 1
+    net = create_model(str(tmp_path / "out" / "adapted.json"), weights=str(tmp_path / "out" / "adapted.pt"))
+    assert net.plan.task == "segmentation" and net(torch.randn(1, 3, 64, 64)).shape == (1, 21, 64, 64)
 
 
 @pytest.mark.build
