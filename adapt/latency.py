@@ -176,6 +176,7 @@ class LatencyTable:
         self.path, self.device = Path(path), device
         self.key = device.table_key()
         self.measured_now = 0  # entries this process measured (the rest came from the file)
+        self.beside_ms: dict[str, float] = {}  # the last ``measure``'s whole networks
         try:
             doc = json.loads(self.path.read_text())
             self._doc = doc if doc.get("version") == VERSION else {"version": VERSION, "devices": {}}
@@ -197,26 +198,30 @@ class LatencyTable:
                     out.append(layer)
         return out
 
-    def measure(self, plans: list[Plan], input_size: int, say: Callable[[str], None] = lambda _: None) -> int:
+    def measure(self, plans: list[Plan], input_size: int, say: Callable[[str], None] = lambda _: None,
+                beside: Optional[dict[str, Path]] = None) -> int:
         """Compile and time every layer of ``plans`` the table lacks; returns how many. The call's
-        fixed cost is timed again with every batch (its layers' entries are relative to it)."""
+        fixed cost is timed again with every batch (its layers' entries are relative to it).
+        ``beside``: libraries of whole networks timed in the same batch, their times (ms) left in
+        ``beside_ms``: a prediction checked against them has no drift between the two timings."""
         todo = self.missing(plans, input_size)
-        if not todo:
+        if not todo and not beside:
             return 0
         call = {"layer": "call"}
         batch = todo if call in todo else [call] + todo
         from mobilec.compiler import CompileConfig, compile_model
 
         with tempfile.TemporaryDirectory(prefix="mobilec-latency-") as tmp:
-            libraries = []
-            for n, layer in enumerate(batch, 1):
-                say(f"latency table: compiling layer {n} of {len(batch)} ({describe(layer)})")
+            libraries = {}
+            for n, layer in enumerate(batch):
+                say(f"latency table: compiling layer {n + 1} of {len(batch)} ({describe(layer)})")
                 model, shapes = network(layer)
                 onnx_path = export(model, shapes, Path(tmp) / f"{n}.onnx")
                 cfg = CompileConfig(target=self.device.target, cpu=self.device.cpu)
-                libraries.append(compile_model(onnx_path, Path(tmp) / f"{n}.so", cfg).library)
+                libraries[str(n)] = compile_model(onnx_path, Path(tmp) / f"{n}.so", cfg).library
             say(f"latency table: timing {len(batch)} layers on {self.device.describe()}")
-            ms = time_on(self.device, {str(n): lib for n, lib in enumerate(libraries)})
+            ms = time_on(self.device, {**libraries, **{f"beside:{k}": v for k, v in (beside or {}).items()}})
+        self.beside_ms = {k: ms[f"beside:{k}"] for k in beside or {}}
         fixed = ms["0"]
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         for n, layer in enumerate(batch):

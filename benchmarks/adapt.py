@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from mobilec.adapt import AdaptConfig, Device, adapt
-from mobilec.adapt.latency import time_on
+from mobilec.adapt.latency import LatencyTable, time_on
+from mobilec.frontends.mobilenetv3 import Plan
 from mobilec.compiler import CompileConfig, compile_model
 from mobilec.present import live_lines, onnxruntime_session
 from mobilec.runtime import load, random_feeds
@@ -104,6 +105,20 @@ def main() -> None:
         lines += ["", f"The table's prediction against these: start {pred_start:.3f} ms ({pred_start / a - 1:+.1%}), "
                       f"adapted {pred_adapted:.3f} ms ({pred_adapted / b - 1:+.1%}). Target {res.target_ms:.3f} ms "
                       f"({args.budget} of the start's prediction)."]
+    # the table's error without the drift between timings: both plans' layers timed again, in one
+    # batch with the two whole networks
+    check = out / "latency-check.json"
+    check.unlink(missing_ok=True)
+    table = LatencyTable(check, Device())
+    plans = {"start": start.plan, "adapted": Plan.from_dict(log["steps"][-1]["plan"])}
+    table.measure(list(plans.values()), log["identity"]["input_size"], beside=libs)
+    pred = {n: table.predict(p, log["identity"]["input_size"]) for n, p in plans.items()}
+    m = table.beside_ms
+    lines += ["", "Both networks' layers timed again in one batch with the two whole networks (quiet time): "
+                  + ", ".join(f"{n} predicted {pred[n]:.3f} ms, measured {m[n]:.3f} ms ({pred[n] / m[n] - 1:+.1%})"
+                              for n in plans)
+                  + f"; ratio predicted {pred['adapted'] / pred['start']:.2f}x, measured "
+                    f"{m['adapted'] / m['start']:.2f}x."]
     text = "\n".join(lines) + "\n"
     print(text)
     results = Path(args.results)
