@@ -240,6 +240,22 @@ def test_the_latency_table_is_measured_once_and_reused(table_path):
 
 
 @pytest.mark.build
+def test_whole_networks_are_timed_in_the_layers_batch(tmp_path):
+    """``beside``: a whole network timed in the same alternating batch as the layers, so its time
+    and the table's prediction share the device's state of that moment."""
+    from mobilec.adapt.latency import export, network
+    from mobilec.compiler import compile_model
+
+    model, shapes = network({"layer": "call"})
+    lib = compile_model(export(model, shapes, tmp_path / "net.onnx"), tmp_path / "net.so").library
+    plan = create_model(SMALL).plan
+    table = LatencyTable(tmp_path / "table.json", Device())
+    assert table.measure([plan], 64, beside={"whole": lib}) == len({key_of(x) for x in layers(plan, 64)})
+    assert list(table.beside_ms) == ["whole"] and table.beside_ms["whole"] > 0
+    assert table.measure([plan], 64, beside={"again": lib}) == 0 and list(table.beside_ms) == ["again"]
+
+
+@pytest.mark.build
 def test_a_stopped_run_resumes_where_it_stopped(table_path, tmp_path):
     out = tmp_path / "out"
     first = adapt(SMALL, out, _config(table_path, max_steps=1))
