@@ -257,27 +257,22 @@ def test_whole_networks_are_timed_in_the_layers_batch(tmp_path):
 
 @pytest.mark.build
 def test_a_stopped_run_resumes_where_it_stopped(table_path, tmp_path):
-    """On LR-ASPP, the harder network: its head is one layer of the table (to the input's size),
-    its data masks, its accuracy mean IoU."""
-    out, seg = tmp_path / "out", "lraspp_mobilenet_v3_small"
-    first = adapt(seg, out, _config(table_path, max_steps=1))
+    out = tmp_path / "out"
+    first = adapt(SMALL, out, _config(table_path, max_steps=1))
     assert [s["step"] for s in first.steps] == [0, 1] and not first.final
     step1 = json.loads((out / "log.json").read_text())["steps"][1]
     assert step1["proposals"] and step1["predicted_ms"] < first.steps[0]["predicted_ms"]
-    assert first.accuracy_means.startswith("mean IoU")
-    table = json.loads(table_path.read_text())["devices"][Device().table_key()]
-    assert sum(json.loads(k)["layer"] == "lraspp" for k in table) >= 1
 
     def interrupt(message, _transient):  # Ctrl-C in the middle of the next step (or the final fine-tune)
         if "fine-tuning proposal" in message or message.startswith("final fine-tune"):
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        adapt(seg, out, _config(table_path), interrupt)
+        adapt(SMALL, out, _config(table_path), interrupt)
     log = json.loads((out / "log.json").read_text())
     assert [s["step"] for s in log["steps"]] == [0, 1] and log["steps"][1] == step1  # step 1 kept as it was
 
     lines = []
-    done = adapt(seg, out, _config(table_path), lambda m, t: lines.append(m))
+    done = adapt(SMALL, out, _config(table_path), lambda m, t: lines.append(m))
     assert any(m.startswith("resuming") for m in lines)
     assert done.steps[1] == step1 and len(done.steps) >= 2 and done.final
     assert done.steps[-1]["predicted_ms"] <= done.target_ms or any("short of the target" in m for m in lines)
@@ -287,7 +282,7 @@ def test_a_stopped_run_resumes_where_it_stopped(table_path, tmp_path):
     import onnxruntime as ort
 
     net = create_model(str(out / "adapted.json"), weights=str(out / "adapted.pt"))
-    assert net.plan.to_dict() == done.steps[-1]["plan"] and net.plan.task == "segmentation"
+    assert net.plan.to_dict() == done.steps[-1]["plan"]
     x = np.random.default_rng(0).standard_normal((1, 3, 128, 128), dtype=np.float32)
     sess = ort.InferenceSession(str(out / "adapted.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -295,7 +290,22 @@ def test_a_stopped_run_resumes_where_it_stopped(table_path, tmp_path):
     assert float(np.abs(sess.run(None, {"input": x})[0] - want).max()) <= 1e-5 * float(np.abs(want).max())
     assert (out / "adapt.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="another adaptation"):
-        adapt(seg, out, _config(table_path, budget=0.9))
+        adapt(SMALL, out, _config(table_path, budget=0.9))
+
+
+@pytest.mark.build
+def test_lraspp_adapts_on_masks_scored_by_mean_iou(tmp_path):
+    """LR-ASPP: its head is one layer of the table (to the input's size), a step shrinks it and
+    the log says what accuracy means."""
+    cfg = _config(tmp_path / "table.json", input_size=64, max_steps=1, final_steps=0)
+    res = adapt("lraspp_mobilenet_v3_small", tmp_path / "out", cfg)
+    assert [s["step"] for s in res.steps] == [0, 1] and res.accuracy_means.startswith("mean IoU")
+    assert res.steps[1]["predicted_ms"] < res.steps[0]["predicted_ms"]
+    assert all(0 <= s["accuracy"] <= 1 and s["measured_ms"] > 0 for s in res.steps)
+    table = json.loads((tmp_path / "table.json").read_text())["devices"][Device().table_key()]
+    assert sum(json.loads(k)["layer"] == "lraspp" for k in table) >= 1
+    net = create_model(str(tmp_path / "out" / "adapted.json"), weights=str(tmp_path / "out" / "adapted.pt"))
+    assert net.plan.task == "segmentation" and net(torch.randn(1, 3, 64, 64)).shape == (1, 21, 64, 64)
 
 
 @pytest.mark.build
