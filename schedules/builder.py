@@ -7,10 +7,10 @@ candidates until the run ends: lowering, code generation and linking run on ever
 tensor intrinsics are not imported: safe for plain NEON/AVX2 schedules, which is what mobilec's
 targets use (no dotprod/i8mm tensorisation in fp32).
 
-**A build has a time limit** (``TuneOptions.build_limit``, ``--build-limit``). Some samples of a search space (an unrolled
-depthwise 5x5 with a SiLU epilogue) keep LLVM busy for minutes; such a candidate is a failed one
-("build took longer than ..."), its worker is killed and another one started, and the search goes
-on. Workers ignore Ctrl-C: the run stops after its round and closes them.
+**A build has a time limit** (``TuneOptions.build_limit``, ``--build-limit``). Some samples of
+a search space (an unrolled depthwise 5x5 with a SiLU epilogue) keep LLVM busy for minutes; such
+a candidate is a failed one ("build took longer than ..."), its worker is killed and another one
+started, and the search goes on. Workers ignore Ctrl-C: the run stops after its round and closes them.
 
 Candidates are written under ``workdir``, a private directory of the tuning run that the run
 removes when it ends (also on an error or Ctrl-C); each one is removed as soon as it is measured.
