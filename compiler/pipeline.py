@@ -6,11 +6,15 @@
                         exporters' leftovers removed: BN decomposed, constants folded; every
                         convolution converted to NHWC and the transposes this leaves (and those
                         NHWC exporters leave) cancelled, so the network converts once at its input;
+                        channel-wise ops after a concatenation moved onto its parts
+                        (through_concat.py) and batch norms no exporter folded folded into the
+                        convolutions (fold_affine.py);
                         on CPUs with wider vectors for some kernels (AVX-512), hidden channel counts
                         padded to whole wide vectors where that is exact (pad_channels.py)
   Phase 2 fuse          mobilec's named fusions (SE, conv/dense epilogues, h-swish, h-sigmoid);
                         the scalar constants they read (scales) bound into them (bind_scalars.py)
-  Phase 3 lower         ops to TIR (bilinear resizes as two 1-D passes; QuantizeLinear and division
+  Phase 3 lower         ops to TIR (bilinear resizes as two 1-D passes; concatenations as one
+                        copy per input (concat.py); QuantizeLinear and division
                         by one value as multiply-adds rounded exactly as the division:
                         exact_division.py; exp, sigmoid, tanh, erf and softmax as vectorisable
                         polynomials: fast_math.py); what no rule claimed is
@@ -38,8 +42,10 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from mobilec import stops
 from mobilec.compiler.bind_scalars import BindScalarConstants
 from mobilec.compiler.cancel_zero_points import CancelZeroPoints
+from mobilec.compiler.concat import legalize_concat
 from mobilec.compiler.exact_division import LEGALIZE as EXACT_DIVISION
 from mobilec.compiler.fast_math import LEGALIZE as FAST_MATH
+from mobilec.compiler.fold_affine import FoldAffine
 from mobilec.compiler.fusions import RULES, CancelTransposes
 from mobilec.errors import ConfigError
 from mobilec.compiler.pack_weights import PackConvWeights, pack_kernel_weights
@@ -47,6 +53,7 @@ from mobilec.compiler.pad_channels import PadChannels
 from mobilec.compiler.quantized import integer_kernels
 from mobilec.compiler.report import FusionReport
 from mobilec.compiler.resize import TransposeBeforeUpsample, legalize_resize2d
+from mobilec.compiler.through_concat import MoveThroughConcat
 from mobilec.schedules.lowering import TIR_PIPELINE
 from mobilec.schedules.database import for_target
 from mobilec.schedules.defaults import apply_defaults, is_scheduled
@@ -189,6 +196,8 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
             relax.transform.EliminateCommonSubexpr(),  # one transpose of an input read twice
             TransposeBeforeUpsample(),  # LR-ASPP's NCHW output: transposed at 64x64, not 512x512
             relax.transform.FoldConstant(),
+            MoveThroughConcat(),  # a concatenation's batch norm and activation onto its parts
+            FoldAffine(),  # batch norms no exporter folded: into the convolutions' weights
             PadChannels(cpu.wide_lanes) if opts.layout == "NHWC"
             else tvm.transform.Sequential([]),
             PackConvWeights() if opts.default_schedules else tvm.transform.Sequential([]),
@@ -199,7 +208,8 @@ def phases(target: tvm.target.Target, opts: PipelineOptions) -> list[tuple[str, 
                   _count(opts.report)]),
         ("lower", cpu_generic.library_dispatch_passes(target) + [
             relax.transform.LegalizeOps(  # the rest: TVM's
-                {"relax.image.resize2d": legalize_resize2d, **EXACT_DIVISION, **FAST_MATH}),
+                {"relax.image.resize2d": legalize_resize2d, "relax.concat": legalize_concat,
+                 **EXACT_DIVISION, **FAST_MATH}),
         ] + cpu_generic.legalize_passes(target) + [
             pack_kernel_weights(cpu) if opts.default_schedules else tvm.transform.Sequential([]),
         ]),

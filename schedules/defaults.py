@@ -106,7 +106,7 @@ def weight_packing(func: tvm.tirx.PrimFunc, cpu: CpuParams) -> list[WeightPackin
     elif packable and kernel.kind == Kind.POINTWISE:
         loops = sch.get_loops(block)  # n, y, x, f, ry, rx, rc
         y, x, f, k = (loop_extent(sch, loops[i]) for i in (1, 2, 3, 6))
-        plan(block, 1, f, pointwise.nhwc_tiles(y, x, f, k, cpu)[3] * cpu.for_channels(f).lanes)
+        plan(block, 1, f, pointwise.nhwc_columns(y, x, f, k, cpu)[2])
     elif packable:  # the classifier
         if len(sch.get(block).reads[1].source.shape) == 2:
             n = int(sch.get(block).writes[0].source.shape[-1])

@@ -103,6 +103,16 @@ def row_tile(extent: int, most: int) -> int:
     return max(divisors(extent, max(1, most)))
 
 
+def register_run(channels: int, cpu: CpuParams) -> int:
+    """The longest run of channels that divides ``channels`` and fits one register (for a channel
+    count no whole vector divides: 90 -> 15 on AVX-512, 6 on AVX2). A vectorised loop longer than
+    a register that no register divides (20 lanes: 16 + 4) is one LLVM vector that LLVM does not
+    keep in registers, and a lane predicate keeps TVM from vectorising at all: measured on 1x1
+    convolutions, 3 GMAC/s against 30-45 for runs of at most a register, AVX2 and AVX-512 alike."""
+    width = max(cpu.lanes, cpu.wide_lanes)
+    return max(d for d in range(1, min(channels, width) + 1) if channels % d == 0)
+
+
 def vectorize_inner(sch: Schedule, block, lanes: int) -> None:
     """Vectorise the innermost loop in pieces of whole registers that divide it (a predicated
     tail would keep TVM from vectorising at all); a short odd loop is vectorised whole."""

@@ -94,11 +94,19 @@ def test_a_deep_full_conv_keeps_its_input_channels_a_loop():
 
 
 @pytest.mark.structure
-def test_taps_over_a_remainder_vector_stay_loops():
-    """90 channels on 8 lanes leave a lane predicate in the tile: the 9x9 taps are loops there."""
-    text = "\n".join(_scheduled_kernels(depthwise_graph(14, 90, 9, 1)).values())
-    assert "T.where" in text
-    assert "T.unroll(T.int64(9))" not in text, text
+@pytest.mark.parametrize("cpu_name,run", [("core-avx2", 6), ("cascadelake", 15)])
+def test_channels_no_vector_divides_take_a_register_run_that_does(cpu_name, run):
+    """90 channels (MixNet) on 8 lanes: a tile of the longest run dividing 90 that fits one
+    register, so no lane predicate is left in the tile (which kept TVM from vectorising at all);
+    1x1 convolutions of 100 and 117 output channels likewise."""
+    for graph, channels in ((depthwise_graph(14, 90, 9, 1), 90), (pointwise_graph(14, 61, 117), 117),
+                            (pointwise_graph(7, 64, 100), 100)):
+        text = "\n".join(_scheduled_kernels(graph, cpu_name).values())
+        assert "T.where" not in text, (channels, text)
+        expect = max(d for d in range(1, (16 if cpu_name == "cascadelake" else 8) + 1) if channels % d == 0)
+        assert f"x {expect} channels" in text, (channels, text)
+    assert "x {} channels".format(run) in "\n".join(_scheduled_kernels(depthwise_graph(14, 90, 9, 1), cpu_name).values())
+
 
 @pytest.mark.structure
 @pytest.mark.parametrize("triple,cpu,lanes,wide,registers", [

@@ -7,7 +7,8 @@ import math
 
 from tvm.s_tir import Schedule
 
-from mobilec.schedules.loops import MAX_UNROLLED_TAPS, CpuParams, choose, loop_extent, row_tile, tile_reduction
+from mobilec.schedules.loops import (MAX_UNROLLED_TAPS, CpuParams, choose, loop_extent, register_run, row_tile,
+                                    tile_reduction)
 from mobilec.schedules.lowering import PARTITION
 from mobilec.schedules.tile_cost import divisors
 
@@ -52,7 +53,7 @@ def schedule_nhwc(sch: Schedule, block, epilogue, pad, cpu: CpuParams, depthwise
     n, y, x, f = (loop_extent(sch, l) for l in loops[:4])
     cpu = cpu.for_channels(f)
     vectors = next((v for v in (2, 1) if f % (v * cpu.lanes) == 0), 0)
-    cols = vectors * cpu.lanes if vectors else (f if f <= 2 * cpu.lanes else cpu.lanes)
+    cols = vectors * cpu.lanes if vectors else register_run(f, cpu)  # MixNet's 90 channels: 15 on AVX-512
     per_group = loop_extent(sch, loops[6])
     grouped = depthwise and per_group > 1  # a grouped conv: each output channel reads per_group inputs
     if grouped:
