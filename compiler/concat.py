@@ -44,7 +44,6 @@ def concat_func(shapes: list[list[int]], axis: int, dtype: str) -> tvm.tirx.Prim
         offset += s[axis]
     src = (f"@T.prim_func(private=True, s_tir=True)\ndef concatenate({', '.join(params)}):\n"
            f"    T.func_attr({{\"op_pattern\": 8, \"tirx.noalias\": True}})\n" + "".join(body))
-    from tvm.script import tirx as T  # noqa: F401 (the name the source refers to)
     return tvm.script.from_source(src)
 
 
