@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from mobilec.adapt.latency import Device, LatencyTable
 from mobilec.errors import ConfigError
+from mobilec.files import write_atomic
 
 __all__ = ["AdaptConfig", "AdaptResult", "Device", "LatencyTable", "adapt"]
 
@@ -91,12 +92,6 @@ def _data(cfg: AdaptConfig, segmentation: bool):
     return d if cfg.synthetic is not None else unlabelled(d, "no --data or --synthetic given")
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 class _Run:
     """One adaptation: the files in ``out``, the networks, the table and the whole-model timing."""
 
@@ -139,10 +134,10 @@ class _Run:
 
         from mobilec.frontends.registry import save_network
 
-        _write_atomic(self.out / WEIGHTS, lambda p: torch.save(net.state_dict(), p))
+        write_atomic(self.out / WEIGHTS, lambda p: torch.save(net.state_dict(), p))
         save_network(self.out / NETWORK, net.plan, self.base, self.input_size)
-        _write_atomic(self.out / ONNX, lambda p: self.export(net, p))
-        _write_atomic(self.out / LOG, lambda p: p.write_text(json.dumps(log, indent=1) + "\n"))
+        write_atomic(self.out / ONNX, lambda p: self.export(net, p))
+        write_atomic(self.out / LOG, lambda p: p.write_text(json.dumps(log, indent=1) + "\n"))
 
     # -- whole-network latency ----------------------------------------------------------------
     def measure(self, start, adapted=None) -> dict[str, float]:

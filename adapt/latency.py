@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mobilec.frontends.lraspp import LRASPPHead
+from mobilec.files import write_atomic
 from mobilec.frontends.mobilenetv3 import Bottleneck, ConvBNAct, Plan, activation
 
 VERSION = 1
@@ -237,9 +238,7 @@ class LatencyTable:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._doc, indent=1) + "\n")
-        tmp.replace(self.path)  # never half a file
+        write_atomic(self.path, json.dumps(self._doc, indent=1) + "\n")
 
 
 def describe(layer: dict) -> str:

@@ -2,15 +2,20 @@
 
     .venv/bin/pip install -e ".[zoo]" $(.ci/torch-index)
     .venv/bin/python benchmarks/zoo.py [--models efficientnet_b0 resnet18 ...] [--threads 2]
-        [--repeat 40] [--compile-timeout 600] [--no-arm] [--out benchmarks/results] [--readme]
+        [--seconds 8] [--compile-timeout 600] [--no-arm] [--retime] [--out benchmarks/results] [--readme]
 
 Per model of ``MODELS`` (timm, random weights with batch-norm statistics measured on random images, batch 1, fp32, the model's own input size, exported
 by PyTorch's TorchScript exporter at opset 17 as ``mobilec export`` does): the seconds
 ``mobilec compile`` takes for the host and for aarch64-linux-gnu (Cortex-A76; ``--no-arm`` skips
 it), mobilec's and onnxruntime's largest errors against PyTorch in float64 (relative to its largest
 output magnitude), and mobilec against onnxruntime on the same threads, timed by
-``mobilec.runtime.timing.interleaved`` (engines alternating in blocks of calls, in a shuffled
-order each round) in a process of its own per model, untuned, no database. A compile runs as the
+``mobilec.runtime.timing.interleaved`` (engines alternating in blocks of 5 calls, in a shuffled
+order each round, for at least ``--seconds``; the median of the block medians) in a process of its
+own per model, untuned, no database. A shared VM has slow spells of seconds (measured here: 1-5 s
+at about 1.8x, several times a minute): timed for under a second, one model read 1.90x in one run
+and 1.11x in the next, so each model is timed for several seconds, long enough for the engines'
+blocks to share the spells. ``--retime`` times the libraries a previous run left in --out again,
+keeping that run's export and compile results. A compile runs as the
 CLI in a subprocess with a time limit, so a model that does not compile, or not in time, is a
 row of the table saying so, not the end of the run. Writes zoo.json, zoo.md and zoo.png (the
 ratio per model) under --out; --readme appends the table, dated and naming this machine's CPU, to
@@ -164,9 +169,8 @@ def worker(args) -> None:
     error = float(np.abs(lib.run(feeds)[0] - ref).max() / scale)
     out = {"error": error, "ort_error": float(np.abs(session.run(None, feeds)[0] - ref).max() / scale)}
     if error <= max(TOLERANCE, 2 * out["ort_error"]):
-        rounds, block = max(4, args.repeat // 5), 5
         times = interleaved({"mobilec": lambda: lib.run(feeds), "onnxruntime": lambda: session.run(None, feeds)},
-                            warmup=10, rounds=rounds, block=block)
+                            warmup=10, rounds=4, block=5, min_seconds=args.seconds)
         out |= {"mobilec_ms": times["mobilec"]["median_ms"], "onnxruntime_ms": times["onnxruntime"]["median_ms"]}
         out["ratio"] = out["mobilec_ms"] / out["onnxruntime_ms"]
     print(json.dumps(out))
@@ -179,19 +183,25 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_model(name: str, args, out: Path) -> dict:
-    row: dict = {"model": name}
-    try:
-        row |= export(name, out)
-    except Exception as e:  # a model the exporter or timm refuses is a row saying so
-        return row | {"error": f"export: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-    host = compile_once(row["onnx"], out / f"{name}.so", args.compile_timeout, "host")
-    row["host"] = host
-    if not args.no_arm:
-        row["arm"] = compile_once(row["onnx"], out / f"{name}-a76.so", args.compile_timeout, ARM[0], ARM[1])
+def run_model(name: str, args, out: Path, before: dict | None = None) -> dict:
+    """One row: exported, compiled and timed; with ``before`` (a previous run's row whose host
+    library is still there), timed again only."""
+    if before is not None:
+        row = {k: v for k, v in before.items() if k in ("model", "onnx", "input", "params_m", "host", "arm")}
+        host = row["host"]
+    else:
+        row: dict = {"model": name}
+        try:
+            row |= export(name, out)
+        except Exception as e:  # a model the exporter or timm refuses is a row saying so
+            return row | {"error": f"export: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        host = compile_once(row["onnx"], out / f"{name}.so", args.compile_timeout, "host")
+        row["host"] = host
+        if not args.no_arm:
+            row["arm"] = compile_once(row["onnx"], out / f"{name}-a76.so", args.compile_timeout, ARM[0], ARM[1])
     if "error" not in host:
         done = subprocess.run([sys.executable, __file__, "--worker", "--library", str(out / f"{name}.so"),
-                               "--onnx", row["onnx"], "--threads", str(args.threads), "--repeat", str(args.repeat)],
+                               "--onnx", row["onnx"], "--threads", str(args.threads), "--seconds", str(args.seconds)],
                               capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
         row |= json.loads(lines[-1]) if done.returncode == 0 and lines else {
@@ -242,11 +252,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=[m for m, _ in MODELS])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=40)
+    p.add_argument("--seconds", type=float, default=8.0, help="time each model for at least this long")
     p.add_argument("--compile-timeout", type=float, default=600)
     p.add_argument("--no-arm", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--readme", action="store_true")
+    p.add_argument("--retime", action="store_true", help="time the libraries of the last run in --out again")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--library", help=argparse.SUPPRESS)
     p.add_argument("--onnx", help=argparse.SUPPRESS)
@@ -257,9 +268,16 @@ def main(argv=None) -> int:
     out = Path(args.out)
     models = out / "zoo"
     models.mkdir(parents=True, exist_ok=True)
+    before = {}
+    if args.retime:
+        last = out / "zoo.json"
+        if not last.exists():
+            p.error(f"--retime: no earlier run in {out} ({last} is missing)")
+        before = {r["model"]: r for r in json.loads(last.read_text())
+                  if isinstance(r.get("host"), dict) and (models / f"{r['model']}.so").exists()}
     rows = []
     for name in args.models:
-        rows.append(run_model(name, args, models))
+        rows.append(run_model(name, args, models, before.get(name)))
         print(json.dumps(rows[-1]), flush=True)
     text = table(rows, args.threads)
     print(text)

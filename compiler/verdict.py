@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mobilec.runtime.timing import alternating
+from mobilec.files import write_atomic
 
 VERDICTS = "verdicts.json"
 TIE = 0.03  # within 3% the two builds are a tie (block medians move that much from run to run): applied
@@ -77,10 +78,7 @@ def record(db_dir: str | Path, verdict: Verdict) -> Path:
     except (FileNotFoundError, ValueError):
         entries = {}
     entries[verdict.key] = asdict(verdict)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entries, indent=2) + "\n")
-    tmp.replace(path)  # never half a file
-    return path
+    return write_atomic(path, json.dumps(entries, indent=2) + "\n")
 
 
 def time_alternately(modules: dict[str, object], rounds: int = 4, block: int = 5, statistic: str = "median_ms",

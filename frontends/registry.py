@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mobilec.errors import UserError
+from mobilec.files import write_atomic
 from mobilec.frontends.lraspp import LRASPP
 from mobilec.frontends.mobilenetv3 import MobileNetV3, MobileNetV3Config, Plan
 
@@ -89,10 +90,7 @@ def save_network(path, plan: Plan, base: str, input_size: int) -> Path:
     get_spec(base)  # a known base
     path = Path(path)
     doc = {"format": NETWORK_FORMAT, "version": 1, "base": base, "input_size": input_size, "plan": plan.to_dict()}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 def load_network(path) -> ModelSpec:
