@@ -53,11 +53,20 @@ def _step(call) -> Optional[tuple]:
         return None
     if c.size == 1:
         return None  # one value: an activation's constant (h-swish's "+ 3", "/ 6"), which the fusions match
-    if c.dtype != np.float32 or (name == "relax.divide" and not np.all(c != 0)) or _shape(x) != _shape(call) or np.broadcast_shapes(c.shape, _shape(call)) != _shape(call):
+    if c.dtype != np.float32 or (name == "relax.divide" and not np.all(c != 0)):
+        return None  # a division by zero stays as the file wrote it
+    if _shape(x) != _shape(call) or np.broadcast_shapes(c.shape, _shape(call)) != _shape(call):
         return None  # the constant must not broadcast the input to a larger shape
     one, zero = np.ones((), np.float32), np.zeros((), np.float32)
-    return x, *{"relax.add": (one, c), "relax.multiply": (c, zero), "relax.divide": (1 / c, zero),
-                "relax.subtract": (-one, c) if first else (one, -c)}[name]
+    if name == "relax.add":
+        return x, one, c
+    if name == "relax.multiply":
+        return x, c, zero
+    if name == "relax.divide":
+        with np.errstate(over="ignore"):
+            inverse = 1 / c
+        return (x, inverse, zero) if np.all(np.isfinite(inverse)) else None  # a reciprocal past float32: as written
+    return (x, -one, c) if first else (x, one, -c)  # subtract: c - x, or x - c
 
 
 def _conv(call) -> bool:

@@ -142,3 +142,22 @@ def test_concatenation_along_any_axis_matches_onnxruntime(axis, tmp_path):
     m = model([helper.make_node("Concat", list(shapes), ["output"], axis=axis)], [],
               inputs=[(n, tuple(s)) for n, s in shapes.items()], output=("output", tuple(out)))
     assert_matches_onnxruntime(m, tmp_path)
+
+
+@pytest.mark.structure
+def test_a_division_by_zero_is_left_as_written_without_a_warning():
+    """A per-channel divisor holding a zero (an infinity on purpose, or a damaged file): no
+    folding, and no numpy warning printed at the user."""
+    import warnings
+
+    divisor = np.ones(C, np.float32)
+    divisor[0] = 0.0
+    graph = model(*chain(conv("input", "c", bias=False),
+                         ([helper.make_node("Sub", ["c", "mean"], ["s"]), helper.make_node("Div", ["s", "d"], ["q"]),
+                           helper.make_node("Mul", ["q", "g"], ["output"])],
+                          [const("mean", np.full((C, 1, 1), 0.5)), const("d", divisor.reshape(C, 1, 1)),
+                           const("g", np.full((C, 1, 1), 2.0))])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops = _ops(graph)
+    assert "relax.divide" in ops, ops
