@@ -6,12 +6,12 @@ through_concat.py; a file exported without constant folding) decomposes into
 ``(x - mean) / sqrt(var + eps) * gamma + beta``: four passes over the tensor, which the
 convolution epilogue's pattern (a scale, then a bias) does not take. Folded:
 
-  ((x - m) / d) * g + b         -> x * s + t           s = g / d, t = b - m * g / d
-  conv2d(x, W) * s + t          -> conv2d(x, W * s) + t   s one value per output channel
-Only float32 chains of per-channel constants whose every intermediate has one reader are folded:
-an op by one value is an activation's constant (h-swish's "+ 3" and "/ 6", h-sigmoid's
-"* 1/6 + 0.5"), which the fusions match as written, and a chain of one or two ops on anything but
-a convolution is left as written too.
+  conv2d(x, W), then ((. - m) / d) * g + b  -> conv2d(x, W * s) + t   s = g / d, t = b - m * g / d
+Only float32 chains of per-channel constants that start at a convolution, and whose every
+intermediate has one reader, are folded: an op by one value is an activation's constant (h-swish's
+"+ 3" and "/ 6", h-sigmoid's "* 1/6 + 0.5"), which the fusions match as written. A chain read by
+a rounding (a requantisation) and a quantised model's graph are left alone: the integer kernels'
+rules match those as written and compute them exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mobilec.compiler.bindings import Bindings, op_name
 from mobilec.compiler.fusions.base import const_array
 
 _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
-MIN_OPS = 3  # a chain on something other than a convolution: at least this many ops to fold
+_ROUNDING = ("relax.round", "relax.quantize", "relax.floor", "relax.astype")
 
 
 def _shape(expr) -> Optional[tuple[int, ...]]:
@@ -79,8 +79,8 @@ def _conv(call) -> bool:
 
 
 class _Chains:
-    """Every foldable chain: its last var -> (first input, scale, shift, ops), and each
-    convolution that takes a chain's scale into its weights -> that scale."""
+    """Every foldable chain: its last var -> (the convolution's var, shift), and each such
+    convolution -> the scale its weights take."""
 
     def __init__(self, func: relax.Function):
         g = Bindings(func)
@@ -99,13 +99,14 @@ class _Chains:
 
     def _fold(self, end, x, scale, shift, ops):
         conv = self.graph.value.get(x)
+        readers = [self.graph.value.get(r) for r in self.graph.users.get(end, []) if r is not None]
+        if any(op_name(r) in _ROUNDING for r in readers):
+            return  # a requantisation: the integer kernels' rules take it as written, and compute it exactly
         if _conv(conv) and len(self.graph.users.get(x, [])) == 1 and _per_channel(scale, conv.attrs.data_layout,
                                                                                  _shape(conv)) and \
                 (ops > 1 or not np.all(scale == 1)):
             self.scaled[conv] = scale.reshape(-1)
-            self.chains[end] = (x, None, shift)
-        elif ops >= MIN_OPS:
-            self.chains[end] = (x, scale, shift)
+            self.chains[end] = (x, shift)
 
 
 def _per_channel(scale: np.ndarray, layout: str, out: tuple[int, ...]) -> bool:
@@ -135,17 +136,30 @@ class _Rewrite(relax.PyExprMutator):
         chain = self.ends.get(call)
         if chain is None:
             return super().visit_call_(call)
-        x, scale, shift = chain
-        y = self.visit_expr(x)
-        if scale is not None and not np.all(scale == 1):
-            y = self.builder_.emit(relax.op.multiply(y, relax.const(scale)))
+        x, shift = chain
+        y = self.visit_expr(x)  # the convolution, rebuilt with its scaled weights
         return relax.op.add(y, relax.const(shift)) if np.any(shift != 0) else y
+
+
+def _quantized(func: relax.Function) -> bool:
+    """A quantised model's graph: its float chains are the requantisation's arithmetic, which the
+    integer kernels' rules match as written and compute exactly (a scale folded into weights
+    would not be)."""
+    found = []
+
+    def visit(expr):
+        if op_name(expr) in ("relax.quantize", "relax.dequantize") or (
+                isinstance(expr, Constant) and str(expr.ty.dtype) in ("int8", "uint8", "int32")):
+            found.append(expr)
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return bool(found)
 
 
 @relax.transform.function_pass(opt_level=0, name="mobilec.FoldAffine")
 class FoldAffine:
     def transform_function(self, func, mod, ctx):
-        if not isinstance(func, relax.Function):
+        if not isinstance(func, relax.Function) or _quantized(func):
             return func
         chains = _Chains(func)
         if not chains.chains:
