@@ -17,6 +17,17 @@ def numel(shape) -> int | None:
     return n
 
 
+def static_shape(expr) -> list[int] | None:
+    """The shape of a tensor-typed expression whose dimensions are all constants, else None."""
+    ty = getattr(expr, "ty", None)
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    try:
+        return [int(d) for d in ty.shape] if numel(ty.shape) is not None else None
+    except (TypeError, AttributeError, ValueError):
+        return None
+
+
 def op_name(call) -> str:
     return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else ""
 

@@ -13,18 +13,13 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from mobilec.compiler.bindings import numel
+from mobilec.compiler.bindings import static_shape
 
 _LOOP = """    for {idx} in T.grid({extents}):
         with T.sblock("T_concat_{n}"):
             {vs} = T.axis.remap("{kinds}", [{idx}])
             out[{out_at}] = x{n}[{vs}]
 """
-
-
-def _static(ty) -> list[int] | None:
-    return [int(d) for d in ty.shape] if isinstance(ty, relax.TensorType) and ty.shape is not None and \
-        numel(ty.shape) is not None else None
 
 
 def concat_func(shapes: list[list[int]], axis: int, dtype: str) -> tvm.tirx.PrimFunc:
@@ -51,8 +46,8 @@ def legalize_concat(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     """LegalizeOps entry for ``relax.concat``: inputs of static shapes as one loop each (opaque to
     TVM's FuseOps: a loop writes only part of the output), anything else as TVM legalizes it."""
     parts = call.args[0]
-    shapes = [_static(p.ty) for p in parts.fields] if isinstance(parts, relax.Tuple) else [None]
-    if any(s is None or 0 in s for s in shapes) or _static(call.ty) is None or len(shapes) < 2:
+    shapes = [static_shape(p) for p in parts.fields] if isinstance(parts, relax.Tuple) else [None]
+    if any(s is None or 0 in s for s in shapes) or static_shape(call) is None or len(shapes) < 2:
         return tvm.ir.Op.get("relax.concat").get_attr("FLegalize")(bb, call)
     axis = int(call.attrs.axis) % len(shapes[0])
     func = concat_func(shapes, axis, str(call.ty.dtype))

@@ -22,7 +22,7 @@ import numpy as np
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from mobilec.compiler.bindings import Bindings, op_name
+from mobilec.compiler.bindings import Bindings, op_name, static_shape
 from mobilec.compiler.fusions.base import const_array
 
 _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
@@ -30,13 +30,9 @@ _ROUNDING = ("relax.round", "relax.quantize", "relax.floor", "relax.astype")
 
 
 def _shape(expr) -> Optional[tuple[int, ...]]:
-    ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or ty.shape is None or str(ty.dtype) != "float32":
-        return None
-    try:
-        return tuple(int(d) for d in ty.shape)
-    except (TypeError, AttributeError, ValueError):
-        return None
+    """The static shape of a float32 tensor, else None."""
+    shape = static_shape(expr)
+    return tuple(shape) if shape is not None and str(expr.ty.dtype) == "float32" else None
 
 
 def _step(call) -> Optional[tuple]:

@@ -26,23 +26,13 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from mobilec.compiler.bindings import op_name
+from mobilec.compiler.bindings import op_name, static_shape
 from mobilec.compiler.fusions.base import const_array
 
 _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu", "relax.exp",
           "relax.negative", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.sqrt", "relax.abs"}
 _BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
            "relax.power"}
-
-
-def _shape(expr) -> Optional[list[int]]:
-    ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    try:
-        return [int(d) for d in ty.shape]
-    except (TypeError, AttributeError, ValueError):
-        return None
 
 
 @relax.expr_functor.mutator
@@ -58,8 +48,8 @@ class _Mover(relax.PyExprMutator):
         bound = self.builder_.lookup_binding(expr)
         if op_name(bound) != "relax.concat" or not isinstance(bound.args[0], relax.Tuple):
             return None
-        out = _shape(bound)
-        shapes = [_shape(p) for p in bound.args[0].fields]
+        out = static_shape(bound)
+        shapes = [static_shape(p) for p in bound.args[0].fields]
         if out is None or any(s is None or len(s) != len(out) for s in shapes):
             return None
         axis = int(bound.attrs.axis) % len(out)
@@ -98,7 +88,7 @@ class _Mover(relax.PyExprMutator):
             return None
         first = next((i for i in tensors if not isinstance(args[i], Constant)), None)
         concat = self._concat(args[first]) if first is not None else None
-        if concat is None or out is None or _shape(args[first]) != out:
+        if concat is None or out is None or static_shape(args[first]) != out:
             return None  # a concatenation broadcast to a larger shape stays whole
         parts, axis, offsets = concat
         per_arg = {i: self._slices(args[i], len(out), axis, offsets) for i in tensors}
@@ -115,12 +105,12 @@ class _Mover(relax.PyExprMutator):
         if op_name(call) == "relax.split" and (concat := self._concat(args[0])) is not None:
             parts, axis, offsets = concat
             sections = call.attrs.indices_or_sections
-            n = len(_shape(args[0]) or [])
+            n = len(static_shape(args[0]) or [])
             if int(call.attrs.axis) % max(n, 1) == axis and not isinstance(sections, tvm.tirx.IntImm) and \
                     [int(i) for i in sections] == [int(o) for o in offsets[:-1]]:
                 self.moved += 1
                 return relax.Tuple(parts)
-        moved = self._move(call, args, _shape(call))
+        moved = self._move(call, args, static_shape(call))
         return moved if moved is not None else relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
